@@ -1,0 +1,72 @@
+"""Deterministic, machine-independent subsets and group-aware splits of `datasets.Dataset`s.
+
+Every choice here is made by ranking keys with SHA-256 of ``f"{seed}:{key}"``, so the result depends only
+on the keys and the seed: not on numpy's random streams, dict ordering, ``os.listdir`` order or the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable, Iterable, Mapping
+
+from datasets import Dataset, DatasetDict
+
+
+def stable_rank(keys: Iterable[Hashable], seed: int = 0) -> list[Hashable]:
+    """Return the distinct `keys` in a pseudo-random order that is fixed for a given `seed` everywhere."""
+    return sorted(set(keys), key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).hexdigest())
+
+
+def split_by_group(
+    dataset: Dataset, fraction: float, group_column: str | None = None, seed: int = 0
+) -> tuple[Dataset, Dataset]:
+    """Split `dataset` into (rest, held_out) with about `fraction` of the groups held out.
+
+    Rows sharing a value in `group_column` (e.g. the image id of several questions about one image) land on
+    the same side, so nothing leaks between the two parts. Without `group_column` each row is its own group.
+    Both parts keep the original row order.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"fraction must be in (0, 1), got {fraction}; use e.g. 0.1 to hold out 10% of the groups."
+        )
+    if group_column is None:
+        groups: list[Hashable] | range = range(len(dataset))
+    else:
+        groups = dataset.select_columns([group_column])[:][group_column]  # one Arrow read, not per row
+    ranked = stable_rank(groups, seed)
+    held_out_groups = set(ranked[: max(1, round(fraction * len(ranked)))])
+    held_out = [i for i, group in enumerate(groups) if group in held_out_groups]
+    held_out_set = set(held_out)
+    rest = [i for i in range(len(dataset)) if i not in held_out_set]
+    return dataset.select(rest), dataset.select(held_out)
+
+
+def select_subset(dataset: Dataset, max_samples: int | None, seed: int = 0) -> Dataset:
+    """Return `max_samples` rows of `dataset` chosen pseudo-randomly (fixed per `seed`), in original order.
+
+    `None` or a value >= len(dataset) returns the dataset unchanged. Meant for quick runs and smoke tests.
+    """
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    if max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0, got {max_samples}.")
+    return dataset.select(sorted(stable_rank(range(len(dataset)), seed)[:max_samples]))
+
+
+def limit_splits(
+    dataset_dict: DatasetDict, max_samples: int | Mapping[str, int | None] | None, seed: int = 0
+) -> DatasetDict:
+    """Apply `select_subset` to each split: one limit for every split, or a mapping split name -> limit."""
+    if max_samples is None:
+        return dataset_dict
+    if isinstance(max_samples, Mapping):
+        unknown = set(max_samples) - set(dataset_dict)
+        if unknown:
+            raise ValueError(
+                f"max_samples names unknown splits {sorted(unknown)}; splits are {list(dataset_dict)}."
+            )
+        limits = {name: max_samples.get(name) for name in dataset_dict}
+    else:
+        limits = dict.fromkeys(dataset_dict, max_samples)
+    return DatasetDict({name: select_subset(ds, limits[name], seed) for name, ds in dataset_dict.items()})
