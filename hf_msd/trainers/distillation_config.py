@@ -1,0 +1,155 @@
+"""Training arguments of :class:`~hf_msd.trainers.DistillationTrainer`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .. import losses
+
+HIDDEN_STATE_POOLINGS = ("none", "mean", "first")
+ATTENTION_HEAD_REDUCTIONS = ("mean", "match")
+
+
+def _layer_map(name: str, value: Any) -> dict[int, int] | None:
+    """Normalise a layer map given as a dict, a JSON string (from the CLI) or a list of pairs to
+    ``{student_index: teacher_index}`` with int keys and values."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{name} must be a JSON object like '{{\"2\": 4}}', got {value!r}.") from error
+    pairs = value.items() if isinstance(value, dict) else value
+    try:
+        mapping = {int(student): int(teacher) for student, teacher in pairs}
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{name} must map student layer indices to teacher layer indices, e.g. {{2: 4}}; got {value!r}."
+        ) from error
+    if not mapping:
+        raise ValueError(f"{name} is empty; leave it as None for the default evenly spaced map.")
+    if any(index < 0 for pair in mapping.items() for index in pair):
+        raise ValueError(f"{name} indices must be >= 0, got {mapping}.")
+    return mapping
+
+
+@dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the knowledge-distillation settings of `DistillationTrainer`.
+
+    The training loss per example is
+    ``hard_label_weight * task + kd_loss_weight * kd + hidden_loss_weight * hidden
+    + attention_loss_weight * attention``, averaged over the examples of the whole accumulated batch. See
+    :mod:`hf_msd.losses` for each term (and why the KL term is multiplied by ``temperature**2``).
+    """
+
+    _VALID_DICT_FIELDS = [
+        *TrainingArguments._VALID_DICT_FIELDS,
+        "teacher_model_init_kwargs",
+        "hidden_layer_map",
+        "attention_layer_map",
+    ]
+
+    temperature: float = field(
+        default=2.0,
+        metadata={"help": "Temperature T (> 0) of the soft-target loss; the KL term is scaled by T^2."},
+    )
+    hard_label_weight: float = field(
+        default=0.5, metadata={"help": "Weight (>= 0) of the student's supervised loss on the gold labels."}
+    )
+    kd_loss_weight: float = field(
+        default=0.5,
+        metadata={"help": "Weight (>= 0) of the soft-target loss between student and teacher outputs."},
+    )
+    kd_loss_type: str = field(
+        default="kl",
+        metadata={
+            "help": "Soft-target loss: 'kl' (temperature-scaled KL; per-label binary KL for multi-label) or "
+            "'mse' on logits, or any name registered with hf_msd.losses.register_loss('soft_target', name). "
+            "Regression always uses the MSE to the teacher's output."
+        },
+    )
+    hidden_loss_weight: float = field(
+        default=0.0, metadata={"help": "Weight (>= 0) of hidden-state distillation; 0 turns it off."}
+    )
+    hidden_layer_map: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Student -> teacher indices into `outputs.hidden_states` (0 = embeddings), e.g. "
+            "'{\"2\": 4}'. Default: each student layer to the evenly spaced teacher layer, last to last."
+        },
+    )
+    hidden_loss_type: str = field(
+        default="mse", metadata={"help": "Hidden-state loss: 'mse' or 'cosine' (or a registered name)."}
+    )
+    hidden_state_pooling: str = field(
+        default="none",
+        metadata={
+            "help": "How to compare hidden states: 'none' token by token (sequence lengths must match), "
+            "'mean' (masked mean over tokens) or 'first' (first token, e.g. [CLS])."
+        },
+    )
+    attention_loss_weight: float = field(
+        default=0.0, metadata={"help": "Weight (>= 0) of attention-map distillation; 0 turns it off."}
+    )
+    attention_layer_map: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Student -> teacher indices into `outputs.attentions`, e.g. '{\"1\": 3}'. Default: "
+            "evenly spaced, last to last."
+        },
+    )
+    attention_loss_type: str = field(
+        default="kl", metadata={"help": "Attention-map loss: 'kl' or 'mse' (or a registered name)."}
+    )
+    attention_head_reduction: str = field(
+        default="mean",
+        metadata={"help": "'mean' averages each model's heads first; 'match' compares head i with head i."},
+    )
+    teacher_model_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for AutoModelForSequenceClassification.from_pretrained when the "
+            "teacher is given as a path."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        weights = ("hard_label_weight", "kd_loss_weight", "hidden_loss_weight", "attention_loss_weight")
+        for name in weights:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if all(getattr(self, name) == 0 for name in weights):
+            raise ValueError(f"All loss weights ({', '.join(weights)}) are 0: set at least one of them > 0.")
+        for name, registry in (
+            ("kd_loss_type", losses.SOFT_TARGET_LOSSES),
+            ("hidden_loss_type", losses.HIDDEN_STATE_LOSSES),
+            ("attention_loss_type", losses.ATTENTION_MAP_LOSSES),
+        ):
+            if getattr(self, name) not in registry:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is unknown; choose one of {sorted(registry)}."
+                )
+        for name, choices in (
+            ("hidden_state_pooling", HIDDEN_STATE_POOLINGS),
+            ("attention_head_reduction", ATTENTION_HEAD_REDUCTIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r} is unknown; choose one of {choices}.")
+        self.hidden_layer_map = _layer_map("hidden_layer_map", self.hidden_layer_map)
+        self.attention_layer_map = _layer_map("attention_layer_map", self.attention_layer_map)
+        if self.teacher_model_init_kwargs is not None and not isinstance(
+            self.teacher_model_init_kwargs, dict
+        ):
+            raise ValueError(
+                "teacher_model_init_kwargs must be a dict (or a JSON object string), "
+                f"got {self.teacher_model_init_kwargs!r}."
+            )

@@ -1,0 +1,569 @@
+"""`DistillationTrainer`: a `transformers.Trainer` that distils a frozen teacher into a student.
+
+The loss per example is a weighted sum of components (see :meth:`DistillationTrainer.loss_components`):
+``task`` (gold labels), ``kd`` (soft targets), ``hidden`` (hidden states, through learned projections)
+and ``attention`` (attention maps). Their sum over the examples of the whole accumulated batch is divided
+by the number of those examples, so gradient accumulation gives the same update as one large batch.
+
+Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through three hooks:
+:meth:`~DistillationTrainer.teacher_forward`, :meth:`~DistillationTrainer.loss_components` and
+:meth:`~DistillationTrainer.register_training_module`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from .. import losses
+from .distillation_config import DistillationTrainingArguments
+
+logger = logging.get_logger(__name__)
+
+DISTILLATION_MODULES_NAME = "distillation_modules.safetensors"
+TEACHER_CACHE_PREFIX = "teacher_logits"
+
+
+def _is_peft_model(model: nn.Module) -> bool:
+    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+
+
+def _config_width(config) -> int:
+    for name in ("hidden_size", "d_model", "dim"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise ValueError(
+        f"Cannot read the hidden width of {type(config).__name__} (no hidden_size / d_model / dim) for "
+        "hidden-state distillation."
+    )
+
+
+def _num_layers(config) -> int:
+    for name in ("num_hidden_layers", "num_layers", "n_layers"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise ValueError(
+        f"Cannot read the number of layers of {type(config).__name__}; set hidden_layer_map / "
+        "attention_layer_map explicitly."
+    )
+
+
+def evenly_spaced_layer_map(num_student: int, num_teacher: int, offset: int) -> dict[int, int]:
+    """Map each student layer to the teacher layer at the same relative depth, last to last.
+
+    ``offset`` is 1 for ``outputs.hidden_states`` (index 0 is the embeddings, not mapped by default) and 0
+    for ``outputs.attentions``. Returns ``{student_index: teacher_index}``.
+    """
+    return {
+        layer - 1 + offset: round(layer * num_teacher / num_student) - 1 + offset
+        for layer in range(1, num_student + 1)
+    }
+
+
+def _is_default_id2label(id2label: dict | None) -> bool:
+    return not id2label or all(str(label) == f"LABEL_{index}" for index, label in id2label.items())
+
+
+def check_label_spaces(student_config, teacher_config) -> None:
+    """Raise a ValueError unless student and teacher predict the same labels (``num_labels``, and
+    ``id2label`` where both models set non-default names, and ``problem_type`` where both set it)."""
+    if student_config.num_labels != teacher_config.num_labels:
+        raise ValueError(
+            f"Teacher and student label spaces differ: teacher num_labels={teacher_config.num_labels}, "
+            f"student num_labels={student_config.num_labels}. Build the student with the teacher's "
+            "num_labels/id2label."
+        )
+    student_labels, teacher_labels = student_config.id2label, teacher_config.id2label
+    if not _is_default_id2label(student_labels) and not _is_default_id2label(teacher_labels):
+        student_names = {int(k): v for k, v in student_labels.items()}
+        teacher_names = {int(k): v for k, v in teacher_labels.items()}
+        if student_names != teacher_names:
+            raise ValueError(
+                f"Teacher and student id2label differ: teacher {teacher_names}, student {student_names}. "
+                "The logits must index the same classes in the same order."
+            )
+    student_type, teacher_type = student_config.problem_type, teacher_config.problem_type
+    if student_type and teacher_type and student_type != teacher_type:
+        raise ValueError(
+            f"Teacher problem_type={teacher_type!r} and student problem_type={student_type!r} differ."
+        )
+
+
+def _use_eager_attention(role: str, model: nn.Module) -> None:
+    """Fused attention kernels (sdpa, flash) return no attention maps: switch the model to eager attention."""
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        logger.warning(
+            f"attention_loss_weight > 0 needs attention maps: switching the {role} from {implementation!r} "
+            "to 'eager' attention (load it with attn_implementation='eager' to silence this)."
+        )
+        model.set_attn_implementation("eager")
+
+
+def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """(B, L, H) -> (B, H) for pooling "mean" (masked) or "first"; unchanged for "none"."""
+    if pooling == "first":
+        return hidden[:, 0]
+    if pooling == "mean":
+        if attention_mask is None or attention_mask.shape[:2] != hidden.shape[:2]:
+            return hidden.mean(dim=1)
+        mask = attention_mask[..., None].to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    return hidden
+
+
+class DistillationTrainer(Trainer):
+    """Knowledge distillation from a frozen ``teacher_model`` into ``model`` (the student).
+
+    Args:
+        model: the student (a `PreTrainedModel` or a PEFT model wrapping one).
+        teacher_model: a `PreTrainedModel`, or a path loaded with
+            ``AutoModelForSequenceClassification.from_pretrained(path, **args.teacher_model_init_kwargs)``.
+            It is frozen (``requires_grad=False``), kept in eval mode, placed on ``args.device``, run under
+            the student's autocast, never given to the optimizer, never wrapped for DDP and never saved.
+            If it is the base model of a PEFT student, its outputs are computed with the adapters disabled.
+        args: a :class:`DistillationTrainingArguments`.
+        **trainer_kwargs: everything else `transformers.Trainer` accepts (datasets, collator, callbacks...).
+
+    Batches may carry cached teacher outputs: ``teacher_logits`` (B, num_labels), and
+    ``teacher_logits_<name>`` for subclasses; they survive ``remove_unused_columns`` and are removed
+    before the student's forward. Components are logged as ``<name>_loss`` (e.g. ``kd_loss``) next to
+    ``loss``; evaluation adds ``<prefix>_teacher_agreement``.
+    """
+
+    loss_is_scaled_for_ga = True
+    _tag_names = ["hf_msd", "distillation"]
+    #: Batch columns starting with one of these prefixes are kept past ``remove_unused_columns`` and removed
+    #: before the student's forward. Subclasses may extend it.
+    extra_column_prefixes: tuple[str, ...] = (TEACHER_CACHE_PREFIX,)
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | None = None,
+        args: DistillationTrainingArguments | None = None,
+        **trainer_kwargs: Any,
+    ):
+        if not isinstance(args, DistillationTrainingArguments):
+            raise TypeError(
+                f"args must be a DistillationTrainingArguments, got {type(args).__name__}; build it with "
+                "DistillationTrainingArguments(output_dir=..., temperature=..., ...)."
+            )
+        if teacher_model is None:
+            raise ValueError("teacher_model is required: pass a PreTrainedModel or a path to one.")
+        if isinstance(teacher_model, str):
+            teacher_model = AutoModelForSequenceClassification.from_pretrained(
+                teacher_model, **(args.teacher_model_init_kwargs or {})
+            )
+        super().__init__(model=model, args=args, **trainer_kwargs)
+        # Our loss does not go through the model's own loss kwargs; num_items_in_batch is counted in examples.
+        self.model_accepts_loss_kwargs = False
+        student = self._student_base()
+        check_label_spaces(student.config, teacher_model.config)
+        self.teacher_model = teacher_model
+        self._teacher_is_student_base = student is teacher_model
+        if not self._teacher_is_student_base:
+            teacher_model.requires_grad_(False)
+            if getattr(teacher_model, "hf_device_map", None) is None:
+                teacher_model.to(self.args.device)
+        teacher_model.eval()
+        self.problem_type = getattr(student.config, "problem_type", None)
+        self.training_modules = nn.ModuleDict()
+        self._hidden_map = self._attention_map = {}
+        if args.hidden_loss_weight > 0:
+            self._hidden_map = self._resolve_layer_map(args.hidden_layer_map, offset=1)
+            self.register_training_module(
+                "hidden_projections", self._build_projections(student, teacher_model)
+            )
+        if args.attention_loss_weight > 0:
+            self._attention_map = self._resolve_layer_map(args.attention_layer_map, offset=0)
+            for role, network in (("student", student), ("teacher", teacher_model)):
+                _use_eager_attention(role, network)
+        self._log_sums: dict[str, torch.Tensor] = {}
+        self._log_count = torch.zeros((), device=self.args.device)
+        self._grad_step_of_modules = -1
+        self._eval_agreement: list[torch.Tensor] | None = None
+        self._last_teacher_logits: torch.Tensor | None = None
+
+    # ---- Teacher -------------------------------------------------------------------------------------
+
+    def _student_base(self) -> nn.Module:
+        return self.model.get_base_model() if _is_peft_model(self.model) else self.model
+
+    @contextlib.contextmanager
+    def _teacher_context(self) -> Iterator[None]:
+        """No grad, eval mode, the student's autocast; adapters off when the teacher is the PEFT base."""
+        shared = self._teacher_is_student_base
+        was_training = self.teacher_model.training
+        self.teacher_model.eval()  # guards against a train() toggle since the last call
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(self.accelerator.autocast())
+            if shared:
+                stack.enter_context(self.model.disable_adapter())
+            try:
+                yield
+            finally:
+                if shared:  # eval() on the shared base also switched the student's modules
+                    self.teacher_model.train(was_training)
+
+    def teacher_forward(
+        self,
+        inputs: dict[str, Any],
+        cache_key: str = TEACHER_CACHE_PREFIX,
+        output_intermediates: bool | None = None,
+    ):
+        """The teacher's outputs on ``inputs``.
+
+        Uses ``inputs[cache_key]`` (cached logits, (B, num_labels)) when present and no hidden states or
+        attentions are needed, returning a `SequenceClassifierOutput` with ``logits`` only. Otherwise runs the
+        teacher on the model inputs (labels and cached columns removed) under ``torch.no_grad()`` and the
+        student's autocast. ``output_intermediates`` (default: whether the hidden/attention losses are on)
+        asks for ``hidden_states`` / ``attentions``.
+        """
+        need_hidden, need_attentions = self._needs_intermediates(output_intermediates)
+        cached = inputs.get(cache_key)
+        if cached is not None and not (need_hidden or need_attentions):
+            return SequenceClassifierOutput(logits=cached.to(self.args.device))
+        teacher_inputs = {
+            k: v for k, v in self.model_inputs(inputs).items() if k not in ("labels", "return_loss")
+        }
+        if need_hidden:
+            teacher_inputs["output_hidden_states"] = True
+        if need_attentions:
+            teacher_inputs["output_attentions"] = True
+        with self._teacher_context():
+            return self.teacher_model(**teacher_inputs)
+
+    def _needs_intermediates(self, output_intermediates: bool | None) -> tuple[bool, bool]:
+        if output_intermediates is False:
+            return False, False
+        return bool(self._hidden_map), bool(self._attention_map)
+
+    # ---- Batch columns ---------------------------------------------------------------------------------
+
+    def _is_extra_column(self, name: str) -> bool:
+        return name.startswith(self.extra_column_prefixes)
+
+    def model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """``inputs`` without the extra columns (cached teacher outputs...), ready for ``model(**...)``."""
+        return {k: v for k, v in inputs.items() if not self._is_extra_column(k)}
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if TEACHER_CACHE_PREFIX not in self._signature_columns:
+            self._signature_columns.append(TEACHER_CACHE_PREFIX)
+
+    def _remove_unused_columns(self, dataset, description: str | None = None):
+        if self.args.remove_unused_columns and hasattr(dataset, "column_names"):
+            self._set_signature_columns_if_needed()
+            extra = [c for c in dataset.column_names if self._is_extra_column(c)]
+            self._signature_columns += [c for c in extra if c not in self._signature_columns]
+        return super()._remove_unused_columns(dataset, description)
+
+    # ---- Training-only modules (projections, learned weights) ----------------------------------------
+
+    def register_training_module(self, name: str, module: nn.Module) -> None:
+        """Add a module trained with the student but not part of it (e.g. projections, learned loss weights).
+
+        Its trainable parameters join the optimizer (as one extra parameter group), its gradients are
+        all-reduced across processes, zeroed after each optimizer step and clipped with the student's, and
+        its state is saved to ``<checkpoint>/distillation_modules.safetensors`` and restored on resume. It is
+        never written by ``save_model``. Call it in ``__init__`` (before ``train()`` creates the optimizer).
+        Registered modules are available as ``self.training_modules[name]``.
+        """
+        if self.optimizer is not None:
+            raise RuntimeError(
+                f"register_training_module({name!r}) must be called before the optimizer exists."
+            )
+        if name in self.training_modules:
+            raise ValueError(f"A training module named {name!r} is already registered.")
+        self.training_modules[name] = module.to(self.args.device)
+
+    def _build_projections(self, student: nn.Module, teacher: nn.Module) -> nn.ModuleDict:
+        student_width, teacher_width = _config_width(student.config), _config_width(teacher.config)
+        projections = nn.ModuleDict()
+        if student_width != teacher_width:
+            for student_index, teacher_index in self._hidden_map.items():
+                projections[f"{student_index}_to_{teacher_index}"] = nn.Linear(student_width, teacher_width)
+        return projections
+
+    def _resolve_layer_map(self, layer_map: dict[int, int] | None, offset: int) -> dict[int, int]:
+        if layer_map is not None:
+            return dict(layer_map)
+        student_layers = _num_layers(self._student_base().config)
+        teacher_layers = _num_layers(self.teacher_model.config)
+        return evenly_spaced_layer_map(student_layers, teacher_layers, offset)
+
+    def _training_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.training_modules.parameters() if p.requires_grad]
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        params = self._training_parameters()
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        new = [p for p in params if id(p) not in in_optimizer]
+        if new:
+            optimizer.add_param_group({"params": new, "weight_decay": self.args.weight_decay})
+        return optimizer
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
+    ) -> torch.Tensor:
+        params = self._training_parameters()
+        if params and self._grad_step_of_modules != self.state.global_step:
+            # The Trainer only zeroes the student's gradients: start each accumulation cycle afresh.
+            for p in params:
+                p.grad = None
+            self._grad_step_of_modules = self.state.global_step
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if params and self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
+            # Not inside DDP: sum the gradients like DDP's average of our world-size-scaled loss.
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.accelerator.num_processes
+        return loss
+
+    def _clip_grad_norm(self, model):
+        params = self._training_parameters()
+        if not params or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._clip_grad_norm(model)
+        return self.accelerator.clip_grad_norm_([*model.parameters(), *params], self.args.max_grad_norm)
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        if len(self.training_modules) and self.args.should_save:
+            checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            output_dir = os.path.join(self._get_output_dir(trial=trial), checkpoint)
+            os.makedirs(output_dir, exist_ok=True)
+            state = {k: v.detach().cpu().contiguous() for k, v in self.training_modules.state_dict().items()}
+            save_file(state, os.path.join(output_dir, DISTILLATION_MODULES_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not len(self.training_modules):
+            return
+        path = os.path.join(resume_from_checkpoint, DISTILLATION_MODULES_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} is missing: this checkpoint has no trained distillation modules "
+                f"({', '.join(self.training_modules)}); resume from a checkpoint saved by the same "
+                "trainer setup."
+            )
+        self.training_modules.load_state_dict(load_file(path, device=str(self.args.device)))
+
+    # ---- Batch size counting for exact gradient accumulation ----------------------------------------
+
+    @staticmethod
+    def _batch_size(batch: dict[str, Any]) -> int:
+        if torch.is_tensor(batch.get("labels")):
+            return batch["labels"].shape[0]
+        return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """The next ``num_batches`` micro-batches and the number of EXAMPLES in them (summed over processes
+        when ``average_tokens_across_devices``), the divisor of :meth:`compute_loss`."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batch_samples:
+            return batch_samples, None
+        count = torch.tensor(sum(self._batch_size(b) for b in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return batch_samples, count
+
+    # ---- Loss ----------------------------------------------------------------------------------------
+
+    def _problem_type(self, labels: torch.Tensor | None) -> str:
+        if self.problem_type is None:
+            self.problem_type = losses.resolve_problem_type(self._student_base().config, labels)
+        return self.problem_type
+
+    def loss_components(
+        self, model: nn.Module, inputs: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], Any]:
+        """Weighted per-example loss components and the student's outputs on the full input.
+
+        Returns ``({"task": (B,), "kd": (B,), ...}, student_outputs)``: each value is a float32 ``(B,)``
+        tensor already multiplied by its weight; components whose weight is 0 are left out (and "task" when
+        the batch has no labels). Subclasses call ``super().loss_components(model, inputs)`` and add their
+        own entries; the teacher's logits on the full input are then in ``self._last_teacher_logits``.
+        """
+        args = self.args
+        labels = inputs.get("labels")
+        need_hidden, need_attentions = self._needs_intermediates(None)
+        student_inputs = {k: v for k, v in self.model_inputs(inputs).items() if k != "labels"}
+        if need_hidden:
+            student_inputs["output_hidden_states"] = True
+        if need_attentions:
+            student_inputs["output_attentions"] = True
+        outputs = model(**student_inputs)
+        teacher = self.teacher_forward(inputs)
+        self._last_teacher_logits = teacher.logits.detach()
+        problem_type = self._problem_type(labels)
+        components: dict[str, torch.Tensor] = {}
+        if args.hard_label_weight > 0 and labels is not None:
+            components["task"] = args.hard_label_weight * losses.task_loss(
+                outputs.logits, labels, problem_type
+            )
+        if args.kd_loss_weight > 0:
+            kd = losses.soft_target_loss(
+                outputs.logits,
+                teacher.logits,
+                problem_type=problem_type,
+                temperature=args.temperature,
+                loss_type=args.kd_loss_type,
+            )
+            components["kd"] = args.kd_loss_weight * kd
+        mask = inputs.get("attention_mask")
+        if need_hidden:
+            components["hidden"] = args.hidden_loss_weight * self._hidden_loss(outputs, teacher, mask)
+        if need_attentions:
+            components["attention"] = args.attention_loss_weight * self._attention_loss(
+                outputs, teacher, mask
+            )
+        return components, outputs
+
+    def _hidden_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
+        pooling = self.args.hidden_state_pooling
+        projections = self.training_modules["hidden_projections"]
+        per_layer = []
+        for student_index, teacher_index in self._hidden_map.items():
+            student_hidden = student_outputs.hidden_states[student_index]
+            teacher_hidden = teacher_outputs.hidden_states[teacher_index]
+            if pooling == "none" and student_hidden.shape[1] != teacher_hidden.shape[1]:
+                raise ValueError(
+                    f"Student hidden states ({student_hidden.shape[1]} positions) and teacher hidden "
+                    f"states ({teacher_hidden.shape[1]}) differ in length: set hidden_state_pooling='mean' "
+                    "or 'first'."
+                )
+            key = f"{student_index}_to_{teacher_index}"
+            if key in projections:
+                student_hidden = projections[key](student_hidden.to(projections[key].weight.dtype))
+            token_mask = mask if mask is not None and mask.shape[:2] == student_hidden.shape[:2] else None
+            student_hidden = _pool(student_hidden, token_mask, pooling)
+            teacher_hidden = _pool(teacher_hidden, token_mask, pooling)
+            per_layer.append(
+                losses.hidden_state_loss(
+                    student_hidden,
+                    teacher_hidden,
+                    attention_mask=token_mask,
+                    loss_type=self.args.hidden_loss_type,
+                )
+            )
+        return torch.stack(per_layer).mean(dim=0)
+
+    def _attention_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
+        per_layer = []
+        for outputs, role in ((student_outputs, "student"), (teacher_outputs, "teacher")):
+            if not getattr(outputs, "attentions", None):
+                raise ValueError(
+                    f"The {role} returned no attention maps for attention_loss_weight > 0; load it with "
+                    "attn_implementation='eager' (fused kernels cannot return attention probabilities)."
+                )
+        for student_index, teacher_index in self._attention_map.items():
+            student_attn = student_outputs.attentions[student_index]
+            token_mask = mask if mask is not None and mask.shape[1] == student_attn.shape[-1] else None
+            per_layer.append(
+                losses.attention_map_loss(
+                    student_attn,
+                    teacher_outputs.attentions[teacher_index],
+                    loss_type=self.args.attention_loss_type,
+                    head_reduction=self.args.attention_head_reduction,
+                    attention_mask=token_mask,
+                )
+            )
+        return torch.stack(per_layer).mean(dim=0)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """Sum of :meth:`loss_components` over components and examples, divided by ``num_items_in_batch`` (the
+        examples of the whole accumulated batch, from :meth:`get_batch_samples`) or by this batch's size.
+
+        With several processes and a global count, the loss is multiplied by the number of processes to undo
+        DDP's gradient averaging, as transformers' default loss does.
+        """
+        components, outputs = self.loss_components(model, inputs)
+        total = torch.stack([c.sum() for c in components.values()]).sum()
+        batch_size = next(iter(components.values())).shape[0]
+        if num_items_in_batch is None:
+            loss = total / batch_size
+        else:
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.accelerator.num_processes
+        if model.training:
+            self._accumulate_logs(components, batch_size)
+        elif self._eval_agreement is not None:
+            self._record_agreement(outputs.logits, self._last_teacher_logits)
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- Logging and evaluation ------------------------------------------------------------------------
+
+    def _accumulate_logs(self, components: dict[str, torch.Tensor], batch_size: int) -> None:
+        for name, value in components.items():
+            value = value.detach().sum()
+            self._log_sums[name] = self._log_sums.get(name, torch.zeros_like(value)) + value
+        self._log_count = self._log_count + batch_size
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss component over the logging window (``<name>_loss``) to training logs."""
+        if "loss" in logs and self._log_sums:
+            names = sorted(self._log_sums)
+            sums = torch.stack([self._log_sums[name] for name in names] + [self._log_count.float()])
+            sums = self.accelerator.reduce(sums, reduction="sum")
+            for name, value in zip(names, sums[:-1]):
+                logs[f"{name}_loss"] = (value / sums[-1].clamp_min(1)).item()
+            self._log_sums = {}
+            self._log_count = torch.zeros_like(self._log_count)
+        super().log(logs, start_time)
+
+    def _record_agreement(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+        problem_type = self.problem_type
+        if problem_type == losses.SINGLE_LABEL:
+            agree = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float()
+        elif problem_type == losses.MULTI_LABEL:
+            agree = ((student_logits > 0) == (teacher_logits > 0)).float().mean(dim=-1)
+        else:
+            return
+        self._eval_agreement.append(self.accelerator.gather_for_metrics(agree).cpu())
+
+    def evaluation_loop(
+        self,
+        dataloader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ):
+        """The Trainer's evaluation loop, plus ``<prefix>_teacher_agreement``: the fraction of examples where
+        the student's argmax equals the teacher's (single-label), or the mean fraction of labels on which
+        their ``logit > 0`` decisions agree (multi-label). Needs labels in the evaluation batches."""
+        self._eval_agreement = []
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+            if self._eval_agreement:
+                output.metrics[f"{metric_key_prefix}_teacher_agreement"] = (
+                    torch.cat(self._eval_agreement).mean().item()
+                )
+        finally:
+            self._eval_agreement = None
+        return output
