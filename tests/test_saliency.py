@@ -1,0 +1,174 @@
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from hf_msd.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
+from hf_msd.modality import Modality, default_modalities
+from hf_msd.saliency import (
+    SaliencyReport,
+    compute_saliency,
+    default_saliency,
+    modality_saliency,
+    plot_saliency,
+    saliency_fingerprint,
+)
+from tests.msd_utils import ThreeInputModel, tiny_vilt, vilt_batch
+
+FULL = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+WITHOUT = torch.tensor([[0.0, 1.0, 0.0], [1.0, -2.0, 0.0]])
+
+
+def hand_kl(p, q):
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+
+
+def softmax(row):
+    exps = [math.exp(v) for v in row]
+    return [e / sum(exps) for e in exps]
+
+
+def sigmoid(v):
+    return 1 / (1 + math.exp(-v))
+
+
+def test_default_saliency_single_label_is_kl_full_to_without():
+    got = default_saliency(FULL, WITHOUT, SINGLE_LABEL)
+    want = [hand_kl(softmax(f), softmax(w)) for f, w in zip(FULL.tolist(), WITHOUT.tolist())]
+    torch.testing.assert_close(got, torch.tensor(want))
+
+
+def test_default_saliency_multi_label_is_mean_bernoulli_kl():
+    got = default_saliency(FULL, WITHOUT, MULTI_LABEL)
+    want = []
+    for f_row, w_row in zip(FULL.tolist(), WITHOUT.tolist()):
+        per_label = [
+            hand_kl([sigmoid(f), 1 - sigmoid(f)], [sigmoid(w), 1 - sigmoid(w)]) for f, w in zip(f_row, w_row)
+        ]
+        want.append(sum(per_label) / len(per_label))
+    torch.testing.assert_close(got, torch.tensor(want))
+
+
+def test_default_saliency_regression_is_mean_squared_difference():
+    got = default_saliency(FULL, WITHOUT, REGRESSION)
+    want = [sum((f - w) ** 2 for f, w in zip(fr, wr)) / 3 for fr, wr in zip(FULL.tolist(), WITHOUT.tolist())]
+    torch.testing.assert_close(got, torch.tensor(want))
+
+
+def test_saliency_fn_must_return_one_value_per_example():
+    with pytest.raises(ValueError, match="one value per example"):
+        modality_saliency(FULL, [WITHOUT], SINGLE_LABEL, saliency_fn=lambda t, u, p: (t - u).abs())
+
+
+def collate(examples):
+    return {key: torch.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+def as_dataset(batch):
+    size = next(iter(batch.values())).shape[0]
+    return [{key: value[i] for key, value in batch.items()} for i in range(size)]
+
+
+@pytest.fixture(scope="module")
+def vilt_report():
+    teacher, student = tiny_vilt(seed=0), tiny_vilt(seed=1)
+    batch = vilt_batch(batch_size=6)
+    report = compute_saliency(
+        teacher,
+        as_dataset(batch),
+        default_modalities(teacher),
+        collate,
+        batch_size=4,
+        student=student,
+        problem_type=SINGLE_LABEL,
+        progress=False,
+    )
+    return teacher, student, batch, report
+
+
+def test_compute_saliency_on_vilt_matches_hand_computation(vilt_report):
+    teacher, _, batch, report = vilt_report
+    with torch.no_grad():
+        full = teacher(**batch).logits
+        text_only = teacher(**{**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}).logits
+        image_only = teacher(
+            **{
+                **batch,
+                "input_ids": torch.zeros_like(batch["input_ids"]),
+                "attention_mask": torch.zeros_like(batch["attention_mask"]),
+            }
+        ).logits
+    # s_text = KL(T(x) || T(x without text)) and x without text = x_image.
+    want = [
+        [hand_kl(softmax(f), softmax(i)), hand_kl(softmax(f), softmax(t))]
+        for f, t, i in zip(full.tolist(), text_only.tolist(), image_only.tolist())
+    ]
+    assert report.modality_names == ["text", "image"]
+    torch.testing.assert_close(report.saliency, torch.tensor(want), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(report.mean, torch.tensor(want).mean(0), rtol=1e-4, atol=1e-6)
+    predicted = full.argmax(-1, keepdim=True)
+    torch.testing.assert_close(
+        report.teacher_confidence["full"], full.softmax(-1).gather(1, predicted).squeeze(1)
+    )
+    torch.testing.assert_close(
+        report.teacher_confidence["image"], image_only.softmax(-1).gather(1, predicted).squeeze(1)
+    )
+    assert set(report.student_confidence) == {"full", "text", "image"}
+    assert report.population()["text"]["mean"] == pytest.approx(sum(r[0] for r in want) / 6, rel=1e-4)
+
+
+def test_three_modalities_use_x_without_m():
+    model = ThreeInputModel()
+    modalities = [Modality(name, keys=[name]) for name in "abc"]
+    batch = {
+        key: torch.randn(5, 4, generator=torch.Generator().manual_seed(i)) for i, key in enumerate("abc")
+    }
+    report = compute_saliency(
+        model,
+        as_dataset(batch),
+        modalities,
+        collate,
+        batch_size=2,
+        problem_type=SINGLE_LABEL,
+        device="cpu",
+        progress=False,
+    )
+    with torch.no_grad():
+        full = model(**batch).logits
+        without_a = model(b=batch["b"], c=batch["c"]).logits
+    want = [hand_kl(softmax(f), softmax(w)) for f, w in zip(full.tolist(), without_a.tolist())]
+    torch.testing.assert_close(report.saliency[:, 0], torch.tensor(want), rtol=1e-4, atol=1e-6)
+
+
+def test_plot_writes_a_png(vilt_report, tmp_path):
+    *_, report = vilt_report
+    path = plot_saliency(report, tmp_path / "saliency.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size[0] > 400 and image.size[1] > 300
+        low, high = image.convert("L").getextrema()
+        assert high - low > 100  # something was drawn on the white background
+
+
+def test_report_json_round_trip(vilt_report, tmp_path):
+    *_, report = vilt_report
+    report.fingerprint = "abc"
+    report.save_json(tmp_path / "s.json")
+    loaded = SaliencyReport.load_json(tmp_path / "s.json")
+    torch.testing.assert_close(loaded.saliency, report.saliency)
+    assert loaded.fingerprint == "abc" and loaded.modality_names == ["text", "image"]
+    torch.testing.assert_close(loaded.teacher_confidence["text"], report.teacher_confidence["text"])
+
+
+def test_fingerprint_changes_with_teacher_data_and_modalities():
+    teacher = tiny_vilt()
+    data = as_dataset(vilt_batch(batch_size=3))
+    modalities = default_modalities(teacher)
+    base = saliency_fingerprint(teacher, data, modalities)
+    assert base == saliency_fingerprint(teacher, data, modalities)
+    assert base != saliency_fingerprint(teacher, data[:2], modalities)
+    assert base != saliency_fingerprint(teacher, data, modalities[::-1])
+    with torch.no_grad():
+        teacher.classifier[-1].bias.add_(1.0)
+    assert base != saliency_fingerprint(teacher, data, modalities)
