@@ -1,0 +1,17 @@
+"""Datasets and collation for multimodal distillation: easy-VQA, the user's local files, the collator."""
+
+from .collator import MultimodalDataCollator
+from .easy_vqa import easy_vqa_answers, load_easy_vqa
+from .local import DataValidationError, load_local_dataset
+from .splits import limit_splits, select_subset, split_by_group
+
+__all__ = [
+    "DataValidationError",
+    "MultimodalDataCollator",
+    "easy_vqa_answers",
+    "limit_splits",
+    "load_easy_vqa",
+    "load_local_dataset",
+    "select_subset",
+    "split_by_group",
+]
