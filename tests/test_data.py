@@ -247,6 +247,11 @@ def test_errors_missing_column_and_bad_rows(tmp_path):
     problems, _ = _problems(csv_path)
     assert len(problems) == 1 and "column 'text'" in problems[0] and "column not found" in problems[0]
     assert "text_column=" in problems[0]
+    (tmp_path / "cells.csv").write_text("image,text,label\nok.png,a, b,cat\n")
+    problems, _ = _problems(tmp_path / "cells.csv")
+    assert len(problems) == 1 and problems[0].startswith(
+        f"{tmp_path / 'cells.csv'}, row 1 (line 2): more cells"
+    )
 
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text(
@@ -388,6 +393,16 @@ def test_collator_from_model_and_errors():
         MultimodalDataCollator(TinyProcessor())([{"text": "a", "image": _image((0, 0, 0)), "label": 0}])
     with pytest.raises(ValueError, match="modalities must be"):
         MultimodalDataCollator(TinyProcessor(), modalities=["audio"])
+
+
+def test_collator_regression_labels_and_image_paths(tmp_path):
+    path = write_png(tmp_path / "gray.png", color=(10, 20, 30), mode="L")
+    examples = [{"image": path, "label": 0.5}, {"image": {"path": path, "bytes": None}, "label": -1.25}]
+    processor = TinyProcessor()
+    batch = MultimodalDataCollator(processor, modalities=["image"])(examples)
+    assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [0.5, -1.25]
+    expected = processor.image_processor(images=[Image.open(path).convert("RGB")], return_tensors="pt")
+    assert torch.allclose(batch["pixel_values"], expected["pixel_values"].expand(2, -1, -1, -1))
 
 
 def test_collator_on_easy_vqa_and_local_data(easy, tmp_path):

@@ -114,7 +114,8 @@ class MultimodalDataCollator:
                     "labels are lists of class ids (multi-label) but num_labels is not set. Fix: pass "
                     "num_labels=<number of classes>, or use MultimodalDataCollator.from_model()."
                 )
-            return _stack(labels)  # int64 class ids or float regression targets
+            stacked = _stack(labels)  # int64 class ids, or regression targets -> float32
+            return stacked.float() if stacked.is_floating_point() else stacked
         rows = []
         for label in labels:
             label = torch.as_tensor(label)

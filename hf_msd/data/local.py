@@ -60,10 +60,14 @@ class _Row:
 def _read_csv(path: Path, base_dir: Path, problems: list[str]) -> tuple[list[_Row], set[str]]:
     with path.open(newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file)
-        rows = [
-            _Row(dict(record), f"{path}, row {i} (line {reader.line_num})", base_dir)
-            for i, record in enumerate(reader, start=1)
-        ]
+        rows = []
+        for i, record in enumerate(reader, start=1):
+            where = f"{path}, row {i} (line {reader.line_num})"
+            if None in record:  # csv.DictReader files surplus cells under the key None
+                problems.append(
+                    f"{where}: more cells than header columns. Fix: quote cells containing commas."
+                )
+            rows.append(_Row(record, where, base_dir))
         return rows, set(reader.fieldnames or ())
 
 
@@ -129,9 +133,7 @@ def _raw_labels(row: _Row, column: str, multi_label: bool, delimiter: str, probl
     if multi_label:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(delimiter) if part.strip()]
-        if isinstance(value, list) and all(
-            isinstance(v, (str, int)) and not isinstance(v, bool) for v in value
-        ):
+        if isinstance(value, list) and all(_is_label_name(v) for v in value):
             return [str(v) for v in value]
         problems.append(
             f"{where}: expected a list of label names (a JSON list, or names separated by "
