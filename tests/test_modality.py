@@ -5,12 +5,14 @@ from hf_msd.modality import (
     REMOVAL_STRATEGIES,
     Modality,
     default_modalities,
+    model_inputs,
     register_removal_strategy,
     remove,
     restrict,
     validate_modalities,
 )
-from tests.msd_utils import tiny_vilt, vilt_batch
+from tests.models_utils import tiny_vilt
+from tests.models_utils import tiny_vilt_batch as vilt_batch
 
 TEXT = Modality(
     "text", keys=["input_ids", "attention_mask"], optional_keys=["token_type_ids"], removal="mask"
@@ -19,7 +21,7 @@ IMAGE = Modality("image", keys=["pixel_values"], optional_keys=["pixel_mask"], r
 
 
 def test_drop_leaves_keys_out_and_passes_other_keys_through():
-    batch = {**vilt_batch(), "labels": torch.tensor([0, 1, 2, 0])}
+    batch = vilt_batch(4)
     text = Modality("text", keys=["input_ids", "attention_mask"], optional_keys=["token_type_ids"])
     image = Modality("image", keys=["pixel_values", "pixel_mask"])
     x_text = restrict(batch, [text, image], keep="text")
@@ -31,7 +33,7 @@ def test_drop_leaves_keys_out_and_passes_other_keys_through():
 
 
 def test_mask_sets_ids_to_padding_masks_and_token_types_to_zero():
-    batch = vilt_batch()
+    batch = vilt_batch(4)
     batch["token_type_ids"] = torch.ones_like(batch["token_type_ids"])
     text = Modality(
         "text", keys=["input_ids", "attention_mask", "token_type_ids"], removal="mask", pad_token_id=7
@@ -45,7 +47,7 @@ def test_mask_sets_ids_to_padding_masks_and_token_types_to_zero():
 
 
 def test_mask_on_image_zeroes_pixel_mask_and_fills_pixels():
-    batch = vilt_batch()
+    batch = vilt_batch(4)
     image = Modality("image", keys=["pixel_values", "pixel_mask"], removal="mask", fill_value=-1.0)
     out = remove(batch, [TEXT, image], "image")
     assert torch.equal(out["pixel_mask"], torch.zeros_like(batch["pixel_mask"]))
@@ -53,7 +55,7 @@ def test_mask_on_image_zeroes_pixel_mask_and_fills_pixels():
 
 
 def test_fill_with_mean_image_broadcasts_and_keeps_masks():
-    batch = vilt_batch()
+    batch = vilt_batch(4)
     mean_image = torch.arange(3.0).reshape(3, 1, 1).expand(3, 32, 32)
     image = Modality(
         "image", keys=["pixel_values"], optional_keys=["pixel_mask"], removal="fill", fill_value=mean_image
@@ -71,7 +73,7 @@ def test_custom_removal_strategy_is_used():
         return {**batch, **{key: -batch[key] for key in modality.keys}}
 
     try:
-        batch = vilt_batch()
+        batch = vilt_batch(4)
         image = Modality("image", keys=["pixel_values"], removal="negate")
         out = remove(batch, [TEXT, image], "image")
         assert torch.equal(out["pixel_values"], -batch["pixel_values"])
@@ -86,23 +88,23 @@ def test_unknown_removal_names_the_field():
 
 def test_unknown_modality_name():
     with pytest.raises(ValueError, match="audio"):
-        restrict(vilt_batch(), [TEXT, IMAGE], keep="audio")
+        restrict(vilt_batch(4), [TEXT, IMAGE], keep="audio")
 
 
 def test_vilt_preset_matches_hand_built_inputs():
     model = tiny_vilt()
     modalities = default_modalities(model)
     assert [(m.name, m.removal) for m in modalities] == [("text", "mask"), ("image", "fill")]
-    batch = vilt_batch()
+    batch = vilt_batch(4)
     validate_modalities(modalities, batch, model)
     with torch.no_grad():
-        got_text = model(**restrict(batch, modalities, keep="text")).logits
-        got_image = model(**restrict(batch, modalities, keep="image")).logits
+        got_text = model(**model_inputs(model, restrict(batch, modalities, keep="text"))).logits
+        got_image = model(**model_inputs(model, restrict(batch, modalities, keep="image"))).logits
         want_text = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             token_type_ids=batch["token_type_ids"],
-            pixel_values=torch.zeros(4, 3, 32, 32),
+            pixel_values=torch.zeros_like(batch["pixel_values"]),
             pixel_mask=batch["pixel_mask"],
         ).logits
         want_image = model(
@@ -112,30 +114,30 @@ def test_vilt_preset_matches_hand_built_inputs():
             pixel_values=batch["pixel_values"],
             pixel_mask=batch["pixel_mask"],
         ).logits
-        full = model(**batch).logits
+        full = model(**model_inputs(model, batch)).logits
     torch.testing.assert_close(got_text, want_text)
     torch.testing.assert_close(got_image, want_image)
     assert not torch.allclose(got_text, full) and not torch.allclose(got_image, full)
 
 
 def test_validate_names_missing_key():
-    batch = vilt_batch()
+    batch = vilt_batch(4)
     del batch["pixel_values"]
     with pytest.raises(ValueError, match="'pixel_values'"):
         validate_modalities([TEXT, IMAGE], batch)
 
 
 def test_validate_optional_key_may_be_missing():
-    batch = vilt_batch()
+    batch = vilt_batch(4)
     del batch["token_type_ids"]
     validate_modalities([TEXT, IMAGE], batch)
 
 
 def test_validate_shared_key_and_duplicate_names():
     with pytest.raises(ValueError, match="'pixel_values'"):
-        validate_modalities([TEXT, IMAGE, Modality("extra", keys=["pixel_values"])], vilt_batch())
+        validate_modalities([TEXT, IMAGE, Modality("extra", keys=["pixel_values"])], vilt_batch(4))
     with pytest.raises(ValueError, match="unique"):
-        validate_modalities([TEXT, Modality("text", keys=["pixel_values"])], vilt_batch())
+        validate_modalities([TEXT, Modality("text", keys=["pixel_values"])], vilt_batch(4))
 
 
 def test_validate_drop_on_vilt_names_key_and_suggests_mask():
@@ -144,7 +146,7 @@ def test_validate_drop_on_vilt_names_key_and_suggests_mask():
         "text", keys=["input_ids", "attention_mask"], optional_keys=["token_type_ids"], removal="drop"
     )
     with pytest.raises(ValueError, match=r"'input_ids'.*removal='mask'"):
-        validate_modalities([text, IMAGE], vilt_batch(), model)
+        validate_modalities([text, IMAGE], vilt_batch(4), model)
 
 
 def test_validate_required_forward_argument():
@@ -155,7 +157,7 @@ def test_validate_required_forward_argument():
     text = Modality("text", keys=["input_ids"])
     image = Modality("image", keys=["pixel_values"])
     with pytest.raises(ValueError, match="'pixel_values' is a required input"):
-        validate_modalities([text, image], vilt_batch(), NeedsBoth(), check_forward=False)
+        validate_modalities([text, image], vilt_batch(4), NeedsBoth(), check_forward=False)
 
 
 def test_no_preset_for_unknown_model():

@@ -14,7 +14,9 @@ from hf_msd.saliency import (
     plot_saliency,
     saliency_fingerprint,
 )
-from tests.msd_utils import ThreeInputModel, tiny_vilt, vilt_batch
+from tests.models_utils import tiny_vilt
+from tests.models_utils import tiny_vilt_batch as vilt_batch
+from tests.msd_utils import ThreeInputModel
 
 FULL = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
 WITHOUT = torch.tensor([[0.0, 1.0, 0.0], [1.0, -2.0, 0.0]])
@@ -43,10 +45,7 @@ def test_default_saliency_multi_label_is_mean_bernoulli_kl():
     got = default_saliency(FULL, WITHOUT, MULTI_LABEL)
     want = []
     for f_row, w_row in zip(FULL.tolist(), WITHOUT.tolist()):
-        per_label = [
-            hand_kl([sigmoid(f), 1 - sigmoid(f)], [sigmoid(w), 1 - sigmoid(w)]) for f, w in zip(f_row, w_row)
-        ]
-        want.append(sum(per_label) / len(per_label))
+        want.append(mean_bernoulli_kl(f_row, w_row))
     torch.testing.assert_close(got, torch.tensor(want))
 
 
@@ -81,14 +80,23 @@ def vilt_report():
         collate,
         batch_size=4,
         student=student,
-        problem_type=SINGLE_LABEL,
         progress=False,
     )
     return teacher, student, batch, report
 
 
+def mean_bernoulli_kl(full_row, without_row):
+    per_label = [
+        hand_kl([sigmoid(f), 1 - sigmoid(f)], [sigmoid(w), 1 - sigmoid(w)])
+        for f, w in zip(full_row, without_row)
+    ]
+    return sum(per_label) / len(per_label)
+
+
 def test_compute_saliency_on_vilt_matches_hand_computation(vilt_report):
     teacher, _, batch, report = vilt_report
+    del batch["labels"]
+    assert report.problem_type == MULTI_LABEL  # from the tiny ViLT's config
     with torch.no_grad():
         full = teacher(**batch).logits
         text_only = teacher(**{**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}).logits
@@ -99,9 +107,9 @@ def test_compute_saliency_on_vilt_matches_hand_computation(vilt_report):
                 "attention_mask": torch.zeros_like(batch["attention_mask"]),
             }
         ).logits
-    # s_text = KL(T(x) || T(x without text)) and x without text = x_image.
+    # s_text = D(T(x) || T(x without text)) and x without text = x_image; D = mean Bernoulli KL.
     want = [
-        [hand_kl(softmax(f), softmax(i)), hand_kl(softmax(f), softmax(t))]
+        [mean_bernoulli_kl(f, i), mean_bernoulli_kl(f, t)]
         for f, t, i in zip(full.tolist(), text_only.tolist(), image_only.tolist())
     ]
     assert report.modality_names == ["text", "image"]
@@ -109,10 +117,10 @@ def test_compute_saliency_on_vilt_matches_hand_computation(vilt_report):
     torch.testing.assert_close(report.mean, torch.tensor(want).mean(0), rtol=1e-4, atol=1e-6)
     predicted = full.argmax(-1, keepdim=True)
     torch.testing.assert_close(
-        report.teacher_confidence["full"], full.softmax(-1).gather(1, predicted).squeeze(1)
+        report.teacher_confidence["full"], full.sigmoid().gather(1, predicted).squeeze(1)
     )
     torch.testing.assert_close(
-        report.teacher_confidence["image"], image_only.softmax(-1).gather(1, predicted).squeeze(1)
+        report.teacher_confidence["image"], image_only.sigmoid().gather(1, predicted).squeeze(1)
     )
     assert set(report.student_confidence) == {"full", "text", "image"}
     assert report.population()["text"]["mean"] == pytest.approx(sum(r[0] for r in want) / 6, rel=1e-4)
