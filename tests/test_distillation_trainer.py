@@ -1,0 +1,336 @@
+"""DistillationTrainer on tiny BERT models built from configs (CPU, a few seconds each)."""
+
+import json
+import os
+
+import pytest
+import torch
+from distillation_utils import NUM_LABELS, make_args, teacher_and_student, tiny_bert, token_dataset
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from hf_msd.trainers import DistillationTrainer, DistillationTrainingArguments
+
+
+def collate(dataset, n=None):
+    rows = dataset[: n or len(dataset)]
+    return {k: torch.tensor(v) for k, v in rows.items()}
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ---- Arguments -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"kd_loss_weight": -1.0}, "kd_loss_weight must be >= 0"),
+        ({"hidden_loss_weight": -0.1}, "hidden_loss_weight must be >= 0"),
+        ({"kd_loss_type": "jsd"}, "kd_loss_type='jsd' is unknown"),
+        ({"hidden_loss_type": "l1"}, "hidden_loss_type='l1' is unknown"),
+        ({"attention_loss_type": "cos"}, "attention_loss_type='cos' is unknown"),
+        ({"attention_head_reduction": "max"}, "attention_head_reduction='max' is unknown"),
+        ({"hidden_state_pooling": "cls"}, "hidden_state_pooling='cls' is unknown"),
+        ({"hidden_layer_map": {"a": 1}}, "hidden_layer_map must map"),
+        ({"attention_layer_map": {0: -1}}, "attention_layer_map indices must be >= 0"),
+        ({"hard_label_weight": 0.0, "kd_loss_weight": 0.0}, "All loss weights"),
+    ],
+)
+def test_arguments_validate_and_name_the_field(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationTrainingArguments(output_dir=str(tmp_path), report_to=[], **overrides)
+
+
+def test_layer_map_accepts_json_from_the_command_line(tmp_path):
+    args = DistillationTrainingArguments(output_dir=str(tmp_path), report_to=[], hidden_layer_map='{"1": 2}')
+    assert args.hidden_layer_map == {1: 2}
+    json.loads(args.to_json_string())  # still serialisable
+
+
+def test_label_space_mismatch_is_refused_before_training(tmp_path):
+    teacher = tiny_bert(num_labels=4)
+    student = tiny_bert(num_labels=NUM_LABELS)
+    with pytest.raises(ValueError, match=r"num_labels=4.*num_labels=3"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path))
+    named = {i: name for i, name in enumerate(["cat", "dog", "fish"])}
+    teacher = tiny_bert(id2label=named, label2id={v: k for k, v in named.items()})
+    swapped = {0: "dog", 1: "cat", 2: "fish"}
+    student = tiny_bert(id2label=swapped, label2id={v: k for k, v in swapped.items()})
+    with pytest.raises(ValueError, match="id2label differ"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path))
+
+
+# ---- Loss ------------------------------------------------------------------------------------------------
+
+
+def reference_loss(student_logits, teacher_logits, labels, problem_type, temperature, hard, kd):
+    """The issue's formulas, written with plain softmax/sigmoid/log."""
+    if problem_type == "single_label_classification":
+        task = -torch.log(torch.softmax(student_logits, -1)[torch.arange(len(labels)), labels])
+        p_t = torch.softmax(teacher_logits / temperature, -1)
+        p_s = torch.softmax(student_logits / temperature, -1)
+        soft = temperature**2 * (p_t * (p_t.log() - p_s.log())).sum(-1)
+    elif problem_type == "multi_label_classification":
+        q = torch.sigmoid(student_logits)
+        task = -(labels * q.log() + (1 - labels) * (1 - q).log()).mean(-1)
+        p, q = torch.sigmoid(teacher_logits / temperature), torch.sigmoid(student_logits / temperature)
+        soft = temperature**2 * (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum(-1)
+    else:
+        task = (student_logits.squeeze(-1) - labels) ** 2
+        soft = ((student_logits - teacher_logits) ** 2).squeeze(-1)
+    return (hard * task + kd * soft).mean()
+
+
+@pytest.mark.parametrize(
+    "problem_type", ["single_label_classification", "multi_label_classification", "regression"]
+)
+def test_compute_loss_matches_the_formula_for_each_problem_type(tmp_path, problem_type):
+    num_labels = 1 if problem_type == "regression" else NUM_LABELS
+    teacher = tiny_bert(hidden=32, num_labels=num_labels, seed=1, problem_type=problem_type)
+    student = tiny_bert(num_labels=num_labels, seed=2, problem_type=problem_type)
+    batch = collate(token_dataset(6, multi_label=problem_type == "multi_label_classification"))
+    if problem_type == "regression":
+        batch["labels"] = torch.linspace(-1, 1, 6)
+    args = make_args(tmp_path, temperature=3.0, hard_label_weight=0.3, kd_loss_weight=0.7)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+    loss = trainer.compute_loss(student, dict(batch))
+    model_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        s, t = student(**model_inputs).logits, teacher(**model_inputs).logits
+    expected = reference_loss(s, t, batch["labels"], problem_type, 3.0, 0.3, 0.7)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_loss_uses_the_projection_and_ignores_padding(tmp_path):
+    teacher, student = teacher_and_student()
+    args = make_args(tmp_path, hard_label_weight=0.0, kd_loss_weight=0.0, hidden_loss_weight=2.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+    assert trainer._hidden_map == {1: 2}  # last student layer -> last teacher layer
+    batch = collate(token_dataset(4))
+    loss = trainer.compute_loss(student, dict(batch))
+    projection = trainer.training_modules["hidden_projections"]["1_to_2"]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        h_s = student(**inputs, output_hidden_states=True).hidden_states[1]
+        h_t = teacher(**inputs, output_hidden_states=True).hidden_states[2]
+        per_token = ((h_s @ projection.weight.T + projection.bias - h_t) ** 2).mean(-1)
+    mask = batch["attention_mask"].float()
+    expected = 2.0 * ((per_token * mask).sum(-1) / mask.sum(-1)).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_loss_switches_to_eager_and_matches_kl_of_head_means(tmp_path):
+    teacher, student = teacher_and_student()
+    args = make_args(tmp_path, hard_label_weight=0.0, kd_loss_weight=0.0, attention_loss_weight=1.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+    assert trainer._attention_map == {0: 1}
+    batch = collate(token_dataset(4))
+    loss = trainer.compute_loss(student, dict(batch))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        a_s = student(**inputs, output_attentions=True).attentions[0].mean(1)
+        a_t = teacher(**inputs, output_attentions=True).attentions[1].mean(1)
+    terms = torch.where(a_t > 0, a_t * (a_t.log() - a_s.log()), torch.zeros_like(a_t))  # 0 log 0 = 0
+    kl_rows = terms.sum(-1)
+    mask = batch["attention_mask"].float()
+    expected = ((kl_rows * mask).sum(-1) / mask.sum(-1)).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+class ExplodingTeacher(torch.nn.Module):
+    """A teacher that must not be called: cached logits are in the batch."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, **kwargs):
+        raise AssertionError("the teacher was run although cached teacher_logits were given")
+
+
+def test_cached_teacher_logits_survive_column_removal_and_replace_the_teacher(tmp_path):
+    student = tiny_bert(seed=2)
+    dataset = token_dataset(16)
+    cached = torch.randn(16, NUM_LABELS, generator=torch.Generator().manual_seed(3))
+    dataset = dataset.add_column("teacher_logits", cached.tolist())
+    dataset = dataset.add_column("teacher_logits_text", cached.tolist())
+    dataset = dataset.add_column("unused", list(range(16)))
+    args = make_args(tmp_path, max_steps=2, hard_label_weight=0.0, kd_loss_weight=1.0, temperature=1.0)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=ExplodingTeacher(student.config), args=args, train_dataset=dataset
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert {"teacher_logits", "teacher_logits_text"} <= set(batch) and "unused" not in batch
+    loss = trainer.compute_loss(student, dict(batch))
+    with torch.no_grad():
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    p_t = torch.softmax(batch["teacher_logits"], -1)
+    expected = (p_t * (p_t.log() - torch.log_softmax(s, -1))).sum(-1).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    trainer.train()  # the student never receives the cached columns, the teacher never runs
+
+
+# ---- Training --------------------------------------------------------------------------------------------
+
+
+def test_teacher_is_frozen_untouched_and_outside_the_optimizer(tmp_path):
+    teacher, student = teacher_and_student()
+    teacher.train()  # the trainer must put it in eval mode itself
+    before = snapshot(teacher)
+    args = make_args(tmp_path, max_steps=3, hidden_loss_weight=1.0, optim="adamw_torch", weight_decay=0.1)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=token_dataset()
+    )
+    trainer.train()
+    assert not teacher.training
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    for name, value in snapshot(teacher).items():
+        assert torch.equal(value, before[name]), name
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    assert {id(p) for p in trainer.training_modules.parameters()} <= optimized
+
+
+def one_step(tmp_path, n, batch_size, accumulation):
+    teacher, student = teacher_and_student()
+    args = make_args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        hidden_loss_weight=1.0,
+        learning_rate=0.5,
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=token_dataset(n)
+    )
+    trainer.train()
+    return snapshot(student), snapshot(trainer.training_modules)
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(32, 8), (30, 8)])  # 30 = 8 + 8 + 8 + 6: uneven last batch
+def test_gradient_accumulation_gives_the_large_batch_update(tmp_path, n, batch_size):
+    start, _ = snapshot(tiny_bert(seed=2)), None
+    accumulated = one_step(tmp_path / "ga", n, batch_size, accumulation=4)
+    large = one_step(tmp_path / "large", n, n, accumulation=1)
+    for got, want in zip(accumulated, large):
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(start[k], large[0][k]) for k in start)  # a step did happen
+
+
+def test_component_losses_are_logged_and_add_up_to_the_loss(tmp_path):
+    teacher, student = teacher_and_student()
+    args = make_args(tmp_path, max_steps=4, logging_strategy="steps", logging_steps=2, hidden_loss_weight=0.5)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=token_dataset()
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 2
+    for log in logs:
+        components = [log[f"{name}_loss"] for name in ("task", "kd", "hidden")]
+        assert log["loss"] == pytest.approx(sum(components), rel=1e-4)
+
+
+def test_saved_student_reloads_alone_and_checkpoints_keep_projections_for_resume(tmp_path):
+    def run(output_dir, resume=None):
+        teacher, student = teacher_and_student()
+        args = make_args(output_dir, max_steps=4, save_strategy="steps", save_steps=2, hidden_loss_weight=1.0)
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=token_dataset()
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run(tmp_path / "full")
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    saved = load_file(checkpoint / "distillation_modules.safetensors")
+    assert set(saved) == {"hidden_projections.1_to_2.weight", "hidden_projections.1_to_2.bias"}
+    student_keys = set(load_file(checkpoint / "model.safetensors"))
+    assert not any("projection" in key for key in student_keys)
+
+    resumed = run(tmp_path / "resumed", resume=str(checkpoint))
+    for name, value in snapshot(full.training_modules).items():
+        torch.testing.assert_close(snapshot(resumed.training_modules)[name], value, rtol=1e-5, atol=1e-6)
+    for name, value in snapshot(full.model).items():
+        torch.testing.assert_close(snapshot(resumed.model)[name], value, rtol=1e-5, atol=1e-6)
+
+    final = tmp_path / "student"
+    full.save_model(str(final))
+    assert sorted(os.listdir(final)) == ["config.json", "model.safetensors", "training_args.bin"]
+    reloaded = AutoModelForSequenceClassification.from_pretrained(final)
+    assert set(load_file(final / "model.safetensors")) <= set(full.model.state_dict())
+    batch = collate(token_dataset(4))
+    del batch["labels"]
+    full.model.eval()
+    torch.testing.assert_close(reloaded(**batch).logits, full.model(**batch).logits)
+
+
+def test_lora_student_trains_and_saves_only_adapters(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    teacher, base = teacher_and_student()
+    base_before = snapshot(base)
+    student = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+    lora_before = {k: v.clone() for k, v in snapshot(student).items() if "lora_B" in k}
+    args = make_args(tmp_path, max_steps=3, learning_rate=0.05)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=token_dataset()
+    )
+    trainer.train()
+    after = snapshot(student)
+    assert any(not torch.equal(after[k], v) for k, v in lora_before.items())  # adapters trained
+    frozen = [k for k in base_before if "classifier" not in k]  # classifier is a modules_to_save copy
+    base_after = snapshot(student.get_base_model())
+    for key in frozen:
+        assert torch.equal(
+            base_before[key],
+            base_after[key.replace("query.", "query.base_layer.").replace("value.", "value.base_layer.")],
+        ), key
+    trainer.save_model(str(tmp_path / "adapter"))
+    files = set(os.listdir(tmp_path / "adapter"))
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert all("lora_" in key or "classifier" in key for key in saved)
+
+
+def test_teacher_given_as_a_path_is_loaded_with_init_kwargs(tmp_path):
+    teacher, student = teacher_and_student()
+    teacher.save_pretrained(tmp_path / "teacher")
+    args = make_args(tmp_path, teacher_model_init_kwargs={"dtype": torch.float32})
+    trainer = DistillationTrainer(model=student, teacher_model=str(tmp_path / "teacher"), args=args)
+    loaded = trainer.teacher_model
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    torch.testing.assert_close(loaded.classifier.weight, teacher.classifier.weight)
+
+
+def test_distillation_raises_agreement_with_the_teacher(tmp_path):
+    teacher = tiny_bert(hidden=32, layers=2, heads=4, seed=1, initializer_range=1.0)
+    student = tiny_bert(seed=2)
+    dataset = token_dataset(64)
+    args = make_args(
+        tmp_path,
+        hard_label_weight=0.0,
+        kd_loss_weight=1.0,
+        num_train_epochs=6,
+        learning_rate=0.01,
+        optim="adamw_torch",
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=dataset, eval_dataset=dataset
+    )
+    before = trainer.evaluate()["eval_teacher_agreement"]
+    trainer.train()
+    after = trainer.evaluate()
+    with torch.no_grad():
+        teacher_predictions = teacher(**{k: v for k, v in collate(dataset).items() if k != "labels"}).logits
+    majority_share = teacher_predictions.argmax(-1).bincount().max().item() / len(dataset)
+    assert after["eval_teacher_agreement"] >= before + 0.3
+    assert after["eval_teacher_agreement"] > majority_share  # not just the teacher's most frequent class
+    assert "eval_loss" in after
