@@ -40,6 +40,7 @@ logger = logging.get_logger(__name__)
 
 TEXT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 IMAGE_INPUT_NAMES = ("pixel_values",)
+MAIN_INPUT_NAMES = {"text": "input_ids", "image": "pixel_values"}  # the input that makes a modality present
 
 
 @dataclass
@@ -227,7 +228,7 @@ class MultimodalTransformerPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: MultimodalTransformerConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
-        self.main_input_name = "input_ids" if "text" in config.modalities else "pixel_values"
+        self.main_input_name = MAIN_INPUT_NAMES[config.modalities[0]]
 
     @classmethod
     def from_text_encoder(
@@ -299,12 +300,7 @@ class MultimodalTransformerModel(MultimodalTransformerPreTrainedModel):
                 "`attention_mask`/`token_type_ids` were given without `input_ids`; pass `input_ids`."
             )
         if "input_ids" not in present and "pixel_values" not in present:
-            names = [
-                n
-                for m, ns in (("text", ("input_ids",)), ("image", IMAGE_INPUT_NAMES))
-                for n in ns
-                if m in self.modalities
-            ]
+            names = [MAIN_INPUT_NAMES[m] for m in self.modalities]
             raise ValueError(f"No input for any modality: pass at least one of {names}.")
 
     def forward(
