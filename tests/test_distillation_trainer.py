@@ -215,7 +215,7 @@ def one_step(tmp_path, n, batch_size, accumulation):
 
 @pytest.mark.parametrize(("n", "batch_size"), [(32, 8), (30, 8)])  # 30 = 8 + 8 + 8 + 6: uneven last batch
 def test_gradient_accumulation_gives_the_large_batch_update(tmp_path, n, batch_size):
-    start, _ = snapshot(tiny_bert(seed=2)), None
+    start = snapshot(tiny_bert(seed=2))
     accumulated = one_step(tmp_path / "ga", n, batch_size, accumulation=4)
     large = one_step(tmp_path / "large", n, n, accumulation=1)
     for got, want in zip(accumulated, large):
@@ -334,3 +334,25 @@ def test_distillation_raises_agreement_with_the_teacher(tmp_path):
     assert after["eval_teacher_agreement"] >= before + 0.3
     assert after["eval_teacher_agreement"] > majority_share  # not just the teacher's most frequent class
     assert "eval_loss" in after
+
+
+def test_peft_student_whose_base_is_the_teacher_distils_from_the_adapter_free_base(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_bert(seed=1)
+    batch = collate(token_dataset(4))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        base_logits = base(**inputs).logits
+    student = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["query", "value"], init_lora_weights=False, lora_dropout=0.1)
+    )
+    args = make_args(tmp_path, max_steps=2, hard_label_weight=0.0, kd_loss_weight=1.0)
+    trainer = DistillationTrainer(model=student, teacher_model=base, args=args, train_dataset=token_dataset())
+    student.train()
+    teacher_logits = trainer.teacher_forward(dict(batch)).logits
+    torch.testing.assert_close(teacher_logits, base_logits)  # adapters disabled for the teacher
+    assert student.training  # the teacher's eval() did not leave the shared modules in eval mode
+    trainer.train()
+    lora = [p for n, p in student.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad for p in lora)

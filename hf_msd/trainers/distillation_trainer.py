@@ -172,11 +172,11 @@ class DistillationTrainer(Trainer):
         check_label_spaces(student.config, teacher_model.config)
         self.teacher_model = teacher_model
         self._teacher_is_student_base = student is teacher_model
-        if not self._teacher_is_student_base:
+        if not self._teacher_is_student_base:  # a shared PEFT base is already frozen and placed
             teacher_model.requires_grad_(False)
             if getattr(teacher_model, "hf_device_map", None) is None:
                 teacher_model.to(self.args.device)
-        teacher_model.eval()
+            teacher_model.eval()
         self.problem_type = getattr(student.config, "problem_type", None)
         self.training_modules = nn.ModuleDict()
         self._hidden_map = self._attention_map = {}
@@ -500,6 +500,11 @@ class DistillationTrainer(Trainer):
         DDP's gradient averaging, as transformers' default loss does.
         """
         components, outputs = self.loss_components(model, inputs)
+        if not components:
+            raise ValueError(
+                "No loss component to train on: the batch has no 'labels' and every distillation weight "
+                "is 0. Set kd_loss_weight (or another weight) > 0, or provide labels."
+            )
         total = torch.stack([c.sum() for c in components.values()]).sum()
         batch_size = next(iter(components.values())).shape[0]
         if num_items_in_batch is None:
