@@ -1,0 +1,91 @@
+"""Training arguments of :class:`~hf_msd.trainers.MSDTrainer` (modality-specific distillation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..weighting import WEIGHTINGS
+from .distillation_config import DistillationTrainingArguments
+
+
+@dataclass
+class MSDTrainingArguments(DistillationTrainingArguments):
+    """:class:`DistillationTrainingArguments` plus the modality-specific terms of :class:`MSDTrainer`.
+
+    The loss per example adds ``sum_m w_m * KD(T(x_m), S(x_m))`` to the distillation loss, where ``x_m``
+    keeps only modality ``m`` and ``w_m`` comes from ``modality_weighting`` (see :mod:`hf_msd.weighting`).
+    """
+
+    modality_weighting: str = field(
+        default="uniform",
+        metadata={
+            "help": "How the modality terms are weighted: 'uniform' (w_m = modality_loss_weight), "
+            "'population' (teacher saliency over the training set), 'instance' (per-example teacher "
+            "saliency) or 'learned' (meta-learned by a one-step look-ahead on held-out data)."
+        },
+    )
+    modality_loss_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "lambda (>= 0): the scale of the modality weights; every weighting averages to lambda "
+            "per modality (weights sum to lambda * number of modalities)."
+        },
+    )
+    saliency_batch_size: int = field(
+        default=32,
+        metadata={"help": "Batch size of the teacher pass that computes population saliency (>= 1)."},
+    )
+    meta_learning_rate: float = field(
+        default=1e-2,
+        metadata={"help": "'learned' only: Adam learning rate (> 0) of the modality weights' parameters."},
+    )
+    meta_inner_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "'learned' only: step size (> 0) of the student's look-ahead update theta' = theta - "
+            "lr * grad; default: learning_rate."
+        },
+    )
+    meta_update_interval: int = field(
+        default=10,
+        metadata={"help": "'learned' only: run one meta step every this many optimizer steps (>= 1)."},
+    )
+    meta_validation_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "'learned' only: fraction in [0, 1) of the training set held out (fixed split, seed) "
+            "for the meta step's validation batches; 0 uses the eval_dataset."
+        },
+    )
+    meta_weight_network_hidden_size: int = field(
+        default=0,
+        metadata={
+            "help": "'learned' only: 0 learns one scalar per modality; > 0 learns a small MLP of this "
+            "width mapping each example's modality saliencies to its weights."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.modality_weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"modality_weighting={self.modality_weighting!r} is unknown; "
+                f"choose one of {sorted(WEIGHTINGS)}."
+            )
+        if self.modality_loss_weight < 0:
+            raise ValueError(f"modality_loss_weight must be >= 0, got {self.modality_loss_weight}.")
+        for name in ("saliency_batch_size", "meta_update_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not self.meta_learning_rate > 0:
+            raise ValueError(f"meta_learning_rate must be > 0, got {self.meta_learning_rate}.")
+        if self.meta_inner_learning_rate is not None and not self.meta_inner_learning_rate > 0:
+            raise ValueError(f"meta_inner_learning_rate must be > 0, got {self.meta_inner_learning_rate}.")
+        if not 0 <= self.meta_validation_fraction < 1:
+            raise ValueError(
+                f"meta_validation_fraction must be in [0, 1), got {self.meta_validation_fraction}."
+            )
+        if self.meta_weight_network_hidden_size < 0:
+            raise ValueError(
+                f"meta_weight_network_hidden_size must be >= 0, got {self.meta_weight_network_hidden_size}."
+            )

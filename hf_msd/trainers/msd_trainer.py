@@ -1,0 +1,471 @@
+"""`MSDTrainer`: modality-specific distillation (MSD) on top of :class:`DistillationTrainer`.
+
+For a batch ``x`` with modalities ``m = 1..M`` and ``x_m`` the input keeping only modality ``m``
+(:func:`hf_msd.modality.restrict`), the loss per example is::
+
+    hard_label_weight * CE(S(x), y) + kd_loss_weight * KD(T(x), S(x)) + sum_m w_m * KD(T(x_m), S(x_m))
+
+``KD`` is the distillation term of :class:`DistillationTrainer` (same ``temperature``, ``T**2``
+scaling, ``kd_loss_type`` and problem types; :func:`hf_msd.losses.soft_target_loss`); the hidden-state
+and attention losses, when enabled, apply to the full input only. ``w_m`` comes from
+``args.modality_weighting`` (:mod:`hf_msd.weighting`; saliency in :mod:`hf_msd.saliency`). Like every
+component, the total is summed over the examples of the whole accumulated batch and divided by their
+number.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader, Subset
+from transformers import PreTrainedModel
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.utils import logging
+
+from .. import losses
+from ..modality import Modality, default_modalities, remove, restrict, validate_modalities
+from ..saliency import (
+    SaliencyFn,
+    SaliencyReport,
+    compute_saliency,
+    modality_saliency,
+    saliency_fingerprint,
+)
+from ..weighting import build_weighting
+from .distillation_trainer import TEACHER_CACHE_PREFIX, DistillationTrainer
+from .msd_config import MSDTrainingArguments
+
+logger = logging.get_logger(__name__)
+
+MSD_WEIGHTING_NAME = "msd_weighting.pt"
+SALIENCY_CACHE_NAME = "modality_saliency.json"
+
+
+def _signature(batch: dict[str, Any]) -> tuple:
+    return tuple(sorted((key, tuple(value.shape), value.dtype) for key, value in batch.items()))
+
+
+def batched_logits(run: Callable[[dict], torch.Tensor], batches: Sequence[dict]) -> list[torch.Tensor]:
+    """``[run(b).logits-like for b in batches]``, running batches with the same keys, shapes and dtypes as one
+    concatenated call (split back afterwards). ``run`` maps a batch dict of tensors (B, ...) to (B, C)."""
+    groups: dict[tuple, list[int]] = {}
+    for index, batch in enumerate(batches):
+        groups.setdefault(_signature(batch), []).append(index)
+    results: list[torch.Tensor | None] = [None] * len(batches)
+    for indices in groups.values():
+        if len(indices) == 1:
+            results[indices[0]] = run(batches[indices[0]])
+            continue
+        first = batches[indices[0]]
+        joined = {key: torch.cat([batches[i][key] for i in indices]) for key in first}
+        sizes = [next(iter(batches[i].values())).shape[0] for i in indices]
+        for index, logits in zip(indices, run(joined).split(sizes)):
+            results[index] = logits
+    return results
+
+
+class MSDTrainer(DistillationTrainer):
+    """Modality-specific distillation (Jin et al., 2021, "MSD: Saliency-aware Knowledge Distillation for
+    Multimodal Understanding") of ``teacher_model`` into ``model``.
+
+    Args:
+        model, teacher_model, **trainer_kwargs: as for :class:`DistillationTrainer`.
+        args: an :class:`MSDTrainingArguments`.
+        modalities: the :class:`~hf_msd.modality.Modality` spec (keys and removal strategy of each modality);
+            default :func:`~hf_msd.modality.default_modalities` of the teacher. Checked against the first
+            training batch and both models when ``train()`` starts (errors name the key).
+        saliency_fn: ``fn(teacher_logits_full, teacher_logits_without_m, problem_type) -> (B,)`` replacing
+            :func:`hf_msd.saliency.default_saliency` for the population / instance / network weights.
+
+    Forward passes: the teacher runs without grad on ``x`` and each ``x_m`` (and, with more than two
+    modalities and per-example saliency, on each ``x without m``); cached ``teacher_logits`` /
+    ``teacher_logits_<name>`` batch columns are used instead when present. Passes whose inputs share keys
+    and shapes ("mask" / "fill" removal) run as one concatenated call; with "drop" each ``x_m`` is its own,
+    shorter, call. The student runs on ``x`` (with the intermediate outputs the other losses need) and on
+    the ``x_m`` the same way.
+
+    Unimodal students (``config.modalities`` with one entry, the multimodal-to-unimodal setting): the
+    student only ever sees its modality (the other modalities' keys are left out), the teacher sees the
+    full ``x`` for the ``kd`` term, and only the student's modality gets a modality term.
+
+    Weights: ``population`` saliency is computed once at the start of ``train()`` over the training set (a
+    progress bar), cached in ``<output_dir>/modality_saliency.json`` with a fingerprint of teacher, data,
+    modalities and saliency function (a mismatch recomputes), and saved in every checkpoint
+    (``msd_weighting.pt``) so a resume does not recompute. ``learned`` weights and their Adam state are
+    saved in the same file and restored on resume; every ``meta_update_interval`` optimizer steps
+    :meth:`~hf_msd.weighting.LearnedWeighting.meta_step` runs on the current training batch and a held-out
+    batch (``eval_dataset``, or a fixed ``meta_validation_fraction`` split of the training set made at the
+    start of ``train()``), looking ahead over the student's trainable parameters (so LoRA works).
+
+    Logs: each modality term's mean as ``modality_<name>_loss``, each modality's mean weight as
+    ``modality_weight_<name>``, and with ``learned`` the last held-out loss as ``meta_validation_loss``.
+    """
+
+    _tag_names = ["hf_msd", "distillation", "msd"]
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | None = None,
+        args: MSDTrainingArguments | None = None,
+        modalities: Sequence[Modality] | None = None,
+        saliency_fn: SaliencyFn | None = None,
+        **trainer_kwargs: Any,
+    ):
+        if not isinstance(args, MSDTrainingArguments):
+            raise TypeError(
+                f"args must be an MSDTrainingArguments, got {type(args).__name__}; build it with "
+                "MSDTrainingArguments(output_dir=..., modality_weighting=..., ...)."
+            )
+        super().__init__(model=model, teacher_model=teacher_model, args=args, **trainer_kwargs)
+        self.modalities = (
+            list(modalities) if modalities is not None else default_modalities(self.teacher_model)
+        )
+        if not self.modalities:
+            raise ValueError("modalities is empty: pass at least one Modality.")
+        self.saliency_fn = saliency_fn
+        names = [modality.name for modality in self.modalities]
+        student_modalities = getattr(self._student_base().config, "modalities", None)
+        self.student_modality_names = (
+            names if student_modalities is None else [name for name in names if name in student_modalities]
+        )
+        if not self.student_modality_names:
+            raise ValueError(
+                f"The student's config.modalities={student_modalities} shares no modality with modalities="
+                f"{names}: name the Modality after the student's modality."
+            )
+        self._unimodal_student = student_modalities is not None and len(student_modalities) == 1
+        self.weighting = build_weighting(
+            args.modality_weighting,
+            names,
+            args.modality_loss_weight,
+            learning_rate=args.meta_learning_rate,
+            hidden_size=args.meta_weight_network_hidden_size,
+        ).to(args.device)
+        if self.weighting.learned and self.eval_dataset is None and args.meta_validation_fraction == 0:
+            raise ValueError(
+                "modality_weighting='learned' needs held-out data for its meta step: pass an eval_dataset or "
+                "set meta_validation_fraction > 0."
+            )
+        if (
+            self.weighting.learned
+            and isinstance(self.eval_dataset, dict)
+            and not args.meta_validation_fraction
+        ):
+            raise ValueError(
+                "modality_weighting='learned' needs one eval_dataset, got a dict of several; set "
+                "meta_validation_fraction > 0 instead."
+            )
+        self._teacher_batch: dict[str, Any] | None = None
+        self._meta_mode = False
+        self._meta_dataset = None
+        self._meta_iterator = None
+        self._last_meta_step = -1
+        self._last_meta_loss: torch.Tensor | None = None
+        self._weight_sums = torch.zeros(len(names), device=args.device)
+        self._weight_count = torch.zeros((), device=args.device)
+
+    # ---- Batches -------------------------------------------------------------------------------------
+
+    def _student_view(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A unimodal student's input: the batch without the keys of the modalities it does not take."""
+        if not self._unimodal_student:
+            return batch
+        others = {
+            key
+            for m in self.modalities
+            if m.name not in self.student_modality_names
+            for key in m.present_keys(batch)
+        }
+        return {key: value for key, value in batch.items() if key not in others}
+
+    def teacher_forward(
+        self,
+        inputs: dict[str, Any],
+        cache_key: str = TEACHER_CACHE_PREFIX,
+        output_intermediates: bool | None = None,
+    ):
+        """As :meth:`DistillationTrainer.teacher_forward`; during :meth:`loss_components` the full-input call
+        (``cache_key="teacher_logits"``) uses the full batch ``x`` even when the student sees only its own
+        modality."""
+        if cache_key == TEACHER_CACHE_PREFIX and self._teacher_batch is not None:
+            inputs = self._teacher_batch
+        return super().teacher_forward(inputs, cache_key, output_intermediates)
+
+    def _teacher_logits(self, inputs: dict[str, Any], needs_without: bool) -> tuple[dict, dict]:
+        """Teacher logits on ``x`` (key "full", unless cached or computed by the parent for intermediates),
+        each ``x_m`` (by name) and, if ``needs_without``, each ``x without m``; one concatenated call per
+        group of same-shaped inputs. Returns ``(only, extra)``: name -> (B, C) and {"full"?, "without"?}."""
+        model_batch = {k: v for k, v in self.model_inputs(inputs).items() if k != "labels"}
+        names = [m.name for m in self.modalities]
+        only: dict[str, torch.Tensor] = {}
+        pending: list[tuple[str, dict]] = []
+        for name in names:
+            cached = inputs.get(f"{TEACHER_CACHE_PREFIX}_{name}")
+            if cached is not None:
+                only[name] = cached.to(self.args.device)
+            else:
+                pending.append((f"only:{name}", restrict(model_batch, self.modalities, name)))
+        need_hidden, need_attentions = self._needs_intermediates(None)
+        if inputs.get(TEACHER_CACHE_PREFIX) is None and not (need_hidden or need_attentions):
+            pending.append(("full", model_batch))
+        if needs_without and len(self.modalities) > 2:
+            pending += [(f"without:{n}", remove(model_batch, self.modalities, n)) for n in names]
+
+        def run(batch):
+            return self.teacher_forward(batch, cache_key="", output_intermediates=False).logits
+
+        results = dict(zip([key for key, _ in pending], batched_logits(run, [b for _, b in pending])))
+        only.update({key[len("only:") :]: value for key, value in results.items() if key.startswith("only:")})
+        extra: dict[str, Any] = {}
+        if "full" in results:
+            extra["full"] = results["full"]
+        if needs_without:
+            extra["without"] = (
+                [only[names[1]], only[names[0]]]
+                if len(names) == 2
+                else [results[f"without:{n}"] for n in names]
+            )
+        return only, extra
+
+    # ---- Loss ----------------------------------------------------------------------------------------
+
+    def loss_components(
+        self, model: nn.Module, inputs: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], Any]:
+        """The parent's components plus ``modality_<name>``: ``w_m * KD(T(x_m), S(x_m))``, shape (B,)."""
+        needs_saliency = self.weighting.needs_instance_saliency
+        only, extra = self._teacher_logits(inputs, needs_without=needs_saliency)
+        teacher_batch = dict(inputs)
+        if "full" in extra:
+            teacher_batch[TEACHER_CACHE_PREFIX] = extra["full"]
+        self._teacher_batch = teacher_batch
+        try:
+            components, outputs = super().loss_components(model, self._student_view(teacher_batch))
+        finally:
+            self._teacher_batch = None
+        problem_type = self._problem_type(inputs.get("labels"))
+        student_batch = {k: v for k, v in self.model_inputs(inputs).items() if k != "labels"}
+        if self._unimodal_student:
+            student_logits = [outputs.logits]
+        else:
+            student_batches = [
+                restrict(student_batch, self.modalities, n) for n in self.student_modality_names
+            ]
+            student_logits = batched_logits(lambda batch: model(**batch).logits, student_batches)
+        batch_size = outputs.logits.shape[0]
+        saliency = None
+        if needs_saliency:
+            saliency = modality_saliency(
+                self._last_teacher_logits, extra["without"], problem_type, self.saliency_fn
+            )
+        weights = self.weighting(batch_size, saliency).to(outputs.logits.device)
+        if not self._meta_mode:
+            weights = weights.detach()
+        names = [m.name for m in self.modalities]
+        for name, logits in zip(self.student_modality_names, student_logits):
+            kd = losses.soft_target_loss(
+                logits,
+                only[name],
+                problem_type=problem_type,
+                temperature=self.args.temperature,
+                loss_type=self.args.kd_loss_type,
+            )
+            components[f"modality_{name}"] = weights[:, names.index(name)] * kd
+        if model.training and not self._meta_mode:
+            self._weight_sums = self._weight_sums + weights.detach().sum(dim=0)
+            self._weight_count = self._weight_count + batch_size
+        return components, outputs
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds ``modality_weight_<name>`` (mean over the logging window) and ``meta_validation_loss``."""
+        if "loss" in logs and self._weight_count.item() > 0:
+            sums = torch.cat([self._weight_sums, self._weight_count[None]])
+            sums = self.accelerator.reduce(sums, reduction="sum")
+            for modality, value in zip(self.modalities, sums[:-1]):
+                logs[f"modality_weight_{modality.name}"] = (value / sums[-1]).item()
+            self._weight_sums = torch.zeros_like(self._weight_sums)
+            self._weight_count = torch.zeros_like(self._weight_count)
+            if self._last_meta_loss is not None:
+                logs["meta_validation_loss"] = self._last_meta_loss.item()
+        super().log(logs, start_time)
+
+    # ---- Learned weights: the meta step ---------------------------------------------------------------
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
+    ) -> torch.Tensor:
+        step = self.state.global_step
+        if (
+            self.weighting.learned
+            and step % self.args.meta_update_interval == 0
+            and step != self._last_meta_step
+        ):
+            self._last_meta_step = step
+            self._meta_step(model, self._prepare_inputs(inputs))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _next_meta_batch(self) -> dict[str, Any]:
+        if self._meta_iterator is None:
+            dataset = self._meta_dataset if self._meta_dataset is not None else self.eval_dataset
+            dataset = self._model_columns(dataset, "meta-validation")
+            loader = DataLoader(
+                dataset,
+                batch_size=self.args.per_device_train_batch_size,
+                shuffle=True,
+                collate_fn=self.data_collator,
+                generator=torch.Generator().manual_seed(self.args.seed),
+            )
+            self._meta_loader, self._meta_iterator = loader, iter(loader)
+        try:
+            return self._prepare_inputs(next(self._meta_iterator))
+        except StopIteration:
+            self._meta_iterator = iter(self._meta_loader)
+            return self._prepare_inputs(next(self._meta_iterator))
+
+    def _meta_step(self, model: nn.Module, inputs: dict[str, Any]) -> None:
+        student = self.accelerator.unwrap_model(model)
+        params = {name: p for name, p in student.named_parameters() if p.requires_grad}
+        held_out = self._next_meta_batch()
+        val_inputs = self._student_view(
+            {k: v for k, v in self.model_inputs(held_out).items() if k != "labels"}
+        )
+        problem_type = self._problem_type(held_out["labels"])
+
+        def train_loss() -> torch.Tensor:
+            self._meta_mode = True
+            try:
+                components, _ = self.loss_components(student, inputs)
+            finally:
+                self._meta_mode = False
+            return torch.stack([component.mean() for component in components.values()]).sum()
+
+        def val_loss(lookahead: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = torch.func.functional_call(student, lookahead, args=(), kwargs=val_inputs).logits
+            return losses.task_loss(logits, held_out["labels"], problem_type).mean()
+
+        inner_lr = self.args.meta_inner_learning_rate or self.args.learning_rate
+        # Fused attention kernels have no double backward; the math kernel does.
+        with sdpa_kernel(SDPBackend.MATH):
+            self._last_meta_loss = self.weighting.meta_step(train_loss, val_loss, params, inner_lr)
+
+    # ---- Before training: validation, held-out split, population saliency ------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """Checks the modality spec on the first batch, makes the meta-validation split and computes (or
+        loads) the population saliency, then trains as :meth:`transformers.Trainer.train`."""
+        if isinstance(resume_from_checkpoint, bool) and resume_from_checkpoint:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if self.train_dataset is None:
+            raise ValueError("MSDTrainer.train() needs a train_dataset.")
+        if self.weighting.learned and self.args.meta_validation_fraction > 0 and self._meta_dataset is None:
+            self._split_meta_validation()
+        first = self._first_batch()
+        self._problem_type(first.get("labels"))
+        self._validate(first)
+        if self.weighting.needs_population_saliency and not self.weighting.has_population_saliency:
+            self._set_population_saliency(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _split_meta_validation(self) -> None:
+        dataset = self.train_dataset
+        size = len(dataset)
+        held = max(1, round(size * self.args.meta_validation_fraction))
+        if held >= size:
+            raise ValueError(
+                f"meta_validation_fraction={self.args.meta_validation_fraction} leaves no training data."
+            )
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.args.seed)).tolist()
+        pick = (
+            (lambda idx: dataset.select(idx))
+            if hasattr(dataset, "select")
+            else (lambda idx: Subset(dataset, idx))
+        )
+        self._meta_dataset, self.train_dataset = pick(order[:held]), pick(order[held:])
+
+    def _model_columns(self, dataset, description: str):
+        """``dataset`` without the columns the models do not take (as the Trainer's dataloaders do)."""
+        if isinstance(dataset, datasets.Dataset):
+            return self._remove_unused_columns(dataset, description=description)
+        return dataset
+
+    def _saliency_dataset(self):
+        return self._model_columns(self.train_dataset, "saliency")
+
+    def _first_batch(self) -> dict[str, Any]:
+        dataset = self._saliency_dataset()
+        examples = [dataset[i] for i in range(min(2, len(dataset)))]
+        return self._prepare_inputs(self.data_collator(examples))
+
+    def _validate(self, batch: dict[str, Any]) -> None:
+        model_batch = {k: v for k, v in self.model_inputs(batch).items() if k != "labels"}
+        validate_modalities(self.modalities, model_batch, self.teacher_model)
+        student = self._student_base()
+        if self._unimodal_student:
+            return
+        validate_modalities(self.modalities, model_batch, student)
+
+    def _set_population_saliency(self, resume_from_checkpoint: str | None) -> None:
+        if resume_from_checkpoint is not None:
+            path = os.path.join(resume_from_checkpoint, MSD_WEIGHTING_NAME)
+            if os.path.isfile(path):
+                self.weighting.load_state_dict(torch.load(path, map_location=self.args.device))
+                return
+        dataset = self._saliency_dataset()
+        fingerprint = saliency_fingerprint(
+            self.teacher_model,
+            dataset,
+            self.modalities,
+            saliency_fn=getattr(self.saliency_fn, "__qualname__", None),
+            problem_type=self.problem_type,
+        )
+        cache = os.path.join(self.args.output_dir, SALIENCY_CACHE_NAME)
+        if os.path.isfile(cache) and SaliencyReport.load_json(cache).fingerprint == fingerprint:
+            report = SaliencyReport.load_json(cache)
+            logger.info(f"Loaded the population saliency from {cache}.")
+        else:
+            report = compute_saliency(
+                self.teacher_model,
+                dataset,
+                self.modalities,
+                data_collator=self.data_collator,
+                batch_size=self.args.saliency_batch_size,
+                saliency_fn=self.saliency_fn,
+                device=self.args.device,
+                problem_type=self.problem_type,
+                progress=not self.args.disable_tqdm,
+            )
+            report.fingerprint = fingerprint
+            if self.args.should_save:
+                os.makedirs(self.args.output_dir, exist_ok=True)
+                report.save_json(cache)
+        self.weighting.set_population_saliency(report.mean)
+        logger.info(f"Population saliency: {report.population()}")
+
+    # ---- Checkpoints ---------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        if len(self.weighting.state_dict()) and self.args.should_save:
+            checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            output_dir = os.path.join(self._get_output_dir(trial=trial), checkpoint)
+            os.makedirs(output_dir, exist_ok=True)
+            torch.save(self.weighting.state_dict(), os.path.join(output_dir, MSD_WEIGHTING_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not len(self.weighting.state_dict()):
+            return
+        path = os.path.join(resume_from_checkpoint, MSD_WEIGHTING_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} is missing: this checkpoint has no {self.args.modality_weighting} modality weights; "
+                "resume from a checkpoint saved by an MSDTrainer with the same modality_weighting."
+            )
+        self.weighting.load_state_dict(torch.load(path, map_location=self.args.device))
