@@ -1,3 +1,52 @@
-"""hf_msd: knowledge distillation for multimodal transformers on transformers.Trainer."""
+"""hf_msd: knowledge distillation for multimodal transformers on `transformers.Trainer`.
+
+- :class:`DistillationTrainer` / :class:`DistillationTrainingArguments`: knowledge distillation on logits,
+  hidden states and attention maps (a drop-in for `Trainer`).
+- :class:`MSDTrainer` / :class:`MSDTrainingArguments`: modality-specific distillation (Jin et al., 2021),
+  with uniform, saliency-based (population / instance) or meta-learned modality weights.
+- :class:`Modality`: which batch keys form a modality and how it is removed.
+- :mod:`hf_msd.models`: the multimodal fusion transformer (teacher, multimodal and unimodal students),
+  its processor and :func:`make_student`; importing hf_msd registers them with the Auto classes.
+- :mod:`hf_msd.data`: easy-VQA, the user's own files, and the collator.
+"""
+
+from .data import DataValidationError, MultimodalDataCollator, load_easy_vqa, load_local_dataset
+from .modality import Modality, default_modalities, restrict
+from .models import (
+    MultimodalTransformerConfig,
+    MultimodalTransformerForSequenceClassification,
+    MultimodalTransformerModel,
+    MultimodalTransformerProcessor,
+    make_student,
+)
+from .saliency import SaliencyReport, compute_saliency, plot_saliency
+from .trainers import (
+    DistillationTrainer,
+    DistillationTrainingArguments,
+    MSDTrainer,
+    MSDTrainingArguments,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DataValidationError",
+    "DistillationTrainer",
+    "DistillationTrainingArguments",
+    "MSDTrainer",
+    "MSDTrainingArguments",
+    "Modality",
+    "MultimodalDataCollator",
+    "MultimodalTransformerConfig",
+    "MultimodalTransformerForSequenceClassification",
+    "MultimodalTransformerModel",
+    "MultimodalTransformerProcessor",
+    "SaliencyReport",
+    "compute_saliency",
+    "default_modalities",
+    "load_easy_vqa",
+    "load_local_dataset",
+    "make_student",
+    "plot_saliency",
+    "restrict",
+]

