@@ -78,8 +78,9 @@ class MSDTrainer(DistillationTrainer):
         model, teacher_model, **trainer_kwargs: as for :class:`DistillationTrainer`.
         args: an :class:`MSDTrainingArguments`.
         modalities: the :class:`~hf_msd.modality.Modality` spec (keys and removal strategy of each modality);
-            default :func:`~hf_msd.modality.default_modalities` of the teacher. Checked against the first
-            training batch and both models when ``train()`` starts (errors name the key).
+            default :func:`~hf_msd.modality.default_modalities` of the teacher (else of the student).
+            Checked against the first training batch and both models when ``train()`` starts (errors name
+            the key).
         saliency_fn: ``fn(teacher_logits_full, teacher_logits_without_m, problem_type) -> (B,)`` replacing
             :func:`hf_msd.saliency.default_saliency` for the population / instance / network weights.
 
@@ -124,9 +125,7 @@ class MSDTrainer(DistillationTrainer):
                 "MSDTrainingArguments(output_dir=..., modality_weighting=..., ...)."
             )
         super().__init__(model=model, teacher_model=teacher_model, args=args, **trainer_kwargs)
-        self.modalities = (
-            list(modalities) if modalities is not None else default_modalities(self.teacher_model)
-        )
+        self.modalities = list(modalities) if modalities is not None else self._default_modalities()
         if not self.modalities:
             raise ValueError("modalities is empty: pass at least one Modality.")
         self.saliency_fn = saliency_fn
@@ -170,6 +169,16 @@ class MSDTrainer(DistillationTrainer):
         self._last_meta_loss: torch.Tensor | None = None
         self._weight_sums = torch.zeros(len(names), device=args.device)
         self._weight_count = torch.zeros((), device=args.device)
+
+    def _default_modalities(self) -> list[Modality]:
+        """The teacher's modality preset, else the student's (:func:`~hf_msd.modality.default_modalities`)."""
+        try:
+            return default_modalities(self.teacher_model)
+        except ValueError as teacher_error:
+            try:
+                return default_modalities(self._student_base())
+            except ValueError:
+                raise teacher_error from None
 
     # ---- Batches -------------------------------------------------------------------------------------
 
