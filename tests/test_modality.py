@@ -11,7 +11,7 @@ from hf_msd.modality import (
     restrict,
     validate_modalities,
 )
-from tests.models_utils import tiny_vilt
+from tests.models_utils import tiny_batch, tiny_model, tiny_vilt
 from tests.models_utils import tiny_vilt_batch as vilt_batch
 
 TEXT = Modality(
@@ -163,3 +163,38 @@ def test_validate_required_forward_argument():
 def test_no_preset_for_unknown_model():
     with pytest.raises(ValueError, match="model_type='bert'"):
         default_modalities(type("Cfg", (), {"model_type": "bert"})())
+
+
+def test_our_model_preset_drops_and_matches_hand_built_inputs():
+    model = tiny_model()
+    modalities = default_modalities(model)
+    assert [(m.name, m.removal) for m in modalities] == [("text", "drop"), ("image", "drop")]
+    batch = tiny_batch(model.config)
+    validate_modalities(modalities, batch, model)
+    x_text, x_image = (restrict(batch, modalities, keep=name) for name in ("text", "image"))
+    assert set(x_text) == {"input_ids", "attention_mask", "token_type_ids"} and set(x_image) == {
+        "pixel_values"
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(**x_text).logits,
+            model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                token_type_ids=batch["token_type_ids"],
+            ).logits,
+        )
+        torch.testing.assert_close(model(**x_image).logits, model(pixel_values=batch["pixel_values"]).logits)
+    assert default_modalities(tiny_model(modalities=("text",)))[0].name == "text"
+
+
+def test_fill_on_our_model_feeds_a_blank_image():
+    model = tiny_model()
+    text = Modality("text", keys=["input_ids"], optional_keys=["attention_mask", "token_type_ids"])
+    image = Modality("image", keys=["pixel_values"], removal="fill", fill_value=0.0)
+    batch = tiny_batch(model.config)
+    validate_modalities([text, image], batch, model)
+    with torch.no_grad():
+        got = model(**restrict(batch, [text, image], keep="text")).logits
+        want = model(**{**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}).logits
+    torch.testing.assert_close(got, want)
