@@ -11,6 +11,7 @@ A unimodal model (``config.modalities == ["text"]``, say) is only scored on the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -66,11 +67,12 @@ def evaluate_by_modality(
     Returns:
         ``{condition: {metric: value}}``, metric names without the ``test_`` prefix.
     """
-    conditions = list(conditions or input_conditions(model, modalities))
+    conditions = list(input_conditions(model, modalities) if conditions is None else conditions)
     known = {BOTH, *(m.name for m in modalities)}
     unknown = [c for c in conditions if c not in known]
     if unknown:
         raise ValueError(f"conditions {unknown} are not {BOTH!r} or a modality name in {sorted(known)}.")
+    args = copy.copy(args)  # the caller's arguments stay as they are
     args.remove_unused_columns = False
     results = {}
     for condition in conditions:

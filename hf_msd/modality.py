@@ -75,9 +75,14 @@ class Modality:
                 f"choose one of {sorted(REMOVAL_STRATEGIES)}."
             )
 
+    @property
+    def all_keys(self) -> tuple[str, ...]:
+        """The modality's required and optional keys."""
+        return (*self.keys, *self.optional_keys)
+
     def present_keys(self, batch: Mapping[str, Any]) -> list[str]:
         """The modality's keys (required and optional) that are in ``batch``."""
-        return [key for key in (*self.keys, *self.optional_keys) if key in batch]
+        return [key for key in self.all_keys if key in batch]
 
     def is_mask_key(self, key: str) -> bool:
         if self.mask_keys is not None:

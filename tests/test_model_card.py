@@ -78,7 +78,7 @@ def test_body_has_results_parameters_usage_and_citations():
     assert "| student | 0.9123 | n/a | 0.8800 |" in text
     assert "| teacher | 1,234,567 |" in text
     assert "| student | 98,765 |" in text
-    assert "| temperature | 2.0000 |" in text and "| epochs | 3 |" in text and "| method | msd |" in text
+    assert "| temperature | 2 |" in text and "| epochs | 3 |" in text and "| method | msd |" in text
     assert 'AutoModelForSequenceClassification.from_pretrained("someone/easy-vqa-msd-student")' in text
     assert 'AutoProcessor.from_pretrained("someone/easy-vqa-msd-student")' in text
     assert "A text-only 2-layer transformer distilled from a multimodal (text+image) fusion" in text
@@ -112,3 +112,20 @@ def test_save_and_load_round_trip(tmp_path):
     assert _front_matter(path.read_text()) == card.data.to_dict()
     assert loaded.text == card.text
     assert _metrics(loaded.data.to_dict()) == {"accuracy (both)": 0.91234, "accuracy (text)": 0.88}
+
+
+def test_hyperparameters_keep_their_precision_and_booleans():
+    card = build_model_card(
+        model_name="m",
+        method="kd",
+        dataset_name="easy-VQA",
+        accuracy={"student": {"both": 0.5}},
+        parameters={"teacher": 10, "student": 5},
+        hyperparameters={"learning_rate": 5e-5, "flag": True, "epochs": 3},
+        student_description="s",
+        teacher_description="t",
+    )
+    text = str(card)
+    assert "| learning_rate | 5e-05 |" in text
+    assert "| flag | True |" in text
+    assert "| epochs | 3 |" in text

@@ -1,7 +1,7 @@
 """Model cards for distilled students, filled from a run's summary.
 
 The card is a `huggingface_hub.ModelCard` rendered from `templates/distilled_student.md`: YAML metadata
-(library, pipeline tag, datasets, metrics with the measured accuracies as `model-index` results) and a
+(library, tags, datasets, metrics with the measured accuracies as `model-index` results) and a
 body with the robustness table, parameter counts, usage and the papers' citations.
 """
 
@@ -29,6 +29,9 @@ def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _format(value: Any) -> str:
+    """Scores with 4 decimals, counts with thousands separators, anything else as written."""
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, int):
@@ -114,7 +117,8 @@ def build_model_card(
             "The accuracies above were measured by the run that produced this card."
         ),
         hyperparameters_table=_markdown_table(
-            ["name", "value"], [[k, v] for k, v in hyperparameters.items()]
+            ["name", "value"],
+            [[k, f"{v:g}" if isinstance(v, float) else str(v)] for k, v in hyperparameters.items()],
         ),
     )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .. import losses
+from ..modality import Modality, default_modalities
 from .distillation_config import DistillationTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -68,6 +69,16 @@ def evenly_spaced_layer_map(num_student: int, num_teacher: int, offset: int) -> 
         layer - 1 + offset: round(layer * num_teacher / num_student) - 1 + offset
         for layer in range(1, num_student + 1)
     }
+
+
+def _preset_modalities(teacher: nn.Module, student: nn.Module) -> list[Modality]:
+    """The teacher's modality preset, else the student's, else none (a model without a preset)."""
+    for model in (teacher, student):
+        try:
+            return default_modalities(model)
+        except ValueError:
+            continue
+    return []
 
 
 def _is_default_id2label(id2label: dict | None) -> bool:
@@ -133,6 +144,11 @@ class DistillationTrainer(Trainer):
             the student's autocast, never given to the optimizer, never wrapped for DDP and never saved.
             If it is the base model of a PEFT student, its outputs are computed with the adapters disabled.
         args: a :class:`DistillationTrainingArguments`.
+        modalities: the batch's modalities (:class:`~hf_msd.modality.Modality`); default the teacher's
+            preset (:func:`~hf_msd.modality.default_modalities`), else the student's, else none. They
+            matter when the student takes fewer modalities than the teacher (``config.modalities``, e.g.
+            ``["text"]``: the multimodal-to-unimodal setting of Agarwal et al.): the student is then given
+            only its own modalities' keys while the teacher sees the whole batch.
         **trainer_kwargs: everything else `transformers.Trainer` accepts (datasets, collator, callbacks...).
 
     Batches may carry cached teacher outputs: ``teacher_logits`` (B, num_labels), and
@@ -152,6 +168,7 @@ class DistillationTrainer(Trainer):
         model: PreTrainedModel | nn.Module | None = None,
         teacher_model: PreTrainedModel | nn.Module | str | None = None,
         args: DistillationTrainingArguments | None = None,
+        modalities: Sequence[Modality] | None = None,
         **trainer_kwargs: Any,
     ):
         if not isinstance(args, DistillationTrainingArguments):
@@ -177,6 +194,23 @@ class DistillationTrainer(Trainer):
             if getattr(teacher_model, "hf_device_map", None) is None:
                 teacher_model.to(self.args.device)
             teacher_model.eval()
+        self.modalities = (
+            list(modalities) if modalities is not None else _preset_modalities(teacher_model, student)
+        )
+        names = [modality.name for modality in self.modalities]
+        student_modalities = getattr(student.config, "modalities", None)
+        self.student_modality_names = (
+            names if student_modalities is None else [name for name in names if name in student_modalities]
+        )
+        if names and not self.student_modality_names:
+            raise ValueError(
+                f"The student's config.modalities={student_modalities} shares no modality with modalities="
+                f"{names}: name the Modality after the student's modality."
+            )
+        #: Keys of the modalities the student does not take; left out of the student's inputs.
+        self._keys_hidden_from_student = {
+            key for m in self.modalities if m.name not in self.student_modality_names for key in m.all_keys
+        }
         self.problem_type = getattr(student.config, "problem_type", None)
         self.training_modules = nn.ModuleDict()
         self._hidden_map = self._attention_map = {}
@@ -258,6 +292,15 @@ class DistillationTrainer(Trainer):
     def model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """``inputs`` without the extra columns (cached teacher outputs...), ready for ``model(**...)``."""
         return {k: v for k, v in inputs.items() if not self._is_extra_column(k)}
+
+    def student_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The student's view of a batch: the model inputs without labels and without the keys of the
+        modalities the student does not take (a unimodal student sees only its own modality)."""
+        return {
+            k: v
+            for k, v in self.model_inputs(inputs).items()
+            if k != "labels" and k not in self._keys_hidden_from_student
+        }
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -403,7 +446,7 @@ class DistillationTrainer(Trainer):
         args = self.args
         labels = inputs.get("labels")
         need_hidden, need_attentions = self._needs_intermediates(None)
-        student_inputs = {k: v for k, v in self.model_inputs(inputs).items() if k != "labels"}
+        student_inputs = self.student_inputs(inputs)
         if need_hidden:
             student_inputs["output_hidden_states"] = True
         if need_attentions:

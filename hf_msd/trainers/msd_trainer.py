@@ -29,7 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging
 
 from .. import losses
-from ..modality import Modality, default_modalities, remove, restrict, validate_modalities
+from ..modality import Modality, remove, restrict, validate_modalities
 from ..saliency import (
     SaliencyFn,
     SaliencyReport,
@@ -124,21 +124,16 @@ class MSDTrainer(DistillationTrainer):
                 f"args must be an MSDTrainingArguments, got {type(args).__name__}; build it with "
                 "MSDTrainingArguments(output_dir=..., modality_weighting=..., ...)."
             )
-        super().__init__(model=model, teacher_model=teacher_model, args=args, **trainer_kwargs)
-        self.modalities = list(modalities) if modalities is not None else self._default_modalities()
+        super().__init__(
+            model=model, teacher_model=teacher_model, args=args, modalities=modalities, **trainer_kwargs
+        )
         if not self.modalities:
-            raise ValueError("modalities is empty: pass at least one Modality.")
+            raise ValueError(
+                "modalities is empty and neither model has a preset: pass modalities=[Modality(...), ...]."
+            )
         self.saliency_fn = saliency_fn
         names = [modality.name for modality in self.modalities]
         student_modalities = getattr(self._student_base().config, "modalities", None)
-        self.student_modality_names = (
-            names if student_modalities is None else [name for name in names if name in student_modalities]
-        )
-        if not self.student_modality_names:
-            raise ValueError(
-                f"The student's config.modalities={student_modalities} shares no modality with modalities="
-                f"{names}: name the Modality after the student's modality."
-            )
         self._unimodal_student = student_modalities is not None and len(student_modalities) == 1
         self.weighting = build_weighting(
             args.modality_weighting,
@@ -161,7 +156,6 @@ class MSDTrainer(DistillationTrainer):
                 "modality_weighting='learned' needs one eval_dataset, got a dict of several; set "
                 "meta_validation_fraction > 0 instead."
             )
-        self._teacher_batch: dict[str, Any] | None = None
         self._meta_mode = False
         self._meta_dataset = None
         self._meta_iterator = None
@@ -170,42 +164,7 @@ class MSDTrainer(DistillationTrainer):
         self._weight_sums = torch.zeros(len(names), device=args.device)
         self._weight_count = torch.zeros((), device=args.device)
 
-    def _default_modalities(self) -> list[Modality]:
-        """The teacher's modality preset, else the student's (:func:`~hf_msd.modality.default_modalities`)."""
-        try:
-            return default_modalities(self.teacher_model)
-        except ValueError as teacher_error:
-            try:
-                return default_modalities(self._student_base())
-            except ValueError:
-                raise teacher_error from None
-
     # ---- Batches -------------------------------------------------------------------------------------
-
-    def _student_view(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """A unimodal student's input: the batch without the keys of the modalities it does not take."""
-        if not self._unimodal_student:
-            return batch
-        others = {
-            key
-            for m in self.modalities
-            if m.name not in self.student_modality_names
-            for key in m.present_keys(batch)
-        }
-        return {key: value for key, value in batch.items() if key not in others}
-
-    def teacher_forward(
-        self,
-        inputs: dict[str, Any],
-        cache_key: str = TEACHER_CACHE_PREFIX,
-        output_intermediates: bool | None = None,
-    ):
-        """As :meth:`DistillationTrainer.teacher_forward`; during :meth:`loss_components` the full-input call
-        (``cache_key="teacher_logits"``) uses the full batch ``x`` even when the student sees only its own
-        modality."""
-        if cache_key == TEACHER_CACHE_PREFIX and self._teacher_batch is not None:
-            inputs = self._teacher_batch
-        return super().teacher_forward(inputs, cache_key, output_intermediates)
 
     def _teacher_logits(self, inputs: dict[str, Any], needs_without: bool) -> tuple[dict, dict]:
         """Teacher logits on ``x`` (key "full", unless cached or computed by the parent for intermediates),
@@ -254,13 +213,9 @@ class MSDTrainer(DistillationTrainer):
         teacher_batch = dict(inputs)
         if "full" in extra:
             teacher_batch[TEACHER_CACHE_PREFIX] = extra["full"]
-        self._teacher_batch = teacher_batch
-        try:
-            components, outputs = super().loss_components(model, self._student_view(teacher_batch))
-        finally:
-            self._teacher_batch = None
+        components, outputs = super().loss_components(model, teacher_batch)
         problem_type = self._problem_type(inputs.get("labels"))
-        student_batch = {k: v for k, v in self.model_inputs(inputs).items() if k != "labels"}
+        student_batch = self.student_inputs(inputs)
         if self._unimodal_student:
             student_logits = [outputs.logits]
         else:
@@ -342,9 +297,7 @@ class MSDTrainer(DistillationTrainer):
         student = self.accelerator.unwrap_model(model)
         params = {name: p for name, p in student.named_parameters() if p.requires_grad}
         held_out = self._next_meta_batch()
-        val_inputs = self._student_view(
-            {k: v for k, v in self.model_inputs(held_out).items() if k != "labels"}
-        )
+        val_inputs = self.student_inputs(held_out)
         problem_type = self._problem_type(held_out["labels"])
 
         def train_loss() -> torch.Tensor:

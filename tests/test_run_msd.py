@@ -1,0 +1,128 @@
+"""End-to-end: examples/run_msd.py on a tiny easy-VQA slice with tiny models, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoProcessor
+
+from hf_msd.data import load_easy_vqa
+from hf_msd.experiment import parse_arguments
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "run_msd.py"
+TINY = ROOT / "examples" / "configs" / "tiny_easy_vqa.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(*args: str, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*launcher, str(SCRIPT), str(TINY), *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def check_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_config_file_then_flags_override():
+    model_args, data_args, exp_args, training_args = parse_arguments(
+        [str(TINY), "--learning_rate", "0.01", "--method", "kd", "--output_dir", "elsewhere"]
+    )
+    assert training_args.learning_rate == 0.01
+    assert exp_args.method == "kd"
+    assert training_args.output_dir == "elsewhere"
+    assert json.loads(model_args.teacher_config)["vision_config"]["patch_size"] == 16
+    assert data_args.max_train_samples == 64
+    assert training_args.report_to == []
+
+
+def test_bad_argument_is_named_before_any_work():
+    with pytest.raises(ValueError, match="method"):
+        parse_arguments([str(TINY), "--method", "distil"])
+    with pytest.raises(ValueError, match="student_modalities"):
+        parse_arguments([str(TINY), "--student_modalities", "audio"])
+
+
+def _test_accuracy_by_hand(student_dir: Path, max_test_samples: int, condition: str) -> float:
+    """Accuracy of the saved student on the test slice, computed without hf_msd's evaluation code."""
+    model = AutoModelForSequenceClassification.from_pretrained(student_dir).eval()
+    processor = AutoProcessor.from_pretrained(student_dir)
+    test = load_easy_vqa(max_samples={"test": max_test_samples})["test"]
+    kwargs = {}
+    if condition in ("both", "text"):
+        kwargs["text"] = list(test["question"])
+    if condition in ("both", "image"):
+        kwargs["images"] = [image.convert("RGB") for image in test["image"]]
+    inputs = processor(**kwargs, return_tensors="pt", padding=True, truncation=True, max_length=32)
+    with torch.no_grad():
+        predictions = model(**inputs).logits.argmax(-1)
+    return (predictions == torch.tensor(list(test["label"]))).float().mean().item()
+
+
+def test_end_to_end_then_reuse_then_refuse_changed_settings(tmp_path):
+    out = tmp_path / "run"
+    first = run("--output_dir", str(out))
+    check_ok(first)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "acc (both)" in first.stdout  # the console table
+
+    student_dir = out / "student"
+    for path in summary["paths"].values():
+        assert Path(path).exists(), path
+    assert (student_dir / "model.safetensors").exists()
+    assert (student_dir / "processor_config.json").exists() or (student_dir / "tokenizer.json").exists()
+    assert (student_dir / "saliency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (student_dir / "README.md").read_text()
+    assert "MSD: Saliency-aware Knowledge Distillation" in card
+
+    for model in ("teacher", "student"):
+        assert set(summary["evaluation"][model]) == {"both", "text", "image"}
+    assert summary["parameters"]["student"] < summary["parameters"]["teacher"]
+    for condition in ("both", "text", "image"):
+        expected = _test_accuracy_by_hand(student_dir, 32, condition)
+        assert summary["evaluation"]["student"][condition]["accuracy"] == pytest.approx(expected, abs=1e-6)
+
+    # Same settings again: every stage is reused, nothing is rewritten.
+    weights = [out / "teacher" / "model.safetensors", student_dir / "model.safetensors"]
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    check_ok(run("--output_dir", str(out)))
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+
+    # Changed student settings: refused with the field named, nothing lost.
+    changed = run("--output_dir", str(out), "--learning_rate", "0.5")
+    assert changed.returncode != 0
+    assert "learning_rate" in changed.stderr and "--overwrite_output_dir" in changed.stderr
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+
+
+def test_unimodal_text_student_with_kd(tmp_path):
+    out = tmp_path / "kd_text"
+    check_ok(run("--output_dir", str(out), "--method", "kd", "--student_modalities", "text"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["evaluation"]["student"]) == {"both", "text"}
+    config = json.loads((out / "student" / "config.json").read_text())
+    assert config["modalities"] == ["text"]
+
+
+@pytest.mark.multiprocess
+def test_accelerate_launch_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    result = run(
+        "--output_dir",
+        str(out),
+        launcher=("accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1"),
+    )
+    check_ok(result)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["evaluation"]["student"]) == {"both", "text", "image"}
+    assert (out / "student" / "model.safetensors").exists()
