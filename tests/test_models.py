@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -19,6 +20,8 @@ from transformers import (
     AutoProcessor,
     BertConfig,
     BertModel,
+    Trainer,
+    TrainingArguments,
 )
 
 from hf_msd.models import (
@@ -329,6 +332,68 @@ def test_remote_code_round_trip_without_hf_msd(tmp_path):
     assert torch.equal(result["logits"], model(**batch).logits)
     expected_ids = processor(text=["what color is the circle?", "is there a red shape?"])["input_ids"]
     assert torch.equal(result["input_ids"], expected_ids)
+
+
+@pytest.mark.parametrize("modalities", [("text", "image"), ("text",), ("image",)])
+def test_saved_weights_are_the_state_dict(tmp_path, modalities):
+    # transformers 5 would save the ViT tower under its legacy names (encoder.layer.0.attention.attention.*),
+    # which Trainer's plain load_state_dict on resume does not match. Students come from the teacher.
+    teacher = tiny_model()
+    model = teacher if len(modalities) == 2 else make_student(teacher, modalities=list(modalities))
+    model.save_pretrained(tmp_path)
+    saved, state = load_file(tmp_path / "model.safetensors"), model.state_dict()
+    assert set(saved) == set(state)
+    for name, tensor in state.items():
+        assert torch.equal(saved[name], tensor), name
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(reloaded[name], tensor) for name, tensor in state.items())
+
+
+def test_legacy_tower_names_still_load(tmp_path):
+    # Checkpoints written in transformers' original format (ViT legacy names) keep loading.
+    model, batch = tiny_model(), tiny_batch()
+    model.save_pretrained(tmp_path, save_original_format=True)
+    assert any(".image_encoder.encoder.layer.0." in key for key in load_file(tmp_path / "model.safetensors"))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
+
+
+def _train(model, output_dir, resume_from_checkpoint=None):
+    """Two optimizer steps (batch 2) on four fixed examples, saving a checkpoint after each step."""
+    batch = tiny_batch(model.config, labels="single_label_classification")
+    dataset = [{key: value[i] for key, value in batch.items()} for i in range(4)]
+    args = TrainingArguments(
+        output_dir,
+        max_steps=2,
+        save_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    return model
+
+
+def test_trainer_checkpoint_restores_every_weight(tmp_path):
+    trained = _train(tiny_model(), tmp_path / "run").state_dict()
+    image_tower = [name for name in trained if ".image_encoder." in name]
+    assert image_tower
+    # Trainer saves through save_pretrained: every checkpoint loads strictly into a fresh model.
+    for step in (1, 2):
+        fresh = tiny_model(seed=1)
+        saved = load_file(tmp_path / "run" / f"checkpoint-{step}" / "model.safetensors")
+        fresh.load_state_dict(saved, strict=True)
+    for name in image_tower:  # checkpoint-2 is the end of training
+        assert torch.equal(fresh.state_dict()[name], trained[name]), name
+    # Resuming from checkpoint-1 and taking the second step reproduces the uninterrupted run, image tower
+    # included (with unmatched keys it would keep the fresh model's random init).
+    checkpoint = str(tmp_path / "run" / "checkpoint-1")
+    resumed = _train(tiny_model(seed=1), tmp_path / "resumed", resume_from_checkpoint=checkpoint).state_dict()
+    for name, tensor in trained.items():
+        torch.testing.assert_close(resumed[name], tensor, msg=name)
 
 
 # ----------------------------------------------------------------------------------------------- students

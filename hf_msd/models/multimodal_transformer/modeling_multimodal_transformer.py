@@ -230,6 +230,22 @@ class MultimodalTransformerPreTrainedModel(PreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
         self.main_input_name = MAIN_INPUT_NAMES[config.modalities[0]]
 
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """[`PreTrainedModel.save_pretrained`], writing the weights under their `state_dict()` names by
+        default.
+
+        transformers 5 renames the weights of some tower architectures between module and checkpoint (ViT:
+        `layers.0.attention.q_proj` in the module, the legacy `encoder.layer.0.attention.attention.query` on
+        disk): `save_original_format=True`, its default, reverses the rename on save and `from_pretrained`
+        applies it on load. `Trainer` resumes a checkpoint with a plain `load_state_dict(strict=False)`,
+        which would then skip every tower weight. With `save_original_format=False` the checkpoint's keys are
+        exactly the model's `state_dict()` keys, which `from_pretrained` loads unchanged (and it still
+        converts checkpoints saved in the legacy format).
+        """
+        return super().save_pretrained(
+            save_directory, *args, save_original_format=save_original_format, **kwargs
+        )
+
     @classmethod
     def from_text_encoder(
         cls,
