@@ -147,12 +147,6 @@ def new_teacher(model_args: ModelArguments, label_names: list[str], problem_type
     return model, processor
 
 
-def _save(trainer: Trainer, directory: Path, processor) -> None:
-    trainer.save_model(str(directory))
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(str(directory))
-
-
 def train_or_load_teacher(
     model_args: ModelArguments,
     exp_args: ExperimentArguments,
@@ -193,9 +187,15 @@ def train_or_load_teacher(
         save_strategy="no",
         load_best_model_at_end=False,
     )
-    trainer = Trainer(model=teacher, args=args, train_dataset=dataset["train"], data_collator=collator)
+    trainer = Trainer(
+        model=teacher,
+        args=args,
+        train_dataset=dataset["train"],
+        data_collator=collator,
+        processing_class=processor,  # saved with the model and in every checkpoint
+    )
     trainer.train()
-    _save(trainer, directory, processor)
+    trainer.save_model(str(directory))
     mark_done(directory, settings)
     return teacher, processor
 
@@ -289,6 +289,7 @@ def distill_student(
     args = _student_args(training_args, exp_args.method)
     common = {
         "model": student,
+        "processing_class": processor,
         "args": args,
         "train_dataset": dataset["train"],
         "eval_dataset": dataset["validation"],
@@ -302,7 +303,7 @@ def distill_student(
     else:
         trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    _save(trainer, directory, processor)
+    trainer.save_model(str(directory))
     mark_done(directory, settings)
     return student
 
@@ -358,6 +359,8 @@ def run_experiment(
     training_args: MSDTrainingArguments,
 ) -> dict[str, Any]:
     """Run every stage (see the module docstring) and return the summary written to ``summary.json``."""
+    if training_args.push_to_hub:
+        _check_hub_model_id(training_args)  # before any training, not after
     output_dir = Path(training_args.output_dir)
     dataset = load_data(data_args, seed=training_args.seed)
     teacher, processor = train_or_load_teacher(model_args, exp_args, training_args, dataset, data_args)
@@ -430,12 +433,16 @@ def _card_hyperparameters(exp_args: ExperimentArguments, args: MSDTrainingArgume
     return values
 
 
+def _check_hub_model_id(training_args: TrainingArguments) -> None:
+    if not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/easy-vqa-msd-student').")
+
+
 def push_student(student_dir: Path, training_args: TrainingArguments) -> str:
     """Upload the student folder (weights, processor, card, plots) to ``hub_model_id``; returns the URL."""
     from huggingface_hub import HfApi
 
-    if not training_args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/easy-vqa-msd-student').")
+    _check_hub_model_id(training_args)
     if not PartialState().is_main_process:
         return ""
     api = HfApi(token=training_args.hub_token)
@@ -443,7 +450,7 @@ def push_student(student_dir: Path, training_args: TrainingArguments) -> str:
     commit = api.upload_folder(
         folder_path=str(student_dir),
         repo_id=training_args.hub_model_id,
-        ignore_patterns=["checkpoints/*", STAGE_FILE],
+        ignore_patterns=[STAGE_FILE],
         commit_message="Upload distilled student (hf_msd)",
     )
     return str(commit)

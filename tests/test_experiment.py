@@ -1,0 +1,103 @@
+"""hf_msd.experiment pieces that the end-to-end run does not reach: local data, stage records, Hub push."""
+
+import csv
+import json
+
+import PIL.Image
+import pytest
+from transformers import TrainingArguments
+
+from hf_msd.experiment import DataArguments, StageMismatchError
+from hf_msd.experiment.stages import STAGE_FILE, mark_done, stage_done
+from hf_msd.experiment.workflow import load_data, push_student
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["picture", "caption", "answer"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_local_csv_data_with_the_users_column_names(tmp_path):
+    for name, color in (("a.png", "red"), ("b.png", "blue")):
+        PIL.Image.new("RGB", (8, 8), color).save(tmp_path / name)
+    rows = [
+        {"picture": "a.png", "caption": "what color?", "answer": "red"},
+        {"picture": "b.png", "caption": "what color?", "answer": "blue"},
+        {"picture": "a.png", "caption": "is it red?", "answer": "red"},
+    ]
+    _write_csv(tmp_path / "train.csv", rows)
+    _write_csv(tmp_path / "test.csv", rows[:2])
+    data_args = DataArguments(
+        dataset_name="local",
+        train_file=str(tmp_path / "train.csv"),
+        test_file=str(tmp_path / "test.csv"),
+        image_column="picture",
+        text_column="caption",
+        label_column="answer",
+        class_names="blue,red",
+        max_train_samples=2,
+    )
+    dataset = load_data(data_args, seed=0)
+    assert sorted(dataset) == ["test", "train", "validation"]
+    assert len(dataset["train"]) == 2 and len(dataset["test"]) == 2
+    assert dataset["train"].features["label"].names == ["blue", "red"]
+    first = dataset["test"][0]
+    assert first["text"] == "what color?" and first["label"] == 1
+    assert first["image"].size == (8, 8)
+
+
+def test_local_data_needs_its_files():
+    with pytest.raises(ValueError, match="--train_file and --test_file"):
+        DataArguments(dataset_name="local", train_file="train.csv")
+
+
+def test_stage_records_reuse_refuse_and_overwrite(tmp_path):
+    settings = {"stage": "student", "training": {"learning_rate": 0.1, "seed": 0}}
+    assert not stage_done(tmp_path, settings, overwrite=False)
+    mark_done(tmp_path, settings)
+    assert json.loads((tmp_path / STAGE_FILE).read_text()) == settings
+    assert stage_done(tmp_path, settings, overwrite=False)
+
+    changed = {"stage": "student", "training": {"learning_rate": 0.2, "seed": 0}}
+    with pytest.raises(StageMismatchError, match=r"training: .*0\.1.* -> .*0\.2.*--overwrite_output_dir"):
+        stage_done(tmp_path, changed, overwrite=False)
+    assert not stage_done(tmp_path, changed, overwrite=True)
+    assert json.loads((tmp_path / STAGE_FILE).read_text()) == settings  # nothing rewritten by the check
+
+
+class FakeHfApi:
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        self.calls.append(("create_repo", repo_id, private, exist_ok))
+
+    def upload_folder(self, folder_path, repo_id, ignore_patterns, commit_message):
+        self.calls.append(("upload_folder", folder_path, repo_id, tuple(ignore_patterns)))
+        return f"https://hub/{repo_id}/commit/1"
+
+
+def test_push_uploads_the_student_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHfApi.calls = []
+    args = TrainingArguments(
+        output_dir=str(tmp_path), hub_model_id="me/student", hub_private_repo=True, report_to=[]
+    )
+    url = push_student(tmp_path / "student", args)
+    assert url == "https://hub/me/student/commit/1"
+    assert FakeHfApi.calls[0] == ("create_repo", "me/student", True, True)
+    kind, folder, repo, ignored = FakeHfApi.calls[1]
+    assert (kind, folder, repo) == ("upload_folder", str(tmp_path / "student"), "me/student")
+    assert STAGE_FILE in ignored
+
+
+def test_push_needs_a_repository_id(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    with pytest.raises(ValueError, match="--hub_model_id"):
+        push_student(tmp_path, args)
