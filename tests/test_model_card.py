@@ -129,3 +129,8 @@ def test_hyperparameters_keep_their_precision_and_booleans():
     assert "| learning_rate | 5e-05 |" in text
     assert "| flag | True |" in text
     assert "| epochs | 3 |" in text
+
+
+def test_number_of_scored_examples_is_stated():
+    assert "split of easy-VQA (1,000 examples), with both" in _card(num_eval_examples=1000).text
+    assert "split of easy-VQA, with both" in _card().text

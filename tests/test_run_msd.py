@@ -84,6 +84,7 @@ def test_end_to_end_then_reuse_then_refuse_changed_settings(tmp_path):
     assert (student_dir / "saliency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (student_dir / "README.md").read_text()
     assert "MSD: Saliency-aware Knowledge Distillation" in card
+    assert summary["test_examples"] == 32 and "(32 examples)" in card
 
     for model in ("teacher", "student"):
         assert set(summary["evaluation"][model]) == {"both", "text", "image"}

@@ -383,6 +383,7 @@ def run_experiment(
         "method": exp_args.method,
         "modality_weighting": training_args.modality_weighting if exp_args.method == "msd" else None,
         "student_modalities": model_args.modalities(),
+        "test_examples": len(dataset["test"]),
         "evaluation": evaluation,
         "parameters": {"teacher": _parameters(teacher), "student": _parameters(student)},
         "paths": {
@@ -407,6 +408,7 @@ def run_experiment(
             student_description=f"{'+'.join(model_args.modalities())} student",
             teacher_description="multimodal (text+image) fusion transformer teacher",
             repo_id=training_args.hub_model_id,
+            num_eval_examples=summary["test_examples"],
         )
         card.save(student_dir / "README.md")
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))

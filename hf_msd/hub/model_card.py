@@ -51,6 +51,7 @@ def build_model_card(
     teacher_description: str,
     repo_id: str | None = None,
     eval_split: str = "test",
+    num_eval_examples: int | None = None,
     dataset_id: str | None = None,
     license: str = "apache-2.0",
 ) -> ModelCard:
@@ -67,6 +68,7 @@ def build_model_card(
         student_description / teacher_description: one phrase each, e.g. ``"text-only 2-layer transformer"``.
         repo_id: Hub repository id used in the usage snippet (defaults to ``model_name``).
         eval_split: the split the accuracies were measured on.
+        num_eval_examples: how many examples of that split were scored (stated in the card when given).
         dataset_id: Hub dataset id for the metadata, if the data lives on the Hub.
         license: SPDX-style license id for the metadata.
     """
@@ -107,6 +109,7 @@ def build_model_card(
         teacher_description=teacher_description,
         method_description=METHOD_DESCRIPTIONS[method],
         eval_split=eval_split,
+        eval_size="" if num_eval_examples is None else f" ({num_eval_examples:,} examples)",
         dataset_name=dataset_name,
         results_table=results_table,
         teacher_parameters=_format(int(parameters.get("teacher", 0))),
