@@ -102,7 +102,8 @@ class MultimodalDataCollator:
             raise KeyError(
                 f"example {missing[0]} has no {modality} in column {column!r} (keys: {sorted(examples[0])}). "
                 f"Fix: pass {modality}_column=<your column>, or drop {modality!r} from modalities for a "
-                "student without that modality."
+                "student without that modality. With a Trainer, also set remove_unused_columns=False: "
+                "otherwise it drops raw columns that are not arguments of the model's forward."
             )
         return [example[column] for example in examples]
 

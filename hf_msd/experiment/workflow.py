@@ -57,6 +57,9 @@ from .stages import STAGE_FILE, jsonable, mark_done, result_settings, stage_done
 
 logger = logging.get_logger(__name__)
 
+#: The student's training metrics (``train_runtime``, ``steps``...), written next to the student.
+TRAIN_RESULTS = "train_results.json"
+
 
 def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
     """The train / validation / test splits as raw examples (image, text, label columns)."""
@@ -302,8 +305,10 @@ def distill_student(
         trainer = DistillationTrainer(teacher_model=teacher, **common)
     else:
         trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(str(directory))
+    if trainer.is_world_process_zero():
+        (directory / TRAIN_RESULTS).write_text(json.dumps(result.metrics | {"steps": result.global_step}))
     mark_done(directory, settings)
     return student
 
@@ -384,6 +389,7 @@ def run_experiment(
         "modality_weighting": training_args.modality_weighting if exp_args.method == "msd" else None,
         "student_modalities": model_args.modalities(),
         "test_examples": len(dataset["test"]),
+        "student_training": json.loads((student_dir / TRAIN_RESULTS).read_text()),
         "evaluation": evaluation,
         "parameters": {"teacher": _parameters(teacher), "student": _parameters(student)},
         "paths": {
