@@ -19,9 +19,9 @@ from hf_msd.experiment import parse_arguments, run_experiment
 VARIANTS = {
     "fine-tune (no KD)": ["--method", "none"],
     "KD": ["--method", "kd"],
-    "MSD, uniform": ["--method", "msd", "--modality_weighting", "uniform"],
-    "MSD, population": ["--method", "msd", "--modality_weighting", "population"],
-    "KD, text-only student": ["--method", "kd", "--student_modalities", "text"],
+    "MSD uniform": ["--method", "msd", "--modality_weighting", "uniform"],
+    "MSD population": ["--method", "msd", "--modality_weighting", "population"],
+    "KD text-only student": ["--method", "kd", "--student_modalities", "text"],
 }
 
 
@@ -37,11 +37,13 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    names = args.variants.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     rows, summaries = [], {}
-    for name in args.variants.split(","):
-        out = Path(args.output_dir) / name.replace(" ", "_").replace(",", "").replace("(", "").replace(
-            ")", ""
-        )
+    for name in names:
+        out = Path(args.output_dir) / name.replace(" ", "_").replace("(", "").replace(")", "")
         argv = [
             args.config,
             *VARIANTS[name],

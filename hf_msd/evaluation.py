@@ -88,6 +88,6 @@ def evaluate_by_modality(
         results[condition] = {
             key.removeprefix("test_"): value
             for key, value in metrics.items()
-            if not key.endswith(("_runtime", "_per_second"))
+            if not key.endswith(("_runtime", "_per_second", "_preparation_time"))
         }
     return results
