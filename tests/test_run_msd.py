@@ -93,11 +93,12 @@ def test_end_to_end_then_reuse_then_refuse_changed_settings(tmp_path):
         expected = _test_accuracy_by_hand(student_dir, 32, condition)
         assert summary["evaluation"]["student"][condition]["accuracy"] == pytest.approx(expected, abs=1e-6)
 
-    # Same settings again: every stage is reused, nothing is rewritten.
+    # Same training settings, a smaller test set: every trained stage is reused, nothing is rewritten.
     weights = [out / "teacher" / "model.safetensors", student_dir / "model.safetensors"]
     stamps = [w.stat().st_mtime_ns for w in weights]
-    check_ok(run("--output_dir", str(out)))
+    check_ok(run("--output_dir", str(out), "--max_test_samples", "16"))
     assert [w.stat().st_mtime_ns for w in weights] == stamps
+    assert json.loads((out / "summary.json").read_text())["test_examples"] == 16
 
     # Changed student settings: refused with the field named, nothing lost.
     changed = run("--output_dir", str(out), "--learning_rate", "0.5")

@@ -157,29 +157,13 @@ def train_or_load_teacher(
     dataset: DatasetDict,
     data_args: DataArguments,
 ):
-    """Stage 1: the teacher and its processor, from ``teacher_name_or_path`` or ``output_dir/teacher``."""
+    """Stage 1: the teacher, its processor and the settings that produced it (recorded by later stages),
+    from ``teacher_name_or_path`` or ``output_dir/teacher`` (trained there when missing)."""
     if model_args.teacher_name_or_path:
         teacher = AutoModelForSequenceClassification.from_pretrained(model_args.teacher_name_or_path)
         processor = AutoProcessor.from_pretrained(model_args.teacher_name_or_path)
-        return teacher, processor
+        return teacher, processor, {"teacher_name_or_path": model_args.teacher_name_or_path}
     directory = Path(training_args.output_dir) / "teacher"
-    settings = {
-        "stage": "teacher",
-        "model": jsonable(model_args) | {"student_modalities": None},
-        "data": jsonable(data_args),
-        "epochs": exp_args.teacher_num_train_epochs,
-        "learning_rate": exp_args.teacher_learning_rate,
-        "seed": training_args.seed,
-    }
-    for key in ("student_fusion_layers", "student_text_layers", "student_image_layers"):
-        settings["model"].pop(key)
-    if stage_done(directory, settings, exp_args.overwrite_output_dir):
-        logger.info("Teacher found in %s; skipping its training.", directory)
-        teacher = AutoModelForSequenceClassification.from_pretrained(str(directory))
-        return teacher, AutoProcessor.from_pretrained(str(directory))
-    problem_type = "multi_label_classification" if data_args.multi_label else "single_label_classification"
-    teacher, processor = new_teacher(model_args, _label_names(dataset), problem_type)
-    collator = _collator(teacher, processor, model_args, data_args)
     args = _base_args(
         training_args,
         output_dir=str(Path(training_args.output_dir) / "checkpoints" / "teacher"),
@@ -190,6 +174,22 @@ def train_or_load_teacher(
         save_strategy="no",
         load_best_model_at_end=False,
     )
+    model_settings = jsonable(model_args)
+    for key in ("student_modalities", "student_fusion_layers", "student_text_layers", "student_image_layers"):
+        model_settings.pop(key)
+    settings = {
+        "stage": "teacher",
+        "model": model_settings,
+        "data": _train_data_settings(data_args),
+        "training": result_settings(args),
+    }
+    if stage_done(directory, settings, exp_args.overwrite_output_dir):
+        logger.info("Teacher found in %s; skipping its training.", directory)
+        teacher = AutoModelForSequenceClassification.from_pretrained(str(directory))
+        return teacher, AutoProcessor.from_pretrained(str(directory)), settings
+    problem_type = "multi_label_classification" if data_args.multi_label else "single_label_classification"
+    teacher, processor = new_teacher(model_args, _label_names(dataset), problem_type)
+    collator = _collator(teacher, processor, model_args, data_args)
     trainer = Trainer(
         model=teacher,
         args=args,
@@ -200,7 +200,15 @@ def train_or_load_teacher(
     trainer.train()
     trainer.save_model(str(directory))
     mark_done(directory, settings)
-    return teacher, processor
+    return teacher, processor, settings
+
+
+def _train_data_settings(data_args: DataArguments) -> dict[str, Any]:
+    """The data settings that decide the train split (the test-set size, say, does not)."""
+    settings = jsonable(data_args)
+    for key in ("max_eval_samples", "max_test_samples"):
+        settings.pop(key)
+    return settings
 
 
 def _collator(model: PreTrainedModel, processor, model_args: ModelArguments, data_args: DataArguments):
@@ -227,7 +235,12 @@ def saliency_report(
     """Stage 2: the teacher's modality saliency on the validation split; returns the PNG's path."""
     directory = Path(training_args.output_dir) / "saliency"
     plot = directory / "saliency.png"
-    settings = {"stage": "saliency", "teacher": teacher_settings, "samples": exp_args.saliency_max_samples}
+    settings = {
+        "stage": "saliency",
+        "teacher": teacher_settings,
+        "max_eval_samples": data_args.max_eval_samples,
+        "samples": exp_args.saliency_max_samples,
+    }
     state = PartialState()
     if not stage_done(directory, settings, exp_args.overwrite_output_dir):
         if state.is_main_process:
@@ -274,6 +287,7 @@ def distill_student(
         "stage": "student",
         "teacher": teacher_settings,
         "method": exp_args.method,
+        "max_eval_samples": data_args.max_eval_samples,
         "model": jsonable(model_args),
         "training": result_settings(training_args),
     }
@@ -368,11 +382,8 @@ def run_experiment(
         _check_hub_model_id(training_args)  # before any training, not after
     output_dir = Path(training_args.output_dir)
     dataset = load_data(data_args, seed=training_args.seed)
-    teacher, processor = train_or_load_teacher(model_args, exp_args, training_args, dataset, data_args)
-    teacher_settings = (
-        json.loads((output_dir / "teacher" / STAGE_FILE).read_text())
-        if (output_dir / "teacher" / STAGE_FILE).exists()
-        else {"teacher_name_or_path": model_args.teacher_name_or_path}
+    teacher, processor, teacher_settings = train_or_load_teacher(
+        model_args, exp_args, training_args, dataset, data_args
     )
     plot = saliency_report(
         teacher, processor, dataset, model_args, data_args, exp_args, training_args, teacher_settings
