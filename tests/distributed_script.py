@@ -1,0 +1,85 @@
+"""One SGD step of DistillationTrainer, run on 2 CPU processes by tests/test_distributed.py.
+
+Launched as ``accelerate launch --multi_gpu --num_processes 2 --num_machines 1 tests/distributed_script.py
+OUT_DIR`` with no visible GPU: torchrun starts 2 processes and accelerate picks MULTI_CPU (gloo). (With
+``--cpu``, accelerate 1.15's simple launcher starts ONE process unless MPI is used.)
+For each case of :data:`CASES` every rank trains the tiny student for one optimizer step on the whole
+:data:`NUM_EXAMPLES`-example dataset and saves the student's and the projections' parameters to
+``OUT_DIR/<case>/rank<k>.safetensors``. The test compares them with the same step taken by one process
+on one batch of all the examples (:func:`train_one_step` is shared by both sides).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/: the shared tiny-model helpers
+
+from distillation_utils import make_args, teacher_and_student, token_dataset
+
+from hf_msd.trainers import DistillationTrainer
+
+#: Examples in the dataset: exactly one optimizer step's worth in every case (2 x 4, 2 x 2 x 2 and 1 x 8).
+NUM_EXAMPLES = 8
+
+#: name -> (per_device_train_batch_size, gradient_accumulation_steps, hidden_loss_weight) on 2 processes.
+CASES = {
+    "batch4": (4, 1, 0.0),
+    "batch4_hidden": (4, 1, 1.0),
+    "batch2_accumulate2_hidden": (2, 2, 1.0),
+}
+
+
+def train_one_step(output_dir, batch_size: int, accumulation: int, hidden_loss_weight: float):
+    """One SGD step (lr 0.5, constant, no clipping, sequential order) on ``NUM_EXAMPLES`` examples.
+
+    Returns ``(trainer, student)``; ``student`` is the bare model (not the DDP wrapper).
+    """
+    teacher, student = teacher_and_student()
+    args = make_args(
+        output_dir,
+        max_steps=1,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        hidden_loss_weight=hidden_loss_weight,
+        learning_rate=0.5,
+        warmup_steps=0,
+        train_sampling_strategy="sequential",
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=token_dataset(NUM_EXAMPLES)
+    )
+    trainer.train()
+    return trainer, student
+
+
+def parameters(trainer: DistillationTrainer, student: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The student's parameters (``student.``) and the registered training modules' (``modules.``)."""
+    state = {f"student.{k}": v for k, v in student.state_dict().items()}
+    state.update({f"modules.{k}": v for k, v in trainer.training_modules.state_dict().items()})
+    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+
+
+def main(out_dir: str) -> None:
+    for name, (batch_size, accumulation, hidden_loss_weight) in CASES.items():
+        trainer, student = train_one_step(
+            os.path.join(out_dir, name, "trainer"), batch_size, accumulation, hidden_loss_weight
+        )
+        state = trainer.accelerator.state
+        if state.num_processes != 2:
+            raise RuntimeError(f"expected 2 processes, got {state.num_processes}")
+        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+        save_file(
+            parameters(trainer, student),
+            os.path.join(out_dir, name, f"rank{state.process_index}.safetensors"),
+            metadata={"world_size": str(trainer.args.world_size)},
+        )
+        trainer.accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
