@@ -9,14 +9,13 @@ wrong, the 2-process update would differ from the 1-process one (e.g. by a facto
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
 from distillation_utils import teacher_and_student
 from distributed_script import CASES, NUM_EXAMPLES, parameters, train_one_step
+from launch_utils import two_process_launch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -25,35 +24,11 @@ SCRIPT = os.path.join(REPO_ROOT, "tests", "distributed_script.py")
 TIMEOUT = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     """Runs every case of the launched script once; returns its output directory."""
     out_dir = tmp_path_factory.mktemp("distributed")
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",  # torchrun: 2 processes (--cpu runs ONE process unless MPI is used)
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        SCRIPT,
-        str(out_dir),
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command, env = two_process_launch(SCRIPT, str(out_dir))
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, f"launch failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
     return out_dir

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch_utils import two_process_launch
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 from hf_msd.data import load_easy_vqa
@@ -19,9 +20,9 @@ TINY = ROOT / "examples" / "configs" / "tiny_easy_vqa.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run(*args: str, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
+def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*launcher, str(SCRIPT), str(TINY), *args],
+        [sys.executable, str(SCRIPT), str(TINY), *args],
         cwd=ROOT,
         env=ENV,
         capture_output=True,
@@ -119,12 +120,10 @@ def test_unimodal_text_student_with_kd(tmp_path):
 @pytest.mark.multiprocess
 def test_accelerate_launch_two_processes(tmp_path):
     out = tmp_path / "ddp"
-    result = run(
-        "--output_dir",
-        str(out),
-        launcher=("accelerate", "launch", "--cpu", "--num_processes", "2", "--num_machines", "1"),
-    )
+    command, env = two_process_launch(SCRIPT, str(TINY), "--output_dir", str(out))
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     check_ok(result)
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2
     assert set(summary["evaluation"]["student"]) == {"both", "text", "image"}
     assert (out / "student" / "model.safetensors").exists()

@@ -400,6 +400,7 @@ def run_experiment(
         "modality_weighting": training_args.modality_weighting if exp_args.method == "msd" else None,
         "student_modalities": model_args.modalities(),
         "test_examples": len(dataset["test"]),
+        "processes": PartialState().num_processes,
         "student_training": json.loads((student_dir / TRAIN_RESULTS).read_text()),
         "evaluation": evaluation,
         "parameters": {"teacher": _parameters(teacher), "student": _parameters(student)},

@@ -222,7 +222,12 @@ class MSDTrainer(DistillationTrainer):
             student_batches = [
                 restrict(student_batch, self.modalities, n) for n in self.student_modality_names
             ]
-            student_logits = batched_logits(lambda batch: model(**batch).logits, student_batches)
+            # Only the full-input pass (in the parent) goes through a DDP wrapper: a second forward through
+            # DDP in one step fails ("mark a variable ready only once"). The modality-only passes use the
+            # bare module; autograd sums their gradients into the same parameters before DDP's reducer
+            # all-reduces them, so the update is the same as on one process.
+            bare = self.accelerator.unwrap_model(model)
+            student_logits = batched_logits(lambda batch: bare(**batch).logits, student_batches)
         batch_size = outputs.logits.shape[0]
         saliency = None
         if needs_saliency:
