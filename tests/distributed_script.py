@@ -3,7 +3,9 @@
 Launched as ``accelerate launch --multi_gpu --num_processes 2 --num_machines 1 tests/distributed_script.py
 OUT_DIR`` with no visible GPU: torchrun starts 2 processes and accelerate picks MULTI_CPU (gloo). (With
 ``--cpu``, accelerate 1.15's simple launcher starts ONE process unless MPI is used.)
-For each case of :data:`CASES` every rank trains the tiny student for one optimizer step on the whole
+For each case of :data:`CASES` every rank trains the tiny student (a BERT student of
+:class:`DistillationTrainer`, or for ``msd_*`` cases a student made from the tiny multimodal teacher and
+trained by :class:`MSDTrainer` with uniform modality weights) for one optimizer step on the whole
 :data:`NUM_EXAMPLES`-example dataset and saves the student's and the projections' parameters to
 ``OUT_DIR/<case>/rank<k>.safetensors``. The test compares them with the same step taken by one process
 on one batch of all the examples (:func:`train_one_step` is shared by both sides).
@@ -11,6 +13,7 @@ on one batch of all the examples (:func:`train_one_step` is shared by both sides
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -20,8 +23,10 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/: the shared tiny-model helpers
 
 from distillation_utils import make_args, teacher_and_student, token_dataset
+from models_utils import tiny_model
+from msd_utils import stack_collate, text_label_dataset
 
-from hf_msd.trainers import DistillationTrainer
+from hf_msd.trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 
 #: Examples in the dataset: exactly one optimizer step's worth in every case (2 x 4, 2 x 2 x 2 and 1 x 8).
 NUM_EXAMPLES = 8
@@ -31,15 +36,33 @@ CASES = {
     "batch4": (4, 1, 0.0),
     "batch4_hidden": (4, 1, 1.0),
     "batch2_accumulate2_hidden": (2, 2, 1.0),
+    # MSDTrainer: the modality-only student passes go through the bare module, the full pass through DDP.
+    "msd_uniform_batch4": (4, 1, 0.0),
 }
 
 
-def train_one_step(output_dir, batch_size: int, accumulation: int, hidden_loss_weight: float):
-    """One SGD step (lr 0.5, constant, no clipping, sequential order) on ``NUM_EXAMPLES`` examples.
+def is_msd(case: str) -> bool:
+    """Whether ``case`` trains the multimodal student with :class:`MSDTrainer`."""
+    return case.startswith("msd_")
+
+
+def models(case: str):
+    """The freshly built (seeded, so identical on every call) ``(teacher, student)`` of ``case``."""
+    if is_msd(case):
+        teacher = tiny_model(seed=0)  # dropout 0 (tiny_config)
+        # Not make_student(teacher): its logits are so close to the teacher's that the modality terms barely
+        # move the step (7e-5); with a seed-1 student they move it by 3e-3, far above the 1e-6 tolerance.
+        return teacher, tiny_model(seed=1)
+    return teacher_and_student()
+
+
+def train_one_step(output_dir, case: str, batch_size: int, accumulation: int, hidden_loss_weight: float):
+    """One SGD step (lr 0.5, constant, no clipping, sequential order) on ``NUM_EXAMPLES`` examples with the
+    models and trainer of ``case``.
 
     Returns ``(trainer, student)``; ``student`` is the bare model (not the DDP wrapper).
     """
-    teacher, student = teacher_and_student()
+    teacher, student = models(case)
     args = make_args(
         output_dir,
         max_steps=1,
@@ -50,9 +73,20 @@ def train_one_step(output_dir, batch_size: int, accumulation: int, hidden_loss_w
         warmup_steps=0,
         train_sampling_strategy="sequential",
     )
-    trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=token_dataset(NUM_EXAMPLES)
-    )
+    if is_msd(case):
+        fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+        args = MSDTrainingArguments(**fields, modality_weighting="uniform")
+        trainer = MSDTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=text_label_dataset(NUM_EXAMPLES),
+            data_collator=stack_collate,
+        )
+    else:
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=token_dataset(NUM_EXAMPLES)
+        )
     trainer.train()
     return trainer, student
 
@@ -67,7 +101,7 @@ def parameters(trainer: DistillationTrainer, student: torch.nn.Module) -> dict[s
 def main(out_dir: str) -> None:
     for name, (batch_size, accumulation, hidden_loss_weight) in CASES.items():
         trainer, student = train_one_step(
-            os.path.join(out_dir, name, "trainer"), batch_size, accumulation, hidden_loss_weight
+            os.path.join(out_dir, name, "trainer"), name, batch_size, accumulation, hidden_loss_weight
         )
         state = trainer.accelerator.state
         if state.num_processes != 2:

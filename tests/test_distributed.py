@@ -13,8 +13,7 @@ import subprocess
 
 import pytest
 import torch
-from distillation_utils import teacher_and_student
-from distributed_script import CASES, NUM_EXAMPLES, parameters, train_one_step
+from distributed_script import CASES, NUM_EXAMPLES, models, parameters, train_one_step
 from launch_utils import two_process_launch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -43,10 +42,10 @@ def test_two_processes_take_the_one_process_step(two_process_run, tmp_path, case
     with safe_open(two_process_run / case / "rank0.safetensors", "pt") as f:
         assert f.metadata()["world_size"] == "2"
 
-    trainer, student = train_one_step(tmp_path, NUM_EXAMPLES, 1, hidden_loss_weight)
+    trainer, student = train_one_step(tmp_path, case, NUM_EXAMPLES, 1, hidden_loss_weight)
     assert trainer.args.world_size == 1
     want = parameters(trainer, student)
-    start = {f"student.{k}": v for k, v in teacher_and_student()[1].state_dict().items()}  # initial weights
+    start = {f"student.{k}": v for k, v in models(case)[1].state_dict().items()}  # initial weights
     has_projections = any(k.startswith("modules.") for k in want)
     assert has_projections == (hidden_loss_weight > 0)
 
