@@ -4,6 +4,7 @@
 from .arguments import DataArguments, ExperimentArguments, ModelArguments, parse_arguments
 from .stages import StageMismatchError
 from .workflow import (
+    Run,
     distill_student,
     evaluate_models,
     load_data,
@@ -17,6 +18,7 @@ __all__ = [
     "DataArguments",
     "ExperimentArguments",
     "ModelArguments",
+    "Run",
     "StageMismatchError",
     "distill_student",
     "evaluate_models",

@@ -61,6 +61,17 @@ logger = logging.get_logger(__name__)
 TRAIN_RESULTS = "train_results.json"
 
 
+@dataclasses.dataclass
+class Run:
+    """One run's arguments and data: what every stage reads."""
+
+    model_args: ModelArguments
+    data_args: DataArguments
+    exp_args: ExperimentArguments
+    training_args: MSDTrainingArguments
+    dataset: DatasetDict
+
+
 def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
     """The train / validation / test splits as raw examples (image, text, label columns)."""
     if data_args.dataset_name == "easy_vqa":
@@ -150,50 +161,46 @@ def new_teacher(model_args: ModelArguments, label_names: list[str], problem_type
     return model, processor
 
 
-def train_or_load_teacher(
-    model_args: ModelArguments,
-    exp_args: ExperimentArguments,
-    training_args: TrainingArguments,
-    dataset: DatasetDict,
-    data_args: DataArguments,
-):
+def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
     """Stage 1: the teacher, its processor and the settings that produced it (recorded by later stages),
     from ``teacher_name_or_path`` or ``output_dir/teacher`` (trained there when missing)."""
-    if model_args.teacher_name_or_path:
-        teacher = AutoModelForSequenceClassification.from_pretrained(model_args.teacher_name_or_path)
-        processor = AutoProcessor.from_pretrained(model_args.teacher_name_or_path)
-        return teacher, processor, {"teacher_name_or_path": model_args.teacher_name_or_path}
-    directory = Path(training_args.output_dir) / "teacher"
+    if run.model_args.teacher_name_or_path:
+        teacher = AutoModelForSequenceClassification.from_pretrained(run.model_args.teacher_name_or_path)
+        processor = AutoProcessor.from_pretrained(run.model_args.teacher_name_or_path)
+        return teacher, processor, {"teacher_name_or_path": run.model_args.teacher_name_or_path}
+    directory = Path(run.training_args.output_dir) / "teacher"
     args = _base_args(
-        training_args,
-        output_dir=str(Path(training_args.output_dir) / "checkpoints" / "teacher"),
-        num_train_epochs=exp_args.teacher_num_train_epochs,
+        run.training_args,
+        output_dir=str(Path(run.training_args.output_dir) / "checkpoints" / "teacher"),
+        num_train_epochs=run.exp_args.teacher_num_train_epochs,
         max_steps=-1,
-        learning_rate=exp_args.teacher_learning_rate,
+        learning_rate=run.exp_args.teacher_learning_rate,
         eval_strategy="no",
         save_strategy="no",
         load_best_model_at_end=False,
     )
-    model_settings = jsonable(model_args)
+    model_settings = jsonable(run.model_args)
     for key in ("student_modalities", "student_fusion_layers", "student_text_layers", "student_image_layers"):
         model_settings.pop(key)
     settings = {
         "stage": "teacher",
         "model": model_settings,
-        "data": _train_data_settings(data_args),
+        "data": _train_data_settings(run.data_args),
         "training": result_settings(args),
     }
-    if stage_done(directory, settings, exp_args.overwrite_output_dir):
+    if stage_done(directory, settings, run.exp_args.overwrite_output_dir):
         logger.info("Teacher found in %s; skipping its training.", directory)
         teacher = AutoModelForSequenceClassification.from_pretrained(str(directory))
         return teacher, AutoProcessor.from_pretrained(str(directory)), settings
-    problem_type = "multi_label_classification" if data_args.multi_label else "single_label_classification"
-    teacher, processor = new_teacher(model_args, _label_names(dataset), problem_type)
-    collator = _collator(teacher, processor, model_args, data_args)
+    problem_type = (
+        "multi_label_classification" if run.data_args.multi_label else "single_label_classification"
+    )
+    teacher, processor = new_teacher(run.model_args, _label_names(run.dataset), problem_type)
+    collator = _collator(run, teacher, processor)
     trainer = Trainer(
         model=teacher,
         args=args,
-        train_dataset=dataset["train"],
+        train_dataset=run.dataset["train"],
         data_collator=collator,
         processing_class=processor,  # saved with the model and in every checkpoint
     )
@@ -211,48 +218,39 @@ def _train_data_settings(data_args: DataArguments) -> dict[str, Any]:
     return settings
 
 
-def _collator(model: PreTrainedModel, processor, model_args: ModelArguments, data_args: DataArguments):
+def _collator(run: Run, model: PreTrainedModel, processor) -> MultimodalDataCollator:
     return MultimodalDataCollator.from_model(
         model,
         processor,
-        text_column=_text_column(data_args),
+        text_column=_text_column(run.data_args),
         image_column="image",
         label_column="label",
-        max_length=model_args.max_length,
+        max_length=run.model_args.max_length,
     )
 
 
-def saliency_report(
-    teacher: PreTrainedModel,
-    processor,
-    dataset: DatasetDict,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    exp_args: ExperimentArguments,
-    training_args: TrainingArguments,
-    teacher_settings: dict,
-) -> Path:
+def saliency_report(run: Run, teacher: PreTrainedModel, processor, teacher_settings: dict) -> Path:
     """Stage 2: the teacher's modality saliency on the validation split; returns the PNG's path."""
-    directory = Path(training_args.output_dir) / "saliency"
+    directory = Path(run.training_args.output_dir) / "saliency"
     plot = directory / "saliency.png"
     settings = {
         "stage": "saliency",
         "teacher": teacher_settings,
-        "max_eval_samples": data_args.max_eval_samples,
-        "samples": exp_args.saliency_max_samples,
+        "max_eval_samples": run.data_args.max_eval_samples,
+        "samples": run.exp_args.saliency_max_samples,
     }
     state = PartialState()
-    if not stage_done(directory, settings, exp_args.overwrite_output_dir):
+    if not stage_done(directory, settings, run.exp_args.overwrite_output_dir):
         if state.is_main_process:
-            examples = dataset["validation"]
-            examples = examples.select(range(min(len(examples), exp_args.saliency_max_samples)))
+            examples = run.dataset["validation"]
+            examples = examples.select(range(min(len(examples), run.exp_args.saliency_max_samples)))
             report = compute_saliency(
                 teacher,
                 examples,
                 default_modalities(teacher),
-                data_collator=_collator(teacher, processor, model_args, data_args),
-                batch_size=training_args.per_device_eval_batch_size,
-                device=training_args.device,
+                data_collator=_collator(run, teacher, processor),
+                batch_size=run.training_args.per_device_eval_batch_size,
+                device=run.training_args.device,
             )
             directory.mkdir(parents=True, exist_ok=True)
             report.save_json(directory / "saliency.json")
@@ -271,55 +269,46 @@ def _student_args(training_args: MSDTrainingArguments, method: str) -> TrainingA
     return args
 
 
-def distill_student(
-    teacher: PreTrainedModel,
-    processor,
-    dataset: DatasetDict,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    exp_args: ExperimentArguments,
-    training_args: MSDTrainingArguments,
-    teacher_settings: dict,
-):
-    """Stage 3: make a student from the teacher and train it with ``exp_args.method``."""
-    directory = Path(training_args.output_dir) / "student"
+def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_settings: dict) -> PreTrainedModel:
+    """Stage 3: make a student from the teacher and train it with ``run.exp_args.method``."""
+    directory = Path(run.training_args.output_dir) / "student"
     settings = {
         "stage": "student",
         "teacher": teacher_settings,
-        "method": exp_args.method,
-        "max_eval_samples": data_args.max_eval_samples,
-        "model": jsonable(model_args),
-        "training": result_settings(training_args),
+        "method": run.exp_args.method,
+        "max_eval_samples": run.data_args.max_eval_samples,
+        "model": jsonable(run.model_args),
+        "training": result_settings(run.training_args),
     }
-    if stage_done(directory, settings, exp_args.overwrite_output_dir):
+    if stage_done(directory, settings, run.exp_args.overwrite_output_dir):
         logger.info("Student found in %s; skipping its training.", directory)
         return AutoModelForSequenceClassification.from_pretrained(str(directory))
     student = make_student(
         teacher,
-        modalities=model_args.modalities(),
-        fusion_layers_to_keep=layer_list("student_fusion_layers", model_args.student_fusion_layers),
-        text_layers_to_keep=layer_list("student_text_layers", model_args.student_text_layers),
-        image_layers_to_keep=layer_list("student_image_layers", model_args.student_image_layers),
+        modalities=run.model_args.modalities(),
+        fusion_layers_to_keep=layer_list("student_fusion_layers", run.model_args.student_fusion_layers),
+        text_layers_to_keep=layer_list("student_text_layers", run.model_args.student_text_layers),
+        image_layers_to_keep=layer_list("student_image_layers", run.model_args.student_image_layers),
     )
     # The batches carry every modality the teacher needs; a unimodal student reads only its own.
-    collator = _collator(teacher, processor, model_args, data_args)
-    args = _student_args(training_args, exp_args.method)
+    collator = _collator(run, teacher, processor)
+    args = _student_args(run.training_args, run.exp_args.method)
     common = {
         "model": student,
         "processing_class": processor,
         "args": args,
-        "train_dataset": dataset["train"],
-        "eval_dataset": dataset["validation"],
+        "train_dataset": run.dataset["train"],
+        "eval_dataset": run.dataset["validation"],
         "data_collator": collator,
         "compute_metrics": make_compute_metrics(resolve_problem_type(student.config)),
     }
-    if exp_args.method == "none":
+    if run.exp_args.method == "none":
         trainer = Trainer(**common)
-    elif exp_args.method == "kd":
+    elif run.exp_args.method == "kd":
         trainer = DistillationTrainer(teacher_model=teacher, **common)
     else:
         trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=run.training_args.resume_from_checkpoint)
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
         (directory / TRAIN_RESULTS).write_text(json.dumps(result.metrics | {"steps": result.global_step}))
@@ -332,21 +321,18 @@ def _parameters(model: PreTrainedModel) -> int:
 
 
 def evaluate_models(
-    models: Mapping[str, PreTrainedModel],
-    processor,
-    dataset: DatasetDict,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    training_args: TrainingArguments,
+    run: Run, models: Mapping[str, PreTrainedModel], processor
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Stage 4: each model's metrics on the test split, with both modalities and each one alone."""
     results = {}
     for name, model in models.items():
-        args = _base_args(training_args, output_dir=str(Path(training_args.output_dir) / "evaluation"))
+        args = _base_args(
+            run.training_args, output_dir=str(Path(run.training_args.output_dir) / "evaluation")
+        )
         results[name] = evaluate_by_modality(
             model,
-            dataset["test"],
-            _collator(model, processor, model_args, data_args),
+            run.dataset["test"],
+            _collator(run, model, processor),
             default_modalities(model),
             args,
             make_compute_metrics(resolve_problem_type(model.config)),
@@ -382,18 +368,11 @@ def run_experiment(
         _check_hub_model_id(training_args)  # before any training, not after
     output_dir = Path(training_args.output_dir)
     dataset = load_data(data_args, seed=training_args.seed)
-    teacher, processor, teacher_settings = train_or_load_teacher(
-        model_args, exp_args, training_args, dataset, data_args
-    )
-    plot = saliency_report(
-        teacher, processor, dataset, model_args, data_args, exp_args, training_args, teacher_settings
-    )
-    student = distill_student(
-        teacher, processor, dataset, model_args, data_args, exp_args, training_args, teacher_settings
-    )
-    evaluation = evaluate_models(
-        {"teacher": teacher, "student": student}, processor, dataset, model_args, data_args, training_args
-    )
+    run = Run(model_args, data_args, exp_args, training_args, dataset)
+    teacher, processor, teacher_settings = train_or_load_teacher(run)
+    plot = saliency_report(run, teacher, processor, teacher_settings)
+    student = distill_student(run, teacher, processor, teacher_settings)
+    evaluation = evaluate_models(run, {"teacher": teacher, "student": student}, processor)
     student_dir = output_dir / "student"
     summary = {
         "method": exp_args.method,
