@@ -269,9 +269,7 @@ class DistillationTrainer(Trainer):
         cached = inputs.get(cache_key)
         if cached is not None and not (need_hidden or need_attentions):
             return SequenceClassifierOutput(logits=cached.to(self.args.device))
-        teacher_inputs = {
-            k: v for k, v in self.model_inputs(inputs).items() if k not in ("labels", "return_loss")
-        }
+        teacher_inputs = self.teacher_inputs(inputs)
         if need_hidden:
             teacher_inputs["output_hidden_states"] = True
         if need_attentions:
@@ -293,13 +291,15 @@ class DistillationTrainer(Trainer):
         """``inputs`` without the extra columns (cached teacher outputs...), ready for ``model(**...)``."""
         return {k: v for k, v in inputs.items() if not self._is_extra_column(k)}
 
+    def teacher_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The teacher's view of a batch: the model inputs without labels (every modality)."""
+        return {k: v for k, v in self.model_inputs(inputs).items() if k not in ("labels", "return_loss")}
+
     def student_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The student's view of a batch: the model inputs without labels and without the keys of the
-        modalities the student does not take (a unimodal student sees only its own modality)."""
+        """The student's view of a batch: the teacher's view without the keys of the modalities the
+        student does not take (a unimodal student sees only its own modality)."""
         return {
-            k: v
-            for k, v in self.model_inputs(inputs).items()
-            if k != "labels" and k not in self._keys_hidden_from_student
+            k: v for k, v in self.teacher_inputs(inputs).items() if k not in self._keys_hidden_from_student
         }
 
     def _set_signature_columns_if_needed(self) -> None:

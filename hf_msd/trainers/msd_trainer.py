@@ -170,7 +170,7 @@ class MSDTrainer(DistillationTrainer):
         """Teacher logits on ``x`` (key "full", unless cached or computed by the parent for intermediates),
         each ``x_m`` (by name) and, if ``needs_without``, each ``x without m``; one concatenated call per
         group of same-shaped inputs. Returns ``(only, extra)``: name -> (B, C) and {"full"?, "without"?}."""
-        model_batch = {k: v for k, v in self.model_inputs(inputs).items() if k != "labels"}
+        model_batch = self.teacher_inputs(inputs)
         names = [m.name for m in self.modalities]
         only: dict[str, torch.Tensor] = {}
         pending: list[tuple[str, dict]] = []
@@ -371,7 +371,7 @@ class MSDTrainer(DistillationTrainer):
         return self._prepare_inputs(self.data_collator(examples))
 
     def _validate(self, batch: dict[str, Any]) -> None:
-        model_batch = {k: v for k, v in self.model_inputs(batch).items() if k != "labels"}
+        model_batch = self.teacher_inputs(batch)
         validate_modalities(self.modalities, model_batch, self.teacher_model)
         student = self._student_base()
         if self._unimodal_student:
