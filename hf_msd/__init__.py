@@ -7,6 +7,7 @@
 - :class:`Modality`: which batch keys form a modality and how it is removed.
 - :mod:`hf_msd.models`: the multimodal fusion transformer (teacher, multimodal and unimodal students),
   its processor and :func:`make_student`; importing hf_msd registers them with the Auto classes.
+- :class:`MultimodalClassificationPipeline`: the `multimodal-classification` pipeline (registered on import).
 - :mod:`hf_msd.data`: easy-VQA, the user's own files, and the collator.
 """
 
@@ -19,6 +20,7 @@ from .models import (
     MultimodalTransformerProcessor,
     make_student,
 )
+from .pipelines import MultimodalClassificationPipeline
 from .saliency import SaliencyReport, compute_saliency, plot_saliency
 from .trainers import (
     DistillationTrainer,
@@ -36,6 +38,7 @@ __all__ = [
     "MSDTrainer",
     "MSDTrainingArguments",
     "Modality",
+    "MultimodalClassificationPipeline",
     "MultimodalDataCollator",
     "MultimodalTransformerConfig",
     "MultimodalTransformerForSequenceClassification",

@@ -25,7 +25,10 @@ layers):
 """
 
 import inspect
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,6 +44,9 @@ logger = logging.get_logger(__name__)
 TEXT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 IMAGE_INPUT_NAMES = ("pixel_values",)
 MAIN_INPUT_NAMES = {"text": "input_ids", "image": "pixel_values"}  # the input that makes a modality present
+PROCESSING_FILE = "processing_multimodal_transformer.py"
+#: The pipeline task written to `config.custom_pipelines` on save when it is registered.
+PIPELINE_TASK = "multimodal-classification"
 
 
 @dataclass
@@ -70,7 +76,9 @@ class MultimodalTransformerModelOutput(ModelOutput):
 @dataclass
 class MultimodalSequenceClassifierOutput(SequenceClassifierOutput):
     """[`SequenceClassifierOutput`] (`loss`, `logits` (B, num_labels), `hidden_states`, `attentions`) plus the
-    multimodal fields of [`MultimodalTransformerModelOutput`]; see the module docstring for the layout."""
+    multimodal fields of [`MultimodalTransformerModelOutput`]; see the module docstring for the layout.
+    `hidden_states_mask` is set only when hidden states or attentions were asked for, so that the default
+    output (and `Trainer.predict`'s predictions) is the logits alone."""
 
     hidden_states_mask: torch.LongTensor | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -209,6 +217,64 @@ def _assemble_blocks(blocks: dict[tuple[str, str], torch.Tensor], lengths: dict[
     return torch.cat(rows, dim=-2)
 
 
+def add_remote_code(config: MultimodalTransformerConfig, save_directory) -> None:
+    """Make a saved folder complete for `trust_remote_code=True` users (called by `save_pretrained`).
+
+    - `config.auto_map` names `AutoModel` (the bare model), `AutoModelForSequenceClassification` and
+      `AutoProcessor`, and the processing file is copied next to the modeling one.
+    - If a pipeline task `PIPELINE_TASK` is registered in transformers' `PIPELINE_REGISTRY` (importing hf_msd
+      registers `multimodal-classification`), it is written to `config.custom_pipelines` and its module file
+      is copied, so `pipeline(model=folder_or_repo, trust_remote_code=True)` builds it.
+    """
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    os.makedirs(save_directory, exist_ok=True)
+    auto_map = dict(getattr(config, "auto_map", None) or {})
+    for cls in (MultimodalTransformerModel, MultimodalTransformerForSequenceClassification):
+        if cls._auto_class is not None:
+            auto_map[cls._auto_class] = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+    processing_file = Path(__file__).with_name(PROCESSING_FILE)
+    if processing_file.is_file():
+        shutil.copyfile(processing_file, Path(save_directory) / PROCESSING_FILE)
+        auto_map["AutoProcessor"] = f"{processing_file.stem}.MultimodalTransformerProcessor"
+    config.auto_map = auto_map
+    task = PIPELINE_REGISTRY.supported_tasks.get(PIPELINE_TASK)
+    if task is not None:
+        impl = task["impl"]
+        module_file = Path(inspect.getfile(impl))
+        shutil.copyfile(module_file, Path(save_directory) / module_file.name)
+        entry = {"impl": f"{module_file.stem}.{impl.__name__}", "pt": [c.__name__ for c in task["pt"]]}
+        if "type" in task:
+            entry["type"] = task["type"]
+        config.custom_pipelines = {**(getattr(config, "custom_pipelines", None) or {}), PIPELINE_TASK: entry}
+
+
+def _refuse_foreign_pipeline(modalities: list[str], depth: int = 8) -> None:
+    """Raise when a transformers pipeline other than `PIPELINE_TASK` (e.g. `text-classification`, which feeds
+    text only) runs a model that takes several modalities: its answer would silently ignore the image. Called
+    only when a modality is missing, it looks at the `depth` calling frames for a `Pipeline`; deliberate
+    single-modality calls (MSD, per-modality evaluation) do not come from a pipeline and are not affected."""
+    if len(modalities) < 2:
+        return
+    from transformers import Pipeline
+
+    frame = inspect.currentframe()
+    for _ in range(depth):
+        frame = frame.f_back if frame is not None else None
+        if frame is None:
+            return
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, Pipeline):
+            if caller.task == PIPELINE_TASK:
+                return
+            raise ValueError(
+                f"This model takes {list(modalities)}, but the {caller.task or type(caller).__name__!r} "
+                "pipeline gives it only part of the input: its answer would silently ignore the rest. Use "
+                f"pipeline({PIPELINE_TASK!r}, model=...) with {{'image': ..., 'text': ...}} inputs "
+                "(trust_remote_code=True where hf_msd is not installed)."
+            )
+
+
 class MultimodalTransformerPreTrainedModel(PreTrainedModel):
     """Weights initialisation and loading for the multimodal fusion transformer. The fusion and head modules
     are `nn.Linear` / `nn.LayerNorm` initialised by transformers' default `_init_weights` (normal with
@@ -241,7 +307,12 @@ class MultimodalTransformerPreTrainedModel(PreTrainedModel):
         which would then skip every tower weight. With `save_original_format=False` the checkpoint's keys are
         exactly the model's `state_dict()` keys, which `from_pretrained` loads unchanged (and it still
         converts checkpoints saved in the legacy format).
+
+        When the classes are registered for remote code (importing hf_msd does it), the folder also gets what
+        `trust_remote_code=True` needs where hf_msd is not installed: see [`add_remote_code`].
         """
+        if self._auto_class is not None:
+            add_remote_code(self.config, save_directory)
         return super().save_pretrained(
             save_directory, *args, save_original_format=save_original_format, **kwargs
         )
@@ -454,6 +525,8 @@ class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTra
         described in the module docstring.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if input_ids is None or pixel_values is None:
+            _refuse_foreign_pipeline(self.config.modalities)
         outputs = self.multimodal_transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -472,7 +545,10 @@ class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTra
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            hidden_states_mask=outputs.hidden_states_mask,
+            # Only with hidden states / attentions, so `Trainer.predict` returns plain logits by default.
+            hidden_states_mask=outputs.hidden_states_mask
+            if outputs.hidden_states or outputs.attentions
+            else None,
             cross_attentions=outputs.cross_attentions,
             text_encoder_hidden_states=outputs.text_encoder_hidden_states,
             text_encoder_attentions=outputs.text_encoder_attentions,

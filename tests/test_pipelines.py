@@ -1,0 +1,230 @@
+"""The multimodal-classification pipeline (hf_msd/pipelines), the text-classification refusal, what a saved
+model carries for remote code (auto_map, custom_pipelines) and plain logits from Trainer.predict."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from models_utils import (
+    tiny_images,
+    tiny_model,
+    tiny_processor,
+    tiny_tokenizer,
+    tiny_vilt,
+    tiny_vilt_processor,
+)
+from PIL import Image
+from transformers import Trainer, TrainingArguments, pipeline
+
+from hf_msd.pipelines import TASK, MultimodalClassificationPipeline
+
+LABELS = {0: "red", 1: "green", 2: "blue"}
+QUESTIONS = ["what color is the shape?", "is there a red circle in the image?", "what shape is it?"]
+
+
+def _labelled(modalities=("text", "image"), **kwargs):
+    return tiny_model(modalities, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **kwargs)
+
+
+def _expected(model, processor, image=None, text=None, function="softmax"):
+    """[(label, score)] best first, from the processor and the model called by hand."""
+    inputs = processor(images=None if image is None else [image], text=None if text is None else [text])
+    with torch.no_grad():
+        logits = model(**inputs).logits[0].double()
+    scores = torch.softmax(logits, -1) if function == "softmax" else torch.sigmoid(logits)
+    order = torch.argsort(scores, descending=True)
+    return [(model.config.id2label[int(i)], scores[i].item()) for i in order]
+
+
+def _pairs(output):
+    return [(entry["label"], entry["score"]) for entry in output]
+
+
+def _assert_matches(output, expected, top_k=None):
+    expected = expected[:top_k] if top_k else expected
+    assert [label for label, _ in _pairs(output)] == [label for label, _ in expected]
+    np.testing.assert_allclose([s for _, s in _pairs(output)], [s for _, s in expected], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    return tiny_processor(tmp_path_factory.mktemp("processor"))
+
+
+def test_multimodal_student_softmax_scores_top_k_and_batching(processor):
+    model = _labelled()
+    pipe = pipeline(TASK, model=model, processor=processor)
+    assert isinstance(pipe, MultimodalClassificationPipeline)
+    images = tiny_images(3, size=20)
+    expected = [_expected(model, processor, image, text) for image, text in zip(images, QUESTIONS)]
+    # One input: every label, best first; top_k limits it.
+    _assert_matches(pipe({"image": images[0], "text": QUESTIONS[0]}), expected[0])
+    _assert_matches(pipe(image=images[0], text=QUESTIONS[0], top_k=2), expected[0], top_k=2)
+    assert sum(
+        score for _, score in _pairs(pipe({"image": images[0], "text": QUESTIONS[0]}, top_k=None))
+    ) == (pytest.approx(1.0))
+    # A list, batched (questions of different lengths are padded): the same answers as one by one.
+    inputs = [{"image": image, "text": text} for image, text in zip(images, QUESTIONS)]
+    for batch_size in (2, 3):
+        outputs = pipe(inputs, batch_size=batch_size)
+        for output, reference in zip(outputs, expected):
+            _assert_matches(output, reference)
+
+
+def test_image_as_path_or_array_gives_the_same_answer(processor, tmp_path):
+    model = _labelled()
+    pipe = pipeline(TASK, model=model, processor=processor)
+    image = tiny_images(1, size=20)[0]
+    image.save(tmp_path / "shape.png")
+    expected = _expected(model, processor, image, QUESTIONS[0])
+    for source in (str(tmp_path / "shape.png"), tmp_path / "shape.png", np.asarray(image)):
+        _assert_matches(pipe({"image": source, "text": QUESTIONS[0]}), expected)
+
+
+def test_unimodal_students(processor):
+    text_model, image_model = _labelled(("text",)), _labelled(("image",))
+    text_pipe = pipeline(TASK, model=text_model, processor=processor)
+    expected = _expected(text_model, processor, text=QUESTIONS[1])
+    _assert_matches(text_pipe({"text": QUESTIONS[1]}), expected)
+    _assert_matches(text_pipe(QUESTIONS[1]), expected)  # one modality: the bare value
+    image = tiny_images(1)[0]
+    image_pipe = pipeline(TASK, model=image_model, processor=processor)
+    _assert_matches(image_pipe({"image": image}), _expected(image_model, processor, image=image))
+    outputs = image_pipe([image, image], batch_size=2)
+    assert len(outputs) == 2
+    _assert_matches(outputs[1], _pairs(outputs[0]))
+
+
+def test_multi_label_student_uses_sigmoid(processor):
+    model = _labelled(problem_type="multi_label_classification")
+    pipe = pipeline(TASK, model=model, processor=processor)
+    image = tiny_images(1)[0]
+    expected = _expected(model, processor, image, QUESTIONS[0], function="sigmoid")
+    _assert_matches(pipe({"image": image, "text": QUESTIONS[0]}), expected)
+    softmax = _expected(model, processor, image, QUESTIONS[0], function="softmax")
+    _assert_matches(pipe({"image": image, "text": QUESTIONS[0]}, function_to_apply="softmax"), softmax)
+
+
+def test_vilt_sigmoid_scores_and_batches_of_different_image_sizes(tmp_path):
+    model, processor = tiny_vilt(), tiny_vilt_processor(tmp_path)
+    pipe = pipeline(TASK, model=model, processor=processor)
+    assert pipe.modalities == ["image", "text"]
+    rng = np.random.default_rng(0)
+    # Non-square images: ViLT's processor keeps the aspect ratio, so the two differ in size.
+    images = [
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in ((32, 48, 3), (48, 32, 3))
+    ]
+    expected = []
+    for image, text in zip(images, QUESTIONS):
+        inputs = processor(images=[image], text=[text], return_tensors="pt")
+        with torch.no_grad():
+            scores = torch.sigmoid(model(**inputs).logits[0].double())
+        order = torch.argsort(scores, descending=True)
+        expected.append([(model.config.id2label[int(i)], scores[i].item()) for i in order])
+    inputs = [{"image": image, "text": text} for image, text in zip(images, QUESTIONS)]
+    for output, reference in zip(pipe(inputs, batch_size=1), expected):
+        _assert_matches(output, reference)
+    for output, reference in zip(pipe(inputs, batch_size=2), expected):
+        # Padding to the larger image is masked by pixel_mask: ViLT sees the same pixels.
+        assert [label for label, _ in _pairs(output)] == [label for label, _ in reference]
+        np.testing.assert_allclose([s for _, s in _pairs(output)], [s for _, s in reference], atol=1e-4)
+
+
+def test_bad_inputs_name_the_input(processor, tmp_path):
+    pipe = pipeline(TASK, model=_labelled(), processor=processor)
+    image = tiny_images(1)[0]
+    with pytest.raises(ValueError, match=r"input 1 has no 'image', which this model needs"):
+        pipe([{"image": image, "text": "a"}, {"text": "b"}])
+    with pytest.raises(TypeError, match=r"the input: 'text' must be a str, got int"):
+        pipe({"image": image, "text": 5})
+    with pytest.raises(TypeError, match=r"'image' must be a PIL image, a path or URL, or an array, got list"):
+        pipe({"image": [1, 2], "text": "a"})
+    with pytest.raises(ValueError, match=r"unknown keys \['question'\]"):
+        pipe({"image": image, "question": "a"})
+    with pytest.raises(TypeError, match=r"the input is a str; this model takes \['image', 'text'\]"):
+        pipe("what color?")
+    with pytest.raises(ValueError, match=r"'image' '.*missing.png' is not a file"):
+        pipe({"image": str(tmp_path / "missing.png"), "text": "a"})
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"'image' '.*broken.png' could not be read as an image"):
+        pipe({"image": str(tmp_path / "broken.png"), "text": "a"})
+    with pytest.raises(ValueError, match=r"'image' array has shape \(2, 2, 2, 2\)"):
+        pipe({"image": np.zeros((2, 2, 2, 2)), "text": "a"})
+    text_pipe = pipeline(TASK, model=_labelled(("text",)), processor=processor)
+    with pytest.raises(ValueError, match=r"has \['image'\], which this model does not take"):
+        text_pipe({"image": image, "text": "a"})
+
+
+def test_text_classification_refuses_a_multimodal_student_but_serves_a_text_student():
+    tokenizer = tiny_tokenizer()
+    multimodal = pipeline("text-classification", model=_labelled(), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"'text-classification' pipeline gives it only part of the input"):
+        multimodal("what color is the shape?")
+    # A text-only student is a text classifier: same answer as the multimodal-classification pipeline.
+    text_model = _labelled(("text",))
+    answer = pipeline("text-classification", model=text_model, tokenizer=tokenizer)(
+        "what color is the shape?"
+    )
+    inputs = tokenizer(["what color is the shape?"], return_tensors="pt")
+    with torch.no_grad():
+        probabilities = torch.softmax(text_model(**inputs).logits[0], -1)
+    assert answer[0]["label"] == LABELS[int(probabilities.argmax())]
+    assert answer[0]["score"] == pytest.approx(probabilities.max().item(), abs=1e-6)
+    # Deliberate single-modality calls outside a pipeline (MSD, per-modality evaluation) still work.
+    _labelled()(**inputs)
+
+
+def test_saved_student_names_its_remote_code_and_pipeline(processor, tmp_path):
+    model = _labelled()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_multimodal_transformer.MultimodalTransformerConfig",
+        "AutoModel": "modeling_multimodal_transformer.MultimodalTransformerModel",
+        "AutoModelForSequenceClassification": (
+            "modeling_multimodal_transformer.MultimodalTransformerForSequenceClassification"
+        ),
+        "AutoProcessor": "processing_multimodal_transformer.MultimodalTransformerProcessor",
+    }
+    assert config["custom_pipelines"] == {
+        TASK: {
+            "impl": "multimodal_classification.MultimodalClassificationPipeline",
+            "pt": ["AutoModelForSequenceClassification"],
+            "type": "multimodal",
+        }
+    }
+    for name in ("configuration", "modeling", "processing"):
+        assert (tmp_path / f"{name}_multimodal_transformer.py").is_file()
+    # The pipeline file imports nothing of hf_msd (it must run where hf_msd is not installed).
+    source = (tmp_path / "multimodal_classification.py").read_text()
+    imported = {
+        line.split()[1].split(".")[0]
+        for line in source.splitlines()
+        if line.startswith(("import ", "from ")) and not line.startswith("from __future__")
+    }
+    assert imported <= {"inspect", "os", "collections", "typing", "numpy", "PIL", "torch", "transformers"}
+    # pipeline(model=folder): the task comes from custom_pipelines; the code from the folder.
+    pipe = pipeline(model=str(tmp_path), trust_remote_code=True)
+    image = tiny_images(1)[0]
+    _assert_matches(
+        pipe({"image": image, "text": QUESTIONS[0]}), _expected(model, processor, image, QUESTIONS[0])
+    )
+
+
+def test_trainer_predict_returns_plain_logits(processor, tmp_path):
+    model = _labelled()
+    images = tiny_images(3)
+    features = processor(images=images, text=QUESTIONS)
+    dataset = Dataset.from_dict({k: v.tolist() for k, v in features.items()} | {"labels": [0, 1, 2]})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=3, report_to=[])
+    predictions = Trainer(model=model, args=args).predict(dataset).predictions
+    assert isinstance(predictions, np.ndarray) and predictions.shape == (3, 3)
+    with torch.no_grad():
+        logits = model(**features).logits
+    np.testing.assert_allclose(predictions, logits.numpy(), atol=1e-5)
+    # Extra outputs only when asked for: the mask comes with hidden states.
+    assert model(**features).hidden_states_mask is None
+    assert model(**features, output_hidden_states=True).hidden_states_mask.shape[0] == 3
