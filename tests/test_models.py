@@ -306,6 +306,7 @@ def test_remote_code_round_trip_without_hf_msd(tmp_path):
     assert saved == [
         "configuration_multimodal_transformer.py",
         "modeling_multimodal_transformer.py",
+        "multimodal_classification.py",  # the pipeline named in config.custom_pipelines
         "processing_multimodal_transformer.py",
     ]
     torch.save(batch, tmp_path / "inputs.pt")
