@@ -25,6 +25,8 @@ SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
 REGRESSION = "regression"
 PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+#: The label of an unlabelled example (transformers' ignore index); see :func:`labelled_mask`.
+IGNORE_INDEX = -100
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -85,23 +87,42 @@ def _per_example_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Te
     return (prediction - target).pow(2).mean(dim=-1)
 
 
+def labelled_mask(labels: torch.Tensor, problem_type: str) -> torch.Tensor:
+    """Which examples of a batch carry a label: bool (B,).
+
+    An unlabelled example has the label :data:`IGNORE_INDEX` (-100, transformers' convention): the class id
+    -100 (single-label, ``labels`` (B,)), or a row whose every entry is -100 (multi-label / regression,
+    ``labels`` (B, C); regression (B,) compares each value). :class:`~hf_msd.data.MultimodalDataCollator`
+    writes these markers for examples whose label is ``None``.
+    """
+    _check_problem_type(problem_type)
+    if problem_type == SINGLE_LABEL or labels.dim() == 1:
+        return labels != IGNORE_INDEX
+    return (labels != IGNORE_INDEX).reshape(labels.shape[0], -1).any(dim=-1)
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> torch.Tensor:
     """The student's supervised loss on the gold labels, per example.
 
-    - single-label: cross-entropy; ``logits`` (B, C), ``labels`` int64 (B,); label -100 gives 0.
+    - single-label: cross-entropy; ``logits`` (B, C), ``labels`` int64 (B,).
     - multi-label: binary cross-entropy with logits averaged over labels; ``labels`` float (B, C)
       (hard 0/1 tags or soft scores such as VQA answer scores).
     - regression: squared error averaged over outputs; ``logits`` (B, K), ``labels`` (B,) or (B, K).
 
+    Unlabelled examples (:func:`labelled_mask` is False: label -100) give exactly 0 and no gradient.
     Returns a float32 tensor of shape (B,).
     """
     _check_problem_type(problem_type)
     logits = logits.float()
     if problem_type == SINGLE_LABEL:
-        return F.cross_entropy(logits, labels.long(), reduction="none", ignore_index=-100)
+        return F.cross_entropy(logits, labels.long(), reduction="none", ignore_index=IGNORE_INDEX)
+    mask = labelled_mask(labels, problem_type)
+    labels = torch.where(mask.reshape(-1, *[1] * (labels.dim() - 1)), labels, torch.zeros_like(labels))
     if problem_type == MULTI_LABEL:
-        return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(dim=-1)
-    return _per_example_mse(logits, labels)
+        loss = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(dim=-1)
+    else:
+        loss = _per_example_mse(logits, labels)
+    return loss * mask
 
 
 @register_loss("soft_target", "kl")

@@ -36,9 +36,25 @@ CASES = {
     "batch4": (4, 1, 0.0),
     "batch4_hidden": (4, 1, 1.0),
     "batch2_accumulate2_hidden": (2, 2, 1.0),
+    # Rows 2, 3 and 6 unlabelled: the task term's divisor is the labelled count over both processes.
+    "batch2_accumulate2_unlabelled": (2, 2, 0.0),
     # MSDTrainer: the modality-only student passes go through the bare module, the full pass through DDP.
     "msd_uniform_batch4": (4, 1, 0.0),
 }
+
+
+#: Rows without a label (-100) in the ``*_unlabelled`` cases.
+UNLABELLED = (2, 3, 6)
+
+
+def dataset(case: str):
+    """The ``NUM_EXAMPLES`` token examples of a DistillationTrainer case (rows :data:`UNLABELLED` without a
+    label in the ``*_unlabelled`` cases)."""
+    examples = token_dataset(NUM_EXAMPLES)
+    if not case.endswith("_unlabelled"):
+        return examples
+    labels = [-100 if i in UNLABELLED else y for i, y in enumerate(examples["labels"])]
+    return examples.remove_columns("labels").add_column("labels", labels)
 
 
 def is_msd(case: str) -> bool:
@@ -85,7 +101,7 @@ def train_one_step(output_dir, case: str, batch_size: int, accumulation: int, hi
         )
     else:
         trainer = DistillationTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=token_dataset(NUM_EXAMPLES)
+            model=student, teacher_model=teacher, args=args, train_dataset=dataset(case)
         )
     trainer.train()
     return trainer, student

@@ -3,12 +3,14 @@
 from .collator import MultimodalDataCollator
 from .easy_vqa import easy_vqa_answers, load_easy_vqa
 from .local import DataValidationError, load_local_dataset
-from .splits import limit_splits, select_subset, split_by_group
+from .splits import keep_labels_on_subset, labelled_rows, limit_splits, select_subset, split_by_group
 
 __all__ = [
     "DataValidationError",
     "MultimodalDataCollator",
     "easy_vqa_answers",
+    "keep_labels_on_subset",
+    "labelled_rows",
     "limit_splits",
     "load_easy_vqa",
     "load_local_dataset",

@@ -12,6 +12,8 @@ import PIL.Image
 import torch
 from transformers import BatchFeature
 
+from ..losses import IGNORE_INDEX
+
 MODALITIES = ("text", "image")
 
 
@@ -50,7 +52,10 @@ class MultimodalDataCollator:
     - multi-label (`num_labels` set): each label is a list of class ids -> float32 multi-hot (B, num_labels),
       or already a float vector of length num_labels (e.g. VQA soft scores) -> float32 (B, num_labels);
     - regression: float labels -> float32 (B,) or (B, k).
-    Examples without `label_column` give a batch without `labels`.
+    Examples without `label_column` give a batch without `labels`. An example whose label is `None` is
+    unlabelled: its label is -100 (single-label and regression (B,)) or a row of -100 (multi-label and
+    regression (B, k)), which the trainers' task term ignores (`hf_msd.losses.labelled_mask`) while the
+    distillation terms still use the example.
 
     Columns named in `passthrough_columns`, or starting with one of them plus "_" (by default
     `teacher_logits` and `teacher_logits_<modality>`, cached teacher outputs), are stacked as float32
@@ -109,16 +114,23 @@ class MultimodalDataCollator:
 
     def _labels(self, labels: list[Any]) -> torch.Tensor:
         if self.num_labels is None:
-            first = np.asarray(labels[0])
+            known = [label for label in labels if label is not None]
+            if not known:  # a batch of unlabelled single-label examples
+                return torch.full((len(labels),), IGNORE_INDEX, dtype=torch.long)
+            first = np.asarray(known[0])
             if first.ndim > 0 and (first.size == 0 or first.dtype.kind in "iub"):
                 raise ValueError(
                     "labels are lists of class ids (multi-label) but num_labels is not set. Fix: pass "
                     "num_labels=<number of classes>, or use MultimodalDataCollator.from_model()."
                 )
-            stacked = _stack(labels)  # int64 class ids, or regression targets -> float32
-            return stacked.float() if stacked.is_floating_point() else stacked
+            ignored = np.full(first.shape, IGNORE_INDEX, dtype=first.dtype)
+            stacked = _stack([ignored if label is None else label for label in labels])
+            return stacked.float() if stacked.is_floating_point() else stacked  # int64 ids or float targets
         rows = []
         for label in labels:
+            if label is None:
+                rows.append(torch.full((self.num_labels,), float(IGNORE_INDEX)))
+                continue
             label = torch.as_tensor(label)
             if torch.is_floating_point(label) and label.numel():  # [] means no labels, not scores
                 if label.shape != (self.num_labels,):

@@ -70,3 +70,59 @@ def limit_splits(
     else:
         limits = dict.fromkeys(dataset_dict, max_samples)
     return DatasetDict({name: select_subset(ds, limits[name], seed) for name, ds in dataset_dict.items()})
+
+
+def num_labelled(size: int, fraction: float | None = None, max_samples: int | None = None) -> int:
+    """How many of ``size`` examples keep their label: ``round(fraction * size)`` (at least 1) and/or
+    ``max_samples``, the smaller when both are given; all of them when neither is."""
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {fraction}.")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_labeled_samples must be >= 1, got {max_samples}.")
+    count = size
+    if fraction is not None:
+        count = min(count, max(1, round(fraction * size)))
+    if max_samples is not None:
+        count = min(count, max_samples)
+    return count
+
+
+def keep_labels_on_subset(
+    dataset: Dataset,
+    fraction: float | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    label_column: str = "label",
+) -> Dataset:
+    """Keep the labels of a deterministic subset of ``dataset`` and set every other label to ``None``.
+
+    The subset is :func:`num_labelled` rows chosen by :func:`stable_rank` of the row positions (fixed per
+    ``seed`` on every machine and run; a larger ``fraction`` keeps a superset of a smaller one's rows). The
+    unlabelled rows stay in the dataset (for distillation) with label ``None``, which
+    :class:`~hf_msd.data.MultimodalDataCollator` turns into the ignore marker -100 (a row of -100 for
+    multi-label). The column's feature (e.g. its ``ClassLabel`` names) is kept.
+    """
+    count = num_labelled(len(dataset), fraction, max_samples)
+    if count >= len(dataset):
+        return dataset
+    if label_column not in dataset.column_names:
+        raise ValueError(f"No label column {label_column!r} in {dataset.column_names}.")
+    keep = set(stable_rank((f"labelled:{i}" for i in range(len(dataset))), seed)[:count])
+
+    def unlabel(labels: list, indices: list[int]) -> dict:  # reads only the label column (no image decoding)
+        return {label_column: [y if f"labelled:{i}" in keep else None for y, i in zip(labels, indices)]}
+
+    return dataset.map(
+        unlabel,
+        with_indices=True,
+        batched=True,
+        input_columns=[label_column],
+        desc=f"Keeping {count} of {len(dataset)} labels",
+    )
+
+
+def labelled_rows(dataset: Dataset, label_column: str = "label") -> Dataset:
+    """The rows of ``dataset`` whose label is not ``None`` (see :func:`keep_labels_on_subset`)."""
+    labels = dataset.select_columns([label_column])[:][label_column]
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    return dataset if len(keep) == len(dataset) else dataset.select(keep)

@@ -2,8 +2,11 @@
 
 The loss per example is a weighted sum of components (see :meth:`DistillationTrainer.loss_components`):
 ``task`` (gold labels), ``kd`` (soft targets), ``hidden`` (hidden states, through learned projections)
-and ``attention`` (attention maps). Their sum over the examples of the whole accumulated batch is divided
-by the number of those examples, so gradient accumulation gives the same update as one large batch.
+and ``attention`` (attention maps). The ``task`` term is summed over the LABELLED examples of the whole
+accumulated batch (all processes) and divided by their number; every other term is summed over all its
+examples and divided by their number (see :meth:`DistillationTrainer.compute_loss`), so gradient
+accumulation and several processes give the same update as one large batch, with or without unlabelled
+examples (label -100) in it.
 
 Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through three hooks:
 :meth:`~DistillationTrainer.teacher_forward`, :meth:`~DistillationTrainer.loss_components` and
@@ -225,6 +228,9 @@ class DistillationTrainer(Trainer):
                 _use_eager_attention(role, network)
         self._log_sums: dict[str, torch.Tensor] = {}
         self._log_count = torch.zeros((), device=self.args.device)
+        self._log_labelled = torch.zeros((), device=self.args.device)
+        #: (examples, labelled examples) of the accumulated batch, as counted by get_batch_samples.
+        self._batch_counts: tuple[torch.Tensor, torch.Tensor] | None = None
         self._grad_step_of_modules = -1
         self._eval_agreement: list[torch.Tensor] | None = None
         self._last_teacher_logits: torch.Tensor | None = None
@@ -415,15 +421,31 @@ class DistillationTrainer(Trainer):
             return batch["labels"].shape[0]
         return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
 
+    def _num_labelled(self, batch: dict[str, Any]) -> int:
+        """Examples of ``batch`` with a label (:func:`hf_msd.losses.labelled_mask`); 0 without labels."""
+        labels = batch.get("labels")
+        if not torch.is_tensor(labels):
+            return 0
+        return int(losses.labelled_mask(labels, self._problem_type(labels)).sum())
+
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """The next ``num_batches`` micro-batches and the number of EXAMPLES in them (summed over processes
-        when ``average_tokens_across_devices``), the divisor of :meth:`compute_loss`."""
+        when ``average_tokens_across_devices``), the divisor of :meth:`compute_loss`. The number of LABELLED
+        examples among them (counted the same way) is kept for the task term."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batch_samples:
             return batch_samples, None
-        count = torch.tensor(sum(self._batch_size(b) for b in batch_samples), device=device)
+        counts = torch.tensor(
+            [
+                sum(self._batch_size(b) for b in batch_samples),
+                sum(self._num_labelled(b) for b in batch_samples),
+            ],
+            device=device,
+        )
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            count = self.accelerator.gather(count).sum()
+            counts = self.accelerator.gather(counts).reshape(-1, 2).sum(dim=0)
+        count = counts[0]
+        self._batch_counts = (count, counts[1])
         return batch_samples, count
 
     # ---- Loss ----------------------------------------------------------------------------------------
@@ -529,6 +551,18 @@ class DistillationTrainer(Trainer):
             )
         return torch.stack(per_layer).mean(dim=0)
 
+    @staticmethod
+    def combine_components(
+        components: dict[str, torch.Tensor], examples: torch.Tensor | float, labelled: torch.Tensor | float
+    ) -> torch.Tensor:
+        """``sum(task) / max(labelled, 1) + sum over the other components of sum(c) / examples``: the
+        scalar loss from per-example components (each (B,)); see :meth:`compute_loss`."""
+        terms = [c.sum() / examples for name, c in components.items() if name != "task"]
+        if "task" in components:
+            divisor = labelled.clamp_min(1) if torch.is_tensor(labelled) else max(labelled, 1)
+            terms.append(components["task"].sum() / divisor)
+        return torch.stack(terms).sum()
+
     def compute_loss(
         self,
         model: nn.Module,
@@ -536,8 +570,18 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        """Sum of :meth:`loss_components` over components and examples, divided by ``num_items_in_batch`` (the
-        examples of the whole accumulated batch, from :meth:`get_batch_samples`) or by this batch's size.
+        """The training loss of one micro-batch:
+
+            loss = sum_{i labelled} task_i / N_labelled + sum_{c != task} sum_i c_i / N
+
+        where ``c_i`` are the weighted per-example :meth:`loss_components`, ``N`` is ``num_items_in_batch``
+        (the examples of the whole accumulated batch, over every process, from :meth:`get_batch_samples`)
+        and ``N_labelled`` the labelled examples among them (label != -100; ``max(N_labelled, 1)``, so an
+        accumulated batch without any label contributes no task term). Summed over the micro-batches of an
+        optimizer step this is exactly the large-batch loss ``mean over labelled examples of task + mean
+        over all examples of the other terms``, however the batch is split (a micro-batch without labelled
+        examples adds only its distillation terms). Without ``num_items_in_batch`` (evaluation, direct
+        calls) ``N`` and ``N_labelled`` are this batch's counts.
 
         With several processes and a global count, the loss is multiplied by the number of processes to undo
         DDP's gradient averaging, as transformers' default loss does.
@@ -548,38 +592,50 @@ class DistillationTrainer(Trainer):
                 "No loss component to train on: the batch has no 'labels' and every distillation weight "
                 "is 0. Set kd_loss_weight (or another weight) > 0, or provide labels."
             )
-        total = torch.stack([c.sum() for c in components.values()]).sum()
         batch_size = next(iter(components.values())).shape[0]
+        labelled = self._num_labelled(inputs)
         if num_items_in_batch is None:
-            loss = total / batch_size
-        else:
-            loss = total / num_items_in_batch
-            if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                loss = loss * self.accelerator.num_processes
+            examples, all_labelled = batch_size, labelled
+        elif self._batch_counts is not None and num_items_in_batch is self._batch_counts[0]:
+            examples, all_labelled = self._batch_counts
+        else:  # a caller's own example count: assume this batch's labelled fraction
+            examples, all_labelled = num_items_in_batch, num_items_in_batch * labelled / batch_size
+        loss = self.combine_components(components, examples, all_labelled)
+        if (
+            num_items_in_batch is not None
+            and self.args.average_tokens_across_devices
+            and self.args.world_size > 1
+        ):
+            loss = loss * self.accelerator.num_processes
         if model.training:
-            self._accumulate_logs(components, batch_size)
+            self._accumulate_logs(components, batch_size, labelled)
         elif self._eval_agreement is not None:
             self._record_agreement(outputs.logits, self._last_teacher_logits)
         return (loss, outputs) if return_outputs else loss
 
     # ---- Logging and evaluation ------------------------------------------------------------------------
 
-    def _accumulate_logs(self, components: dict[str, torch.Tensor], batch_size: int) -> None:
+    def _accumulate_logs(self, components: dict[str, torch.Tensor], batch_size: int, labelled: int) -> None:
         for name, value in components.items():
             value = value.detach().sum()
             self._log_sums[name] = self._log_sums.get(name, torch.zeros_like(value)) + value
         self._log_count = self._log_count + batch_size
+        self._log_labelled = self._log_labelled + labelled
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss component over the logging window (``<name>_loss``) to training logs."""
+        """Add the mean of each loss component over the logging window (``<name>_loss``) to training logs:
+        ``task_loss`` over the labelled examples, the others over all examples."""
         if "loss" in logs and self._log_sums:
             names = sorted(self._log_sums)
-            sums = torch.stack([self._log_sums[name] for name in names] + [self._log_count.float()])
+            counts = [self._log_count.float(), self._log_labelled.float()]
+            sums = torch.stack([self._log_sums[name] for name in names] + counts)
             sums = self.accelerator.reduce(sums, reduction="sum")
-            for name, value in zip(names, sums[:-1]):
-                logs[f"{name}_loss"] = (value / sums[-1].clamp_min(1)).item()
+            for name, value in zip(names, sums[:-2]):
+                count = sums[-1] if name == "task" else sums[-2]
+                logs[f"{name}_loss"] = (value / count.clamp_min(1)).item()
             self._log_sums = {}
             self._log_count = torch.zeros_like(self._log_count)
+            self._log_labelled = torch.zeros_like(self._log_labelled)
         super().log(logs, start_time)
 
     def _record_agreement(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:

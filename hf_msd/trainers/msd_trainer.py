@@ -311,11 +311,13 @@ class MSDTrainer(DistillationTrainer):
                 components, _ = self.loss_components(student, inputs)
             finally:
                 self._meta_mode = False
-            return torch.stack([component.mean() for component in components.values()]).sum()
+            batch_size = next(iter(components.values())).shape[0]
+            return self.combine_components(components, batch_size, self._num_labelled(inputs))
 
         def val_loss(lookahead: dict[str, torch.Tensor]) -> torch.Tensor:
             logits = torch.func.functional_call(student, lookahead, args=(), kwargs=val_inputs).logits
-            return losses.task_loss(logits, held_out["labels"], problem_type).mean()
+            task = losses.task_loss(logits, held_out["labels"], problem_type)
+            return task.sum() / max(self._num_labelled(held_out), 1)  # mean over labelled examples
 
         inner_lr = self.args.meta_inner_learning_rate or self.args.learning_rate
         # Fused attention kernels have no double backward; the math kernel does.
