@@ -27,9 +27,12 @@ def snapshot(module):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"temperature": 0.0}, "temperature must be > 0"),
-        ({"kd_loss_weight": -1.0}, "kd_loss_weight must be >= 0"),
-        ({"hidden_loss_weight": -0.1}, "hidden_loss_weight must be >= 0"),
+        ({"temperature": 0.0}, "temperature must be a finite number > 0"),
+        ({"temperature": float("inf")}, "temperature must be a finite number > 0"),
+        ({"kd_loss_weight": -1.0}, "kd_loss_weight must be a finite number >= 0"),
+        ({"kd_loss_weight": float("nan")}, "kd_loss_weight must be a finite number >= 0, got nan"),
+        ({"hard_label_weight": float("inf")}, "hard_label_weight must be a finite number >= 0, got inf"),
+        ({"hidden_loss_weight": -0.1}, "hidden_loss_weight must be a finite number >= 0"),
         ({"kd_loss_type": "jsd"}, "kd_loss_type='jsd' is unknown"),
         ({"hidden_loss_type": "l1"}, "hidden_loss_type='l1' is unknown"),
         ({"attention_loss_type": "cos"}, "attention_loss_type='cos' is unknown"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,13 @@ def _layer_map(name: str, value: Any) -> dict[int, int] | None:
     if any(index < 0 for pair in mapping.items() for index in pair):
         raise ValueError(f"{name} indices must be >= 0, got {mapping}.")
     return mapping
+
+
+def check_weight(name: str, value: float) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a finite number >= 0 (NaN compares False with
+    everything, so ``value < 0`` alone would let it through and silently switch a loss term off)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
 
 @dataclass
@@ -121,12 +129,11 @@ class DistillationTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}.")
         weights = ("hard_label_weight", "kd_loss_weight", "hidden_loss_weight", "attention_loss_weight")
         for name in weights:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+            check_weight(name, getattr(self, name))
         if all(getattr(self, name) == 0 for name in weights):
             raise ValueError(f"All loss weights ({', '.join(weights)}) are 0: set at least one of them > 0.")
         for name, registry in (

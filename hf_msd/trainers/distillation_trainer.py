@@ -124,6 +124,21 @@ def _use_eager_attention(role: str, model: nn.Module) -> None:
         model.set_attn_implementation("eager")
 
 
+def token_mask(outputs: Any, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """The (B, ``length``) mask of real tokens of a model's ``hidden_states`` / ``attentions``.
+
+    A fused multimodal model returns ``outputs.hidden_states_mask`` (text ``attention_mask`` then ones for
+    image tokens); a text model's sequence is its input, so the batch's ``attention_mask`` is used when it
+    has ``length`` positions. ``None`` (every token counts) when neither fits.
+    """
+    mask = getattr(outputs, "hidden_states_mask", None)
+    if mask is not None and mask.shape[1] == length:
+        return mask
+    if attention_mask is not None and attention_mask.shape[1] == length:
+        return attention_mask
+    return None
+
+
 def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
     """(B, L, H) -> (B, H) for pooling "mean" (masked) or "first"; unchanged for "none"."""
     if pooling == "first":
@@ -232,6 +247,7 @@ class DistillationTrainer(Trainer):
         #: (examples, labelled examples) of the accumulated batch, as counted by get_batch_samples.
         self._batch_counts: tuple[torch.Tensor, torch.Tensor] | None = None
         self._grad_step_of_modules = -1
+        self._batches_seen = 0  # training micro-batches, named by check_finite's errors
         self._eval_agreement: list[torch.Tensor] | None = None
         self._last_teacher_logits: torch.Tensor | None = None
 
@@ -475,6 +491,8 @@ class DistillationTrainer(Trainer):
             student_inputs["output_attentions"] = True
         outputs = model(**student_inputs)
         teacher = self.teacher_forward(inputs)
+        cached = "cached " if inputs.get(TEACHER_CACHE_PREFIX) is not None else ""
+        self.check_finite(f"The {cached}teacher logits", teacher.logits)
         self._last_teacher_logits = teacher.logits.detach()
         problem_type = self._problem_type(labels)
         components: dict[str, torch.Tensor] = {}
@@ -500,13 +518,42 @@ class DistillationTrainer(Trainer):
             )
         return components, outputs
 
+    def _student_tokens(self, teacher_length: int, student_length: int) -> slice:
+        """The positions of the teacher's fused sequence that hold the student's modalities.
+
+        A student that takes every modality (or whose sequence is as long as the teacher's) is compared with
+        every teacher token. A student that takes fewer modalities (multimodal to unimodal) is compared with
+        the teacher's tokens of its own modalities: the fused sequence holds the modalities' tokens in the
+        order of ``modalities`` (text first in our model and in ViLT), so the student's tokens are the first
+        ``student_length`` positions when its modalities come first, the last ones when they come last.
+        """
+        if teacher_length == student_length or not self._keys_hidden_from_student:
+            return slice(None)
+        names, kept = [m.name for m in self.modalities], self.student_modality_names
+        if names[: len(kept)] == kept:
+            return slice(0, student_length)
+        if names[-len(kept) :] == kept:
+            return slice(teacher_length - student_length, teacher_length)
+        raise ValueError(
+            f"Cannot locate the student's modalities {kept} in the teacher's sequence (modalities {names}): "
+            "they must be the first or the last ones."
+        )
+
     def _hidden_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean over mapped layers of the hidden-state loss, (B,). Student and teacher states are compared
+        on the teacher's tokens of the student's modalities (:meth:`_student_tokens`), padding left out
+        (:func:`token_mask`), token by token or pooled (``hidden_state_pooling``)."""
         pooling = self.args.hidden_state_pooling
         projections = self.training_modules["hidden_projections"]
         per_layer = []
         for student_index, teacher_index in self._hidden_map.items():
             student_hidden = student_outputs.hidden_states[student_index]
             teacher_hidden = teacher_outputs.hidden_states[teacher_index]
+            student_mask = token_mask(student_outputs, mask, student_hidden.shape[1])
+            teacher_mask = token_mask(teacher_outputs, mask, teacher_hidden.shape[1])
+            span = self._student_tokens(teacher_hidden.shape[1], student_hidden.shape[1])
+            teacher_hidden = teacher_hidden[:, span]
+            teacher_mask = None if teacher_mask is None else teacher_mask[:, span]
             if pooling == "none" and student_hidden.shape[1] != teacher_hidden.shape[1]:
                 raise ValueError(
                     f"Student hidden states ({student_hidden.shape[1]} positions) and teacher hidden "
@@ -516,20 +563,22 @@ class DistillationTrainer(Trainer):
             key = f"{student_index}_to_{teacher_index}"
             if key in projections:
                 student_hidden = projections[key](student_hidden.to(projections[key].weight.dtype))
-            token_mask = mask if mask is not None and mask.shape[:2] == student_hidden.shape[:2] else None
-            student_hidden = _pool(student_hidden, token_mask, pooling)
-            teacher_hidden = _pool(teacher_hidden, token_mask, pooling)
+            student_hidden = _pool(student_hidden, student_mask, pooling)
+            teacher_hidden = _pool(teacher_hidden, teacher_mask, pooling)
             per_layer.append(
                 losses.hidden_state_loss(
                     student_hidden,
                     teacher_hidden,
-                    attention_mask=token_mask,
+                    attention_mask=student_mask,
                     loss_type=self.args.hidden_loss_type,
                 )
             )
         return torch.stack(per_layer).mean(dim=0)
 
     def _attention_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean over mapped layers of the attention-map loss, (B,): the teacher's map restricted to the
+        student's modalities' tokens (rows and columns, rows renormalised to sum to 1), padded query rows
+        left out."""
         per_layer = []
         for outputs, role in ((student_outputs, "student"), (teacher_outputs, "teacher")):
             if not getattr(outputs, "attentions", None):
@@ -539,14 +588,18 @@ class DistillationTrainer(Trainer):
                 )
         for student_index, teacher_index in self._attention_map.items():
             student_attn = student_outputs.attentions[student_index]
-            token_mask = mask if mask is not None and mask.shape[1] == student_attn.shape[-1] else None
+            teacher_attn = teacher_outputs.attentions[teacher_index]
+            span = self._student_tokens(teacher_attn.shape[-1], student_attn.shape[-1])
+            if span != slice(None):
+                teacher_attn = teacher_attn[..., span, span].float()
+                teacher_attn = teacher_attn / teacher_attn.sum(-1, keepdim=True).clamp_min(1e-12)
             per_layer.append(
                 losses.attention_map_loss(
                     student_attn,
-                    teacher_outputs.attentions[teacher_index],
+                    teacher_attn,
                     loss_type=self.args.attention_loss_type,
                     head_reduction=self.args.attention_head_reduction,
-                    attention_mask=token_mask,
+                    attention_mask=token_mask(student_outputs, mask, student_attn.shape[-1]),
                 )
             )
         return torch.stack(per_layer).mean(dim=0)
@@ -586,6 +639,8 @@ class DistillationTrainer(Trainer):
         With several processes and a global count, the loss is multiplied by the number of processes to undo
         DDP's gradient averaging, as transformers' default loss does.
         """
+        if model.training:
+            self._batches_seen += 1
         components, outputs = self.loss_components(model, inputs)
         if not components:
             raise ValueError(
@@ -607,11 +662,32 @@ class DistillationTrainer(Trainer):
             and self.args.world_size > 1
         ):
             loss = loss * self.accelerator.num_processes
+        self.check_finite("The training loss" if model.training else "The evaluation loss", loss)
         if model.training:
             self._accumulate_logs(components, batch_size, labelled)
         elif self._eval_agreement is not None:
             self._record_agreement(outputs.logits, self._last_teacher_logits)
         return (loss, outputs) if return_outputs else loss
+
+    def check_finite(self, what: str, tensor: torch.Tensor) -> None:
+        """Raise a FloatingPointError naming the batch and step if ``tensor`` holds NaN or inf.
+
+        A NaN teacher output would silently turn every student weight into NaN while the logged loss reads 0
+        (the Trainer's ``logging_nan_inf_filter``), so training stops before the optimizer applies it.
+        """
+        if bool(torch.isfinite(tensor.detach()).all()):
+            return
+        where = (
+            f"training batch {self._batches_seen} (optimizer step {self.state.global_step}, epoch "
+            f"{self.state.epoch or 0:.2f})"
+            if self.model.training
+            else "an evaluation batch"
+        )
+        raise FloatingPointError(
+            f"{what} contain NaN or inf on {where}. Check the teacher's weights and any cached "
+            f"'{TEACHER_CACHE_PREFIX}*' columns (recompute them), the inputs of that batch, and the "
+            "learning rate / mixed precision settings; nothing of this batch was applied to the student."
+        )
 
     # ---- Logging and evaluation ------------------------------------------------------------------------
 

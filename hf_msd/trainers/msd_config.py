@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..weighting import WEIGHTINGS
-from .distillation_config import DistillationTrainingArguments
+from .distillation_config import DistillationTrainingArguments, check_weight
 
 
 @dataclass
@@ -72,15 +73,14 @@ class MSDTrainingArguments(DistillationTrainingArguments):
                 f"modality_weighting={self.modality_weighting!r} is unknown; "
                 f"choose one of {sorted(WEIGHTINGS)}."
             )
-        if self.modality_loss_weight < 0:
-            raise ValueError(f"modality_loss_weight must be >= 0, got {self.modality_loss_weight}.")
+        check_weight("modality_loss_weight", self.modality_loss_weight)
         for name in ("saliency_batch_size", "meta_update_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if not self.meta_learning_rate > 0:
-            raise ValueError(f"meta_learning_rate must be > 0, got {self.meta_learning_rate}.")
-        if self.meta_inner_learning_rate is not None and not self.meta_inner_learning_rate > 0:
-            raise ValueError(f"meta_inner_learning_rate must be > 0, got {self.meta_inner_learning_rate}.")
+        for name in ("meta_learning_rate", "meta_inner_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}.")
         if not 0 <= self.meta_validation_fraction < 1:
             raise ValueError(
                 f"meta_validation_fraction must be in [0, 1), got {self.meta_validation_fraction}."

@@ -191,6 +191,8 @@ class MSDTrainer(DistillationTrainer):
 
         results = dict(zip([key for key, _ in pending], batched_logits(run, [b for _, b in pending])))
         only.update({key[len("only:") :]: value for key, value in results.items() if key.startswith("only:")})
+        for name, logits in only.items():
+            self.check_finite(f"The teacher logits on the {name}-only input", logits)
         extra: dict[str, Any] = {}
         if "full" in results:
             extra["full"] = results["full"]
