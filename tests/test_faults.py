@@ -30,7 +30,7 @@ def test_nan_in_a_cached_teacher_column_names_the_cached_logits_and_the_step(tmp
     teacher, student = teacher_and_student()
     dataset = token_dataset(16)
     cached = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
-    cached[12, 1] = float("inf")  # third batch of 4 when read in order
+    cached[12, 1] = float("inf")  # in the fourth batch of 4 (rows 12-15) read in order
     dataset = dataset.add_column("teacher_logits", cached.tolist())
     args = make_args(
         tmp_path, max_steps=4, per_device_train_batch_size=4, train_sampling_strategy="sequential"

@@ -33,12 +33,28 @@ def stage_done(directory: Path, settings: dict, overwrite: bool) -> bool:
         return True
     if overwrite:
         return False
+    saved, settings = _flatten(saved), _flatten(settings)
     changed = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
-    details = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+    details = ", ".join(f"{k}: {_shown(saved, k)} -> {_shown(settings, k)}" for k in changed)
     raise StageMismatchError(
         f"{directory} was produced with other settings ({details}). Pass --overwrite_output_dir to redo it, "
         "or choose another --output_dir."
     )
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as ``{"training.learning_rate": 0.1, ...}``, so a refusal names only changed leaves."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(settings: dict, key: str) -> str:
+    return repr(settings[key]) if key in settings else "unset"
 
 
 def mark_done(directory: Path, settings: dict) -> None:
