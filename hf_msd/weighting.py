@@ -162,6 +162,7 @@ class LearnedWeighting(ModalityWeighting):
         val_loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         params: dict[str, torch.Tensor],
         inner_learning_rate: float,
+        average: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """One hypergradient step on the weights; returns the held-out loss after the look-ahead.
 
@@ -175,6 +176,12 @@ class LearnedWeighting(ModalityWeighting):
            held-out batch;
         4. ``phi <- Adam(phi, dL_val/dphi)``.
 
+        With several processes, ``average`` (e.g.
+        :func:`hf_msd.trainers.training_state.average_across_processes`) averages the training gradient of
+        step 2 (differentiably, so every process looks ahead to the same ``theta'``) and the hypergradient of
+        step 4 over the processes: each process then takes the step one process takes on the combined
+        training and held-out batches (equal per-process batch sizes), and the weights stay identical.
+
         The student's own ``.grad`` are left untouched.
         """
         names = [name for name, tensor in params.items() if tensor.requires_grad]
@@ -182,16 +189,18 @@ class LearnedWeighting(ModalityWeighting):
         grads = torch.autograd.grad(
             train_loss, [params[name] for name in names], create_graph=True, allow_unused=True
         )
+        grads = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)]
+        average = average or (lambda tensors: tensors)
         lookahead = dict(params)
-        for name, grad in zip(names, grads):
-            if grad is not None:
-                lookahead[name] = params[name] - inner_learning_rate * grad
+        for name, grad in zip(names, average(grads)):
+            lookahead[name] = params[name] - inner_learning_rate * grad
         val_loss = val_loss_fn(lookahead)
         own = [parameter for parameter in self.parameters() if parameter.requires_grad]
         hypergrads = torch.autograd.grad(val_loss, own, allow_unused=True)
+        hypergrads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(own, hypergrads)]
         self.optimizer.zero_grad(set_to_none=True)
-        for parameter, grad in zip(own, hypergrads):
-            parameter.grad = torch.zeros_like(parameter) if grad is None else grad.detach()
+        for parameter, grad in zip(own, average(hypergrads)):
+            parameter.grad = grad.detach()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return val_loss.detach()

@@ -5,10 +5,11 @@ OUT_DIR`` with no visible GPU: torchrun starts 2 processes and accelerate picks 
 ``--cpu``, accelerate 1.15's simple launcher starts ONE process unless MPI is used.)
 For each case of :data:`CASES` every rank trains the tiny student (a BERT student of
 :class:`DistillationTrainer`, or for ``msd_*`` cases a student made from the tiny multimodal teacher and
-trained by :class:`MSDTrainer` with uniform modality weights) for one optimizer step on the whole
-:data:`NUM_EXAMPLES`-example dataset and saves the student's and the projections' parameters to
-``OUT_DIR/<case>/rank<k>.safetensors``. The test compares them with the same step taken by one process
-on one batch of all the examples (:func:`train_one_step` is shared by both sides).
+trained by :class:`MSDTrainer` with uniform or learned modality weights) for one optimizer step (two when
+learned) on the whole :data:`NUM_EXAMPLES`-example dataset and saves the student's and the projections'
+(and learned weights') parameters to ``OUT_DIR/<case>/rank<k>.safetensors``. The test compares them with
+the same steps taken by one process on one batch of all the examples (:func:`train_one_step` is shared by
+both sides).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ CASES = {
     "batch2_accumulate2_unlabelled": (2, 2, 0.0),
     # MSDTrainer: the modality-only student passes go through the bare module, the full pass through DDP.
     "msd_uniform_batch4": (4, 1, 0.0),
+    # Learned weights: two steps, each with a meta step whose look-ahead gradient and hypergradient are
+    # averaged over the processes (each process holds half of the training and of the held-out batch).
+    "msd_learned_batch4": (4, 1, 0.0),
 }
 
 
@@ -91,12 +95,18 @@ def train_one_step(output_dir, case: str, batch_size: int, accumulation: int, hi
     )
     if is_msd(case):
         fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-        args = MSDTrainingArguments(**fields, modality_weighting="uniform")
+        learned = "learned" in case
+        if learned:
+            fields.update(
+                max_steps=2, modality_weighting="learned", meta_update_interval=1, meta_learning_rate=0.1
+            )
+        args = MSDTrainingArguments(**fields)
         trainer = MSDTrainer(
             model=student,
             teacher_model=teacher,
             args=args,
             train_dataset=text_label_dataset(NUM_EXAMPLES),
+            eval_dataset=text_label_dataset(NUM_EXAMPLES, seed=1) if learned else None,
             data_collator=stack_collate,
         )
     else:
@@ -111,6 +121,10 @@ def parameters(trainer: DistillationTrainer, student: torch.nn.Module) -> dict[s
     """The student's parameters (``student.``) and the registered training modules' (``modules.``)."""
     state = {f"student.{k}": v for k, v in student.state_dict().items()}
     state.update({f"modules.{k}": v for k, v in trainer.training_modules.state_dict().items()})
+    if isinstance(trainer, MSDTrainer):
+        state.update(
+            {f"weighting.{k}": v for k, v in trainer.weighting.state_dict().items() if torch.is_tensor(v)}
+        )
     return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
 
 

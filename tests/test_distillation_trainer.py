@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from hf_msd.trainers import DistillationTrainer, DistillationTrainingArguments
+from hf_msd.trainers.training_state import TRAINING_STATE_NAME
 
 
 def collate(dataset, n=None):
@@ -253,7 +254,7 @@ def test_saved_student_reloads_alone_and_checkpoints_keep_projections_for_resume
 
     full = run(tmp_path / "full")
     checkpoint = tmp_path / "full" / "checkpoint-2"
-    saved = load_file(checkpoint / "distillation_modules.safetensors")
+    saved = torch.load(checkpoint / TRAINING_STATE_NAME)["training_modules"]
     assert set(saved) == {"hidden_projections.1_to_2.weight", "hidden_projections.1_to_2.bias"}
     student_keys = set(load_file(checkpoint / "model.safetensors"))
     assert not any("projection" in key for key in student_keys)

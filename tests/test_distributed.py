@@ -2,7 +2,8 @@
 
 The trainer divides the summed loss by the examples of the whole accumulated batch gathered across
 processes and multiplies it by the world size to undo DDP's gradient averaging; the projections (a
-registered training module, outside DDP) get their gradients all-reduced by the trainer. If either were
+registered training module, outside DDP) get their gradients all-reduced by the trainer, and learned
+modality weights average their look-ahead gradient and hypergradient over the processes. If either were
 wrong, the 2-process update would differ from the 1-process one (e.g. by a factor of 2 in the step).
 """
 
@@ -56,3 +57,5 @@ def test_two_processes_take_the_one_process_step(two_process_run, tmp_path, case
     # The step is large next to the tolerance, so a missing world-size factor (half the step) fails.
     moved = max((want[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-2
+    if "learned" in case:  # the weights moved from 0 and agree on both ranks with the 1-process meta steps
+        assert want["weighting.alpha"].abs().max() > 1e-2

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from hf_msd.modality import Modality, default_modalities
 from hf_msd.trainers.msd_config import MSDTrainingArguments
-from hf_msd.trainers.msd_trainer import MSD_WEIGHTING_NAME, SALIENCY_CACHE_NAME, MSDTrainer
+from hf_msd.trainers.msd_trainer import SALIENCY_CACHE_NAME, MSDTrainer
+from hf_msd.trainers.training_state import TRAINING_STATE_NAME
 from tests.models_utils import tiny_model, tiny_vilt, tiny_vilt_batch
 from tests.msd_utils import oracle_teacher, stack_collate, text_label_dataset
 
@@ -195,7 +196,7 @@ def test_learned_weights_are_checkpointed_and_restored(tmp_path, task):
     trainer = make_trainer(tmp_path, task, max_steps=2, meta_update_interval=1, **common)
     trainer.train()  # meta steps at steps 0 and 1, checkpoint at step 2
     checkpoint = tmp_path / "checkpoint-2"
-    saved = torch.load(checkpoint / MSD_WEIGHTING_NAME)
+    saved = torch.load(checkpoint / TRAINING_STATE_NAME)["modality_weighting"]
     torch.testing.assert_close(saved["alpha"], trainer.weighting.alpha.detach())
     assert saved["alpha"].abs().sum() > 0
     # Resume for one more step without a meta step there: the weights and their Adam state are the saved ones.

@@ -16,25 +16,22 @@ Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through three h
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .. import losses
 from ..modality import Modality, default_modalities
 from .distillation_config import DistillationTrainingArguments
+from .training_state import TrainingState, resolve_checkpoint
 
 logger = logging.get_logger(__name__)
 
-DISTILLATION_MODULES_NAME = "distillation_modules.safetensors"
 TEACHER_CACHE_PREFIX = "teacher_logits"
 
 
@@ -230,6 +227,10 @@ class DistillationTrainer(Trainer):
             key for m in self.modalities if m.name not in self.student_modality_names for key in m.all_keys
         }
         self.problem_type = getattr(student.config, "problem_type", None)
+        #: Owner of the state trained or tracked beside the student (checkpointed, restored on resume).
+        self.training_state = TrainingState()
+        self.add_callback(self.training_state)
+        self._restored_from: str | None = None
         self.training_modules = nn.ModuleDict()
         self._hidden_map = self._attention_map = {}
         if args.hidden_loss_weight > 0:
@@ -343,7 +344,7 @@ class DistillationTrainer(Trainer):
 
         Its trainable parameters join the optimizer (as one extra parameter group), its gradients are
         all-reduced across processes, zeroed after each optimizer step and clipped with the student's, and
-        its state is saved to ``<checkpoint>/distillation_modules.safetensors`` and restored on resume. It is
+        its state is saved with every checkpoint and restored on resume (:class:`TrainingState`). It is
         never written by ``save_model``. Call it in ``__init__`` (before ``train()`` creates the optimizer).
         Registered modules are available as ``self.training_modules[name]``.
         """
@@ -353,6 +354,8 @@ class DistillationTrainer(Trainer):
             )
         if name in self.training_modules:
             raise ValueError(f"A training module named {name!r} is already registered.")
+        if not len(self.training_modules):
+            self.training_state.register("training_modules", self.training_modules)
         self.training_modules[name] = module.to(self.args.device)
 
     def _build_projections(self, student: nn.Module, teacher: nn.Module) -> nn.ModuleDict:
@@ -407,27 +410,20 @@ class DistillationTrainer(Trainer):
             return super()._clip_grad_norm(model)
         return self.accelerator.clip_grad_norm_([*model.parameters(), *params], self.args.max_grad_norm)
 
-    def _save_checkpoint(self, model: nn.Module, trial) -> None:
-        if len(self.training_modules) and self.args.should_save:
-            checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            output_dir = os.path.join(self._get_output_dir(trial=trial), checkpoint)
-            os.makedirs(output_dir, exist_ok=True)
-            state = {k: v.detach().cpu().contiguous() for k, v in self.training_modules.state_dict().items()}
-            save_file(state, os.path.join(output_dir, DISTILLATION_MODULES_NAME))
-        super()._save_checkpoint(model, trial)
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """:meth:`transformers.Trainer.train`, plus the training-only state (:class:`TrainingState`):
+        ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (one left half-written by a
+        kill is skipped with a warning; none at all raises, as in `Trainer`), whose projections and other
+        training-only state are restored here, before training, under every backend."""
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir, self.training_state)
+        self._restore_training_state(checkpoint)
+        self.training_state.synchronize()
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if not len(self.training_modules):
-            return
-        path = os.path.join(resume_from_checkpoint, DISTILLATION_MODULES_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} is missing: this checkpoint has no trained distillation modules "
-                f"({', '.join(self.training_modules)}); resume from a checkpoint saved by the same "
-                "trainer setup."
-            )
-        self.training_modules.load_state_dict(load_file(path, device=str(self.args.device)))
+    def _restore_training_state(self, checkpoint: str | None) -> None:
+        if checkpoint is not None and checkpoint != self._restored_from:
+            self.training_state.load(checkpoint)
+            self._restored_from = checkpoint
 
     # ---- Batch size counting for exact gradient accumulation ----------------------------------------
 

@@ -23,9 +23,8 @@ import datasets
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from transformers import PreTrainedModel
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
 from .. import losses
@@ -39,11 +38,12 @@ from ..saliency import (
 )
 from ..weighting import build_weighting
 from .distillation_trainer import TEACHER_CACHE_PREFIX, DistillationTrainer
+from .meta_validation import MetaValidationBatches
 from .msd_config import MSDTrainingArguments
+from .training_state import average_across_processes, resolve_checkpoint
 
 logger = logging.get_logger(__name__)
 
-MSD_WEIGHTING_NAME = "msd_weighting.pt"
 SALIENCY_CACHE_NAME = "modality_saliency.json"
 
 
@@ -97,12 +97,16 @@ class MSDTrainer(DistillationTrainer):
 
     Weights: ``population`` saliency is computed once at the start of ``train()`` over the training set (a
     progress bar), cached in ``<output_dir>/modality_saliency.json`` with a fingerprint of teacher, data,
-    modalities and saliency function (a mismatch recomputes), and saved in every checkpoint
-    (``msd_weighting.pt``) so a resume does not recompute. ``learned`` weights and their Adam state are
-    saved in the same file and restored on resume; every ``meta_update_interval`` optimizer steps
+    modalities and saliency function (a mismatch recomputes), and saved in every checkpoint (the
+    trainer's :class:`~hf_msd.trainers.training_state.TrainingState`) so a resume does not recompute.
+    ``learned`` weights, their Adam state and the position of the held-out stream are saved there too, so a
+    resume continues exactly; every ``meta_update_interval`` optimizer steps
     :meth:`~hf_msd.weighting.LearnedWeighting.meta_step` runs on the current training batch and a held-out
-    batch (``eval_dataset``, or a fixed ``meta_validation_fraction`` split of the training set made at the
-    start of ``train()``), looking ahead over the student's trainable parameters (so LoRA works).
+    batch (:class:`~hf_msd.trainers.meta_validation.MetaValidationBatches` over ``eval_dataset``, or a fixed
+    ``meta_validation_fraction`` split of the training set made at the start of ``train()``), looking ahead
+    over the student's trainable parameters (so LoRA works). With several processes the look-ahead
+    gradient and the hypergradient are averaged over them, so the weights stay identical on every process
+    and equal those of one process on the combined batches.
 
     Logs: each modality term's mean as ``modality_<name>_loss``, each modality's mean weight as
     ``modality_weight_<name>``, and with ``learned`` the last held-out loss as ``meta_validation_loss``.
@@ -156,9 +160,11 @@ class MSDTrainer(DistillationTrainer):
                 "modality_weighting='learned' needs one eval_dataset, got a dict of several; set "
                 "meta_validation_fraction > 0 instead."
             )
+        if len(self.weighting.state_dict()):  # population saliency, learned weights and their Adam state
+            self.training_state.register("modality_weighting", self.weighting)
         self._meta_mode = False
         self._meta_dataset = None
-        self._meta_iterator = None
+        self._meta_batches: MetaValidationBatches | None = None
         self._last_meta_step = -1
         self._last_meta_loss: torch.Tensor | None = None
         self._weight_sums = torch.zeros(len(names), device=args.device)
@@ -283,22 +289,21 @@ class MSDTrainer(DistillationTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _next_meta_batch(self) -> dict[str, Any]:
-        if self._meta_iterator is None:
-            dataset = self._meta_dataset if self._meta_dataset is not None else self.eval_dataset
-            dataset = self._model_columns(dataset, "meta-validation")
-            loader = DataLoader(
-                dataset,
-                batch_size=self.args.per_device_train_batch_size,
-                shuffle=True,
-                collate_fn=self.data_collator,
-                generator=torch.Generator().manual_seed(self.args.seed),
-            )
-            self._meta_loader, self._meta_iterator = loader, iter(loader)
-        try:
-            return self._prepare_inputs(next(self._meta_iterator))
-        except StopIteration:
-            self._meta_iterator = iter(self._meta_loader)
-            return self._prepare_inputs(next(self._meta_iterator))
+        return self._prepare_inputs(self._meta_batches.next())
+
+    def _start_meta_batches(self) -> None:
+        """The held-out stream of the meta step (:class:`MetaValidationBatches`), part of the training state
+        so a resume continues it."""
+        dataset = self._meta_dataset if self._meta_dataset is not None else self.eval_dataset
+        self._meta_batches = MetaValidationBatches(
+            self._model_columns(dataset, "meta-validation"),
+            self.data_collator,
+            batch_size=self.args.per_device_train_batch_size,
+            seed=self.args.seed,
+            process_index=self.accelerator.process_index,
+            num_processes=self.accelerator.num_processes,
+        )
+        self.training_state.register("meta_validation", self._meta_batches)
 
     def _meta_step(self, model: nn.Module, inputs: dict[str, Any]) -> None:
         student = self.accelerator.unwrap_model(model)
@@ -324,25 +329,29 @@ class MSDTrainer(DistillationTrainer):
         inner_lr = self.args.meta_inner_learning_rate or self.args.learning_rate
         # Fused attention kernels have no double backward; the math kernel does.
         with sdpa_kernel(SDPBackend.MATH):
-            self._last_meta_loss = self.weighting.meta_step(train_loss, val_loss, params, inner_lr)
+            self._last_meta_loss = self.weighting.meta_step(
+                train_loss, val_loss, params, inner_lr, average=average_across_processes
+            )
 
     # ---- Before training: validation, held-out split, population saliency ------------------------------
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
         """Checks the modality spec on the first batch, makes the meta-validation split and computes (or
         loads) the population saliency, then trains as :meth:`transformers.Trainer.train`."""
-        if isinstance(resume_from_checkpoint, bool) and resume_from_checkpoint:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
         if self.train_dataset is None:
             raise ValueError("MSDTrainer.train() needs a train_dataset.")
         if self.weighting.learned and self.args.meta_validation_fraction > 0 and self._meta_dataset is None:
             self._split_meta_validation()
+        if self.weighting.learned and self._meta_batches is None:
+            self._start_meta_batches()
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir, self.training_state)
         first = self._first_batch()
         self._problem_type(first.get("labels"))
         self._validate(first)
+        self._restore_training_state(checkpoint)  # a resume restores the population saliency too
         if self.weighting.needs_population_saliency and not self.weighting.has_population_saliency:
-            self._set_population_saliency(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+            self._set_population_saliency()
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
 
     def _split_meta_validation(self) -> None:
         dataset = self.train_dataset
@@ -382,12 +391,7 @@ class MSDTrainer(DistillationTrainer):
             return
         validate_modalities(self.modalities, model_batch, student)
 
-    def _set_population_saliency(self, resume_from_checkpoint: str | None) -> None:
-        if resume_from_checkpoint is not None:
-            path = os.path.join(resume_from_checkpoint, MSD_WEIGHTING_NAME)
-            if os.path.isfile(path):
-                self.weighting.load_state_dict(torch.load(path, map_location=self.args.device))
-                return
+    def _set_population_saliency(self) -> None:
         dataset = self._saliency_dataset()
         fingerprint = saliency_fingerprint(
             self.teacher_model,
@@ -418,25 +422,3 @@ class MSDTrainer(DistillationTrainer):
                 report.save_json(cache)
         self.weighting.set_population_saliency(report.mean)
         logger.info(f"Population saliency: {report.population()}")
-
-    # ---- Checkpoints ---------------------------------------------------------------------------------
-
-    def _save_checkpoint(self, model: nn.Module, trial) -> None:
-        if len(self.weighting.state_dict()) and self.args.should_save:
-            checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            output_dir = os.path.join(self._get_output_dir(trial=trial), checkpoint)
-            os.makedirs(output_dir, exist_ok=True)
-            torch.save(self.weighting.state_dict(), os.path.join(output_dir, MSD_WEIGHTING_NAME))
-        super()._save_checkpoint(model, trial)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if not len(self.weighting.state_dict()):
-            return
-        path = os.path.join(resume_from_checkpoint, MSD_WEIGHTING_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} is missing: this checkpoint has no {self.args.modality_weighting} modality weights; "
-                "resume from a checkpoint saved by an MSDTrainer with the same modality_weighting."
-            )
-        self.weighting.load_state_dict(torch.load(path, map_location=self.args.device))

@@ -1,0 +1,83 @@
+"""Resume after a crash: a run SIGKILLed while saving a checkpoint resumes (``resume_from_checkpoint=True``)
+from the newest complete checkpoint and ends with the same student and training-only state (projections,
+learned weights) as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from resume_script import KILL_AT_STEP, MAX_STEPS, build_trainer
+
+from hf_msd.trainers import MSDTrainer
+from hf_msd.trainers.training_state import TRAINING_STATE_NAME
+from tests.models_utils import tiny_model
+from tests.msd_utils import oracle_teacher, stack_collate, text_label_dataset
+from tests.test_msd_trainer import args_for
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resume_script.py")
+REPO_ROOT = os.path.dirname(os.path.dirname(SCRIPT))
+
+
+def final_state(trainer):
+    state = {f"student.{k}": v for k, v in trainer.model.state_dict().items()}
+    for name, part in trainer.training_state.parts.items():
+        if isinstance(part, torch.nn.Module):
+            state.update({f"{name}.{k}": v for k, v in part.state_dict().items() if torch.is_tensor(v)})
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def test_sigkilled_run_resumes_from_the_last_complete_checkpoint_to_the_uninterrupted_result(
+    tmp_path, caplog
+):
+    output_dir = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # same thread count as this process: same float sums
+    killed = subprocess.run(
+        [sys.executable, SCRIPT, str(output_dir)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, f"{killed.returncode}\n{killed.stderr[-4000:]}"
+    half_written = output_dir / f"checkpoint-{KILL_AT_STEP}"
+    assert (half_written / "trainer_state.json").is_file()  # the Trainer's part was written...
+    assert not (half_written / TRAINING_STATE_NAME).exists()  # ...but the kill came before ours
+
+    resumed = build_trainer(str(output_dir))
+    with caplog.at_level(logging.WARNING):
+        resumed.train(resume_from_checkpoint=True)
+    assert f"Skipping the incomplete checkpoint {half_written}" in caplog.text
+    assert resumed._restored_from == str(output_dir / "checkpoint-2")
+    assert resumed.state.global_step == MAX_STEPS
+    assert resumed._meta_batches.draws == MAX_STEPS  # the held-out stream continued, not restarted
+
+    uninterrupted = build_trainer(str(tmp_path / "uninterrupted"))
+    uninterrupted.train()
+    want, got = final_state(uninterrupted), final_state(resumed)
+    assert got.keys() == want.keys()
+    assert {"training_modules.hidden_projections.1_to_1.weight", "modality_weighting.alpha"} <= want.keys()
+    assert want["modality_weighting.alpha"].abs().max() > 1e-2
+    for name in want:
+        torch.testing.assert_close(
+            got[name], want[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+def test_resume_true_without_a_checkpoint_raises_like_trainer(tmp_path):
+    trainer = MSDTrainer(
+        model=tiny_model(seed=1),
+        teacher_model=oracle_teacher(),
+        args=args_for(tmp_path, max_steps=1),
+        train_dataset=text_label_dataset(8),
+        data_collator=stack_collate,
+    )
+    with pytest.raises(ValueError, match="No valid checkpoint found in output directory"):
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 0
