@@ -36,7 +36,8 @@ def test_sigkilled_run_resumes_from_the_last_complete_checkpoint_to_the_uninterr
     tmp_path, caplog
 ):
     output_dir = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # same thread count as this process: same float sums
+    # The same number of threads as this process, so float sums (hence the weights) are bit-comparable.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     killed = subprocess.run(
         [sys.executable, SCRIPT, str(output_dir)],
         cwd=REPO_ROOT,
