@@ -4,6 +4,7 @@ from .collator import MultimodalDataCollator
 from .easy_vqa import easy_vqa_answers, load_easy_vqa
 from .local import DataValidationError, load_local_dataset
 from .splits import keep_labels_on_subset, labelled_rows, limit_splits, select_subset, split_by_group
+from .validation import validate_examples
 
 __all__ = [
     "DataValidationError",
@@ -16,4 +17,5 @@ __all__ = [
     "load_local_dataset",
     "select_subset",
     "split_by_group",
+    "validate_examples",
 ]

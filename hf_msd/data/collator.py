@@ -13,6 +13,7 @@ import torch
 from transformers import BatchFeature
 
 from ..losses import IGNORE_INDEX
+from .validation import validate_examples
 
 MODALITIES = ("text", "image")
 
@@ -100,6 +101,23 @@ class MultimodalDataCollator:
         if getattr(config, "problem_type", None) == "multi_label_classification":
             kwargs.setdefault("num_labels", config.num_labels)
         return cls(processor, **kwargs)
+
+    def validate(
+        self, dataset, num_labels: int | None = None, multi_label: bool | None = None, name: str = "dataset"
+    ) -> None:
+        """Check ``dataset``'s rows for this collator before training, naming each bad row and column (empty
+        text, a missing or unreadable image file, a label outside ``[0, num_labels)`` or of the wrong kind):
+        :func:`hf_msd.data.validation.validate_examples` on this collator's columns. ``num_labels`` and
+        ``multi_label`` default to the collator's (a collator with ``num_labels`` is multi-label)."""
+        validate_examples(
+            dataset,
+            text_column=self.text_column if "text" in self.modalities else None,
+            image_column=self.image_column if "image" in self.modalities else None,
+            label_column=self.label_column,
+            num_labels=self.num_labels or num_labels,
+            multi_label=self.num_labels is not None if multi_label is None else multi_label,
+            name=name,
+        )
 
     def _column(self, examples: list[dict[str, Any]], column: str, modality: str) -> list[Any]:
         missing = [i for i, example in enumerate(examples) if example.get(column) is None]

@@ -3,6 +3,7 @@ plus command-line flags."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -172,20 +173,39 @@ def parse_arguments(
 
     The config file's keys are any of the dataclasses' fields; flags after it override them.
     """
-    parser = HfArgumentParser((ModelArguments, DataArguments, ExperimentArguments, MSDTrainingArguments))
+    classes = (ModelArguments, DataArguments, ExperimentArguments, MSDTrainingArguments)
+    parser = HfArgumentParser(classes)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        argv = [*_config_flags(argv[0]), *argv[1:]]
+        fields = {f.name: f for cls in classes for f in dataclasses.fields(cls) if f.init}
+        argv = [*_config_flags(argv[0], fields), *argv[1:]]
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def _config_flags(path: str) -> list[str]:
-    """A config file's entries as command-line flags (lists and mappings as JSON / repeated values)."""
+def _config_flags(path: str, fields: Mapping[str, dataclasses.Field]) -> list[str]:
+    """A config file's entries as command-line flags (lists and mappings as JSON / repeated values).
+
+    ``null`` leaves a field whose default is None unset; a list for a field that takes one value, a
+    ``null`` for any other field and an unknown key raise a ValueError naming the key.
+    """
     text = Path(path).read_text()
     values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of argument names to values.")
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{path}: unknown argument(s) {unknown}; see `python examples/run_msd.py --help`.")
     flags = []
     for key, value in values.items():
+        field_type = str(fields[key].type).lower()
+        if value is None:
+            if fields[key].default is not None:
+                raise ValueError(
+                    f"{path}: {key} is null but has no unset value; remove the line for its default "
+                    f"({fields[key].default!r}) or give a value."
+                )
+            continue  # unset: the default None
+        if isinstance(value, list) and "list" not in field_type:
+            raise ValueError(f"{path}: {key} takes one value ({fields[key].type}), got the list {value}.")
         if isinstance(value, list):
             flags += [f"--{key}", *(str(v) for v in value)]
         elif isinstance(value, dict):

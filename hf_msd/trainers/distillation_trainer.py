@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer
@@ -197,6 +198,18 @@ class DistillationTrainer(Trainer):
             teacher_model = AutoModelForSequenceClassification.from_pretrained(
                 teacher_model, **(args.teacher_model_init_kwargs or {})
             )
+        if teacher_model is model and _is_peft_model(model):
+            logger.warning(
+                "The PEFT model itself was passed as teacher_model: distilling from its adapter-free base "
+                "model (model.get_base_model()) into the adapters."
+            )
+            teacher_model = model.get_base_model()
+        meta = [name for name, p in teacher_model.named_parameters() if p.device.type == "meta"][:3]
+        if meta:
+            raise ValueError(
+                f"teacher_model has weights on the meta device (e.g. {meta}): they hold no values. Load the "
+                "teacher with its weights (from_pretrained without device_map='meta' / init_empty_weights)."
+            )
         super().__init__(model=model, args=args, **trainer_kwargs)
         # Our loss does not go through the model's own loss kwargs; num_items_in_batch is counted in examples.
         self.model_accepts_loss_kwargs = False
@@ -231,15 +244,20 @@ class DistillationTrainer(Trainer):
         self.training_state = TrainingState()
         self.add_callback(self.training_state)
         self._restored_from: str | None = None
+        self._checked_data: tuple | None = None
         self.training_modules = nn.ModuleDict()
         self._hidden_map = self._attention_map = {}
         if args.hidden_loss_weight > 0:
-            self._hidden_map = self._resolve_layer_map(args.hidden_layer_map, offset=1)
+            self._hidden_map = self._resolve_layer_map(
+                args.hidden_layer_map, offset=1, name="hidden_layer_map"
+            )
             self.register_training_module(
                 "hidden_projections", self._build_projections(student, teacher_model)
             )
         if args.attention_loss_weight > 0:
-            self._attention_map = self._resolve_layer_map(args.attention_layer_map, offset=0)
+            self._attention_map = self._resolve_layer_map(
+                args.attention_layer_map, offset=0, name="attention_layer_map"
+            )
             for role, network in (("student", student), ("teacher", teacher_model)):
                 _use_eager_attention(role, network)
         self._log_sums: dict[str, torch.Tensor] = {}
@@ -366,12 +384,28 @@ class DistillationTrainer(Trainer):
                 projections[f"{student_index}_to_{teacher_index}"] = nn.Linear(student_width, teacher_width)
         return projections
 
-    def _resolve_layer_map(self, layer_map: dict[int, int] | None, offset: int) -> dict[int, int]:
-        if layer_map is not None:
-            return dict(layer_map)
-        student_layers = _num_layers(self._student_base().config)
-        teacher_layers = _num_layers(self.teacher_model.config)
-        return evenly_spaced_layer_map(student_layers, teacher_layers, offset)
+    def _resolve_layer_map(self, layer_map: dict[int, int] | None, offset: int, name: str) -> dict[int, int]:
+        """``layer_map``, checked against both models' layer counts, or the evenly spaced default."""
+        if layer_map is None:
+            student_layers = _num_layers(self._student_base().config)
+            teacher_layers = _num_layers(self.teacher_model.config)
+            return evenly_spaced_layer_map(student_layers, teacher_layers, offset)
+        for role, config, indices in (
+            ("student", self._student_base().config, layer_map.keys()),
+            ("teacher", self.teacher_model.config, layer_map.values()),
+        ):
+            try:
+                last = _num_layers(config) - 1 + offset
+            except ValueError:
+                continue  # unknown layer count: the model's outputs will tell
+            outside = sorted(i for i in indices if i > last)
+            if outside:
+                what = "hidden_states (0 = embeddings)" if offset else "attentions"
+                raise ValueError(
+                    f"{name}={layer_map}: {role} index {outside} is out of range; the {role}'s "
+                    f"outputs.{what} has indices 0..{last}."
+                )
+        return dict(layer_map)
 
     def _training_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.training_modules.parameters() if p.requires_grad]
@@ -415,10 +449,51 @@ class DistillationTrainer(Trainer):
         ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (one left half-written by a
         kill is skipped with a warning; none at all raises, as in `Trainer`), whose projections and other
         training-only state are restored here, before training, under every backend."""
+        self.check_data()
         checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir, self.training_state)
         self._restore_training_state(checkpoint)
         self.training_state.synchronize()
         return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+
+    def check_data(self) -> None:
+        """Check the training and evaluation data before any training work, naming the bad rows and columns.
+
+        An empty training set is refused; a collator with a ``validate(dataset, num_labels, multi_label,
+        name)`` method (:meth:`hf_msd.data.MultimodalDataCollator.validate`) checks every row; raw image
+        columns with a collator that cannot turn them into tensors are refused. Runs once per datasets.
+        """
+        datasets_ = {"train_dataset": self.train_dataset}
+        if isinstance(self.eval_dataset, dict):
+            datasets_.update({f"eval_dataset[{k!r}]": v for k, v in self.eval_dataset.items()})
+        elif self.eval_dataset is not None:
+            datasets_["eval_dataset"] = self.eval_dataset
+        key = tuple(id(dataset) for dataset in datasets_.values())
+        if key == self._checked_data:
+            return
+        config = self._student_base().config
+        for name, dataset in datasets_.items():
+            if dataset is None or not hasattr(dataset, "__len__"):
+                continue
+            if len(dataset) == 0:
+                raise ValueError(f"{name} is empty: give it at least one example.")
+            validate = getattr(self.data_collator, "validate", None)
+            if callable(validate):
+                validate(
+                    dataset,
+                    num_labels=config.num_labels,
+                    multi_label=self.problem_type == losses.MULTI_LABEL,
+                    name=name,
+                )
+                continue
+            features = getattr(dataset, "features", None) or {}
+            images = [column for column, feature in features.items() if isinstance(feature, datasets.Image)]
+            if images:
+                raise ValueError(
+                    f"{name} has raw image column(s) {images} but data_collator="
+                    f"{type(self.data_collator).__name__} cannot turn images into tensors. Pass "
+                    "data_collator=hf_msd.data.MultimodalDataCollator.from_model(model, processor)."
+                )
+        self._checked_data = key
 
     def _restore_training_state(self, checkpoint: str | None) -> None:
         if checkpoint is not None and checkpoint != self._restored_from:
@@ -465,6 +540,13 @@ class DistillationTrainer(Trainer):
     def _problem_type(self, labels: torch.Tensor | None) -> str:
         if self.problem_type is None:
             self.problem_type = losses.resolve_problem_type(self._student_base().config, labels)
+        if self.problem_type == losses.MULTI_LABEL and labels is not None and labels.dim() == 1:
+            raise ValueError(
+                f"The model is multi-label (problem_type={losses.MULTI_LABEL!r}) but the labels are one "
+                "class id per example, shape (B,): give each example a list of class ids and collate them "
+                "with MultimodalDataCollator.from_model(model, processor) (multi-hot (B, num_labels)), or "
+                "set problem_type='single_label_classification' on both models."
+            )
         return self.problem_type
 
     def loss_components(

@@ -340,6 +340,7 @@ class MSDTrainer(DistillationTrainer):
         loads) the population saliency, then trains as :meth:`transformers.Trainer.train`."""
         if self.train_dataset is None:
             raise ValueError("MSDTrainer.train() needs a train_dataset.")
+        self.check_data()
         if self.weighting.learned and self.args.meta_validation_fraction > 0 and self._meta_dataset is None:
             self._split_meta_validation()
         if self.weighting.learned and self._meta_batches is None:

@@ -517,13 +517,17 @@ class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTra
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
     ) -> MultimodalSequenceClassifierOutput | tuple:
         r"""
         Inputs as in [`MultimodalTransformerModel.forward`], plus `labels`: int64 `(batch_size,)` for single-
         label, float `(batch_size, num_labels)` for multi-label, float `(batch_size,)` or `(batch_size,
         num_labels)` for regression. Returns `logits` of shape `(batch_size, num_labels)` and the fields
-        described in the module docstring.
+        described in the module docstring. `inputs_embeds` is accepted so callers that always pass it (PEFT's
+        `task_type="SEQ_CLS"` wrapper passes `inputs_embeds=None`) work; it must be None: pass `input_ids`.
         """
+        if inputs_embeds is not None:
+            raise ValueError("inputs_embeds is not supported by this model; pass input_ids.")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if input_ids is None or pixel_values is None:
             _refuse_foreign_pipeline(self.config.modalities)
