@@ -3,9 +3,17 @@
 robustness evaluation -> model card (-> Hub).
 
     python examples/run_msd.py examples/configs/quick_easy_vqa.yaml
-    accelerate launch examples/run_msd.py examples/configs/quick_easy_vqa.yaml
-    accelerate launch --cpu --num_processes 2 examples/run_msd.py examples/configs/quick_easy_vqa.yaml
     python examples/run_msd.py --output_dir outputs/kd --method kd --student_modalities text ...
+    # N GPUs (DDP; or an `accelerate config` with FSDP / DeepSpeed):
+    accelerate launch --num_processes N examples/run_msd.py examples/configs/quick_easy_vqa.yaml
+    # 2 CPU processes (gloo DDP). Not `accelerate launch --cpu --num_processes 2`: without MPI, accelerate
+    # starts ONE process then. With no visible GPU, --multi_gpu goes through torchrun and starts two:
+    CUDA_VISIBLE_DEVICES= accelerate launch --multi_gpu --num_processes 2 examples/run_msd.py \\
+        examples/configs/quick_easy_vqa.yaml
+
+The frozen teacher is placed as accelerate prescribes for evaluated-only models (replicated, never wrapped
+for DDP / FSDP; its own DeepSpeed inference engine, partitioned under ZeRO-3). Tested here: 1 and 2 CPU
+processes (gloo DDP). Not run here: FSDP and DeepSpeed (see README, "What is tested").
 
 Every field of ModelArguments, DataArguments, ExperimentArguments (hf_msd.experiment) and
 MSDTrainingArguments is a command-line flag (`--help` lists them). A YAML or JSON config file given first

@@ -137,6 +137,23 @@ def token_mask(outputs: Any, attention_mask: torch.Tensor | None, length: int) -
     return None
 
 
+def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
+    """``model`` as a DeepSpeed engine for evaluation only, from the student's DeepSpeed config: ZeRO-3
+    partitions its parameters over the processes, other stages keep a full copy (stage 0); no optimizer."""
+    import copy
+
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage != 3:
+        config["zero_optimization"] = {"stage": 0}
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine.eval()
+
+
 def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
     """(B, L, H) -> (B, H) for pooling "mean" (masked) or "first"; unchanged for "none"."""
     if pooling == "first":
@@ -218,10 +235,7 @@ class DistillationTrainer(Trainer):
         self.teacher_model = teacher_model
         self._teacher_is_student_base = student is teacher_model
         if not self._teacher_is_student_base:  # a shared PEFT base is already frozen and placed
-            teacher_model.requires_grad_(False)
-            if getattr(teacher_model, "hf_device_map", None) is None:
-                teacher_model.to(self.args.device)
-            teacher_model.eval()
+            teacher_model.requires_grad_(False).eval()
         self.modalities = (
             list(modalities) if modalities is not None else _preset_modalities(teacher_model, student)
         )
@@ -269,6 +283,23 @@ class DistillationTrainer(Trainer):
         self._batches_seen = 0  # training micro-batches, named by check_finite's errors
         self._eval_agreement: list[torch.Tensor] | None = None
         self._last_teacher_logits: torch.Tensor | None = None
+        if not self._teacher_is_student_base:
+            self.teacher_model = self._prepare_teacher(teacher_model)
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        """Place the frozen teacher as accelerate prescribes for a model that is only evaluated.
+
+        - DeepSpeed: its own inference engine, partitioned across processes under ZeRO-3 (as the student's
+          config shards), plainly replicated under ZeRO-0/1/2; never given an optimizer.
+        - Otherwise (one process, DDP, FSDP): ``accelerator.prepare_model(teacher, evaluation_mode=True)``:
+          placed on the device, replicated, never wrapped for gradient synchronisation or sharding.
+        - A teacher loaded with a ``device_map`` (``hf_device_map``) is left where it is.
+        """
+        if getattr(teacher, "hf_device_map", None) is not None:
+            return teacher
+        if self.is_deepspeed_enabled:
+            return _deepspeed_inference_engine(teacher, self.accelerator)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True).eval()
 
     # ---- Teacher -------------------------------------------------------------------------------------
 
