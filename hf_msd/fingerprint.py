@@ -1,0 +1,96 @@
+"""Fingerprints: hashes that change whenever something that shapes a cached result changes.
+
+Shared by the teacher-output cache (:mod:`hf_msd.teacher_cache`) and the population-saliency cache of
+:class:`~hf_msd.trainers.MSDTrainer` (:func:`hf_msd.saliency.saliency_fingerprint`), so both invalidate on
+the same changes:
+
+- a model (:func:`model_fingerprint`): its config (JSON) and a SHA-256 of the raw bytes of every tensor in
+  its ``state_dict`` (parameters and buffers) with name, dtype and shape, so any changed weight, including
+  a permutation of two columns, changes the hash;
+- a dataset (:func:`dataset_fingerprint`): a `datasets.Dataset`'s own ``_fingerprint`` (which `datasets`
+  derives from its content or files and every transform applied); any other indexable dataset (a list, a
+  torch ``Dataset``) is hashed example by example, so changing any example changes the hash;
+- any other object (:func:`object_fingerprint`): collators and processors (with their settings: max
+  length, image size, tokenizer...), modality specs, saliency functions. It uses `datasets`' own
+  :class:`datasets.fingerprint.Hasher` (the hash `Dataset.map` gives its functions): functions and lambdas
+  are hashed by their code and closure, not by their name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from datasets.fingerprint import Hasher
+
+#: Bytes hashed per update when reading a tensor (keeps the memory overhead bounded).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> Iterable[memoryview]:
+    """The raw bytes of ``tensor`` (any dtype, including bfloat16), in chunks."""
+    flat = tensor.detach().reshape(-1)
+    for start in range(0, flat.numel(), _CHUNK_ELEMENTS):
+        chunk = flat[start : start + _CHUNK_ELEMENTS].cpu().contiguous()
+        yield memoryview(chunk.view(torch.uint8).numpy())
+
+
+def tensors_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 hex digest over ``(name, dtype, shape, raw bytes)`` of each named tensor, in order."""
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        if tensor.device.type == "meta":
+            raise ValueError(
+                f"Cannot fingerprint tensor {name!r}: it is on the meta device (no data). Load the model's "
+                "weights (e.g. from_pretrained without device_map='meta') before caching its outputs."
+            )
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        for chunk in _tensor_bytes(tensor):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of ``model``'s config and of every tensor of its ``state_dict`` (exact bytes)."""
+    config = getattr(model, "config", None)
+    config_text = config.to_json_string() if hasattr(config, "to_json_string") else repr(config)
+    with torch.no_grad():
+        weights = tensors_fingerprint(model.state_dict().items())
+    return combine_fingerprints(type=type(model).__qualname__, config=config_text, weights=weights)
+
+
+def object_fingerprint(value: Any) -> str:
+    """`datasets`' hash of any picklable object (collators, processors, modality specs, functions)."""
+    return Hasher.hash(value)
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """The dataset's ``_fingerprint`` if it is a `datasets.Dataset`, else a hash of its length and of every
+    example's content (slow for large non-`datasets` datasets, but never stale)."""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if fingerprint is not None:
+        return f"datasets:{fingerprint}"
+    hasher = Hasher()
+    hasher.update(len(dataset))
+    for index in range(len(dataset)):
+        hasher.update(dataset[index])
+    return f"content:{hasher.hexdigest()}"
+
+
+def combine_fingerprints(**parts: Any) -> str:
+    """SHA-256 of the named parts (strings, numbers, or JSON-serialisable mappings / lists)."""
+    text = json.dumps(_jsonable(parts), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return object_fingerprint(value)
