@@ -5,6 +5,7 @@ import json
 
 import PIL.Image
 import pytest
+import torch
 from transformers import TrainingArguments
 
 from hf_msd.experiment import DataArguments, StageMismatchError
@@ -104,3 +105,54 @@ def test_push_needs_a_repository_id(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
     with pytest.raises(ValueError, match="--hub_model_id"):
         push_student(tmp_path, args)
+
+
+def test_changed_teacher_weights_or_data_settings_are_not_reused(tmp_path):
+    """A teacher given by path is recorded by its weights' hash; the data settings shape the later stages."""
+    from hf_msd.experiment import parse_arguments
+    from hf_msd.experiment.workflow import Run, load_data, saliency_report, train_or_load_teacher
+    from tests.models_utils import tiny_model, tiny_processor
+
+    teacher_dir = tmp_path / "teacher"
+    tiny_model(num_labels=13, seed=0).save_pretrained(teacher_dir)
+    tiny_processor(teacher_dir, image_size=16)
+
+    datasets = {}
+
+    def run(*flags):
+        argv = [
+            "--teacher_name_or_path",
+            str(teacher_dir),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--report_to",
+            "none",
+        ]
+        argv += ["--max_train_samples", "8", "--max_eval_samples", "4", "--saliency_max_samples", "4", *flags]
+        model_args, data_args, exp_args, training_args = parse_arguments(argv)
+        training_args.per_device_eval_batch_size = 4
+        key = data_args.validation_fraction  # the only data setting changed here
+        datasets[key] = datasets.get(key) or load_data(data_args, seed=0)
+        return Run(model_args, data_args, exp_args, training_args, datasets[key])
+
+    first = run()
+    teacher, processor, settings = train_or_load_teacher(first)
+    saliency_report(first, teacher, processor, settings)
+    saliency_report(first, teacher, processor, settings)  # same settings: reused
+
+    changed = tiny_model(num_labels=13, seed=0)
+    with torch.no_grad():
+        changed.classifier.weight[[0, 1]] = changed.classifier.weight[
+            [1, 0]
+        ].clone()  # same sums, new weights
+    changed.save_pretrained(teacher_dir)
+    again = run()
+    teacher, processor, new_settings = train_or_load_teacher(again)
+    assert new_settings["weights"] != settings["weights"]
+    with pytest.raises(StageMismatchError, match=r"\(teacher\.weights: '[0-9a-f]+' -> '[0-9a-f]+'\)"):
+        saliency_report(again, teacher, processor, new_settings)
+    redo = run("--overwrite_output_dir", "true")
+    saliency_report(redo, teacher, processor, new_settings)  # redone, then recorded
+
+    with pytest.raises(StageMismatchError, match=r"data\.validation_fraction: 0\.1 -> 0\.2"):
+        saliency_report(run("--validation_fraction", "0.2"), teacher, processor, new_settings)

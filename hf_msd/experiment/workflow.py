@@ -39,6 +39,7 @@ from transformers.utils import logging
 
 from ..data import MultimodalDataCollator, limit_splits, load_easy_vqa, load_local_dataset
 from ..evaluation import evaluate_by_modality
+from ..fingerprint import model_fingerprint
 from ..hub import build_model_card
 from ..losses import resolve_problem_type
 from ..metrics import make_compute_metrics
@@ -167,7 +168,9 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
     if run.model_args.teacher_name_or_path:
         teacher = AutoModelForSequenceClassification.from_pretrained(run.model_args.teacher_name_or_path)
         processor = AutoProcessor.from_pretrained(run.model_args.teacher_name_or_path)
-        return teacher, processor, {"teacher_name_or_path": run.model_args.teacher_name_or_path}
+        # The path alone would let a teacher whose weights changed reuse the old saliency and student.
+        settings = {"teacher_name_or_path": run.model_args.teacher_name_or_path}
+        return teacher, processor, {**settings, "weights": model_fingerprint(teacher)}
     directory = Path(run.training_args.output_dir) / "teacher"
     args = _base_args(
         run.training_args,
@@ -210,6 +213,14 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
     return teacher, processor, settings
 
 
+def _data_settings(run: Run) -> dict[str, Any]:
+    """The data settings that decide the train and validation splits (not the test-set size), with the seed
+    that splits them."""
+    settings = jsonable(run.data_args)
+    settings.pop("max_test_samples")
+    return {**settings, "seed": run.training_args.seed}
+
+
 def _train_data_settings(data_args: DataArguments) -> dict[str, Any]:
     """The data settings that decide the train split (the test-set size, say, does not)."""
     settings = jsonable(data_args)
@@ -236,7 +247,7 @@ def saliency_report(run: Run, teacher: PreTrainedModel, processor, teacher_setti
     settings = {
         "stage": "saliency",
         "teacher": teacher_settings,
-        "max_eval_samples": run.data_args.max_eval_samples,
+        "data": _data_settings(run),
         "samples": run.exp_args.saliency_max_samples,
     }
     state = PartialState()
@@ -276,7 +287,7 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         "stage": "student",
         "teacher": teacher_settings,
         "method": run.exp_args.method,
-        "max_eval_samples": run.data_args.max_eval_samples,
+        "data": _data_settings(run),
         "model": jsonable(run.model_args),
         "training": result_settings(run.training_args),
     }
