@@ -38,7 +38,7 @@ class RestrictedCollator:
 
 def input_conditions(model: PreTrainedModel, modalities: Sequence[Modality]) -> list[str]:
     """The conditions ``model`` can be scored on: "both" and each modality it takes."""
-    own = getattr(model.config, "modalities", None)
+    own = getattr(getattr(model, "config", None), "modalities", None)
     return [BOTH] + [m.name for m in modalities if own is None or m.name in own]
 
 

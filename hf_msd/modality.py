@@ -18,10 +18,12 @@ add your own by inserting a function there):
 - ``"fill"``: floating-point keys are replaced by ``fill_value`` (a scalar, or a tensor broadcastable
   to one example, e.g. the dataset's mean image of shape (C, H, W)); integer keys (masks, ids) are
   kept, so the model sees a valid blank / mean input.
+- ``"mask_keep_special"``: text only; as ``"mask"``, except that in each row the first and the last
+  attended token (``[CLS]`` and ``[SEP]`` of a BERT tokenizer) keep their ids and stay attended, so the
+  model sees the empty question ``[CLS] [SEP]`` (at the original positions). For heads that read a
+  position from the mask, such as VisualBERT's VQA head (``attention_mask.sum(1) - 2``).
 
-Presets (:func:`default_modalities`): ``hf_msd``'s models drop; ViLT masks the text (ids -> pad,
-attention mask and token types -> 0) and fills the image with zeros (ViLT cannot take an all-zero
-``pixel_mask``: it would leave no image patch, so its pixel mask is kept).
+Presets per architecture (:func:`default_modalities`) live in :mod:`hf_msd.modality_presets`.
 """
 
 from __future__ import annotations
@@ -141,6 +143,29 @@ def _fill(batch: dict[str, Any], modality: Modality) -> dict[str, Any]:
     return out
 
 
+@register_removal_strategy("mask_keep_special")
+def _mask_keep_special(batch: dict[str, Any], modality: Modality) -> dict[str, Any]:
+    masks = [key for key in modality.present_keys(batch) if modality.is_mask_key(key)]
+    if not masks:
+        raise ValueError(
+            f"Modality {modality.name!r}: removal='mask_keep_special' needs an attention mask among its keys "
+            f"(present: {modality.present_keys(batch)})."
+        )
+    mask = batch[masks[0]]  # (B, L)
+    length = mask.shape[1]
+    first = (mask != 0).int().argmax(dim=1)
+    last = length - 1 - (mask != 0).int().flip(1).argmax(dim=1)
+    positions = torch.arange(length, device=mask.device)[None]
+    keep = (positions == first[:, None]) | (positions == last[:, None])  # (B, L)
+    out = _mask(batch, modality)
+    for key in modality.present_keys(batch):
+        if modality.is_mask_key(key):
+            out[key] = keep.to(batch[key].dtype)
+        elif key != "token_type_ids" and not batch[key].is_floating_point():
+            out[key] = torch.where(keep, batch[key], out[key])
+    return out
+
+
 def _by_name(modalities: Sequence[Modality], names: Iterable[str]) -> list[Modality]:
     known = {modality.name: modality for modality in modalities}
     unknown = [name for name in names if name not in known]
@@ -169,49 +194,48 @@ def restrict(batch: Mapping[str, Any], modalities: Sequence[Modality], keep: str
 
 
 def default_modalities(model) -> list[Modality]:
-    """Preset modalities for a model (or its config), by ``config.model_type``.
+    """Preset modalities for a model (or its config), by ``config.model_type``: the registry in
+    :mod:`hf_msd.modality_presets` (ViLT, VisualBERT, LXMERT, BridgeTower, hf_msd's models; add your own
+    with :func:`~hf_msd.modality_presets.register_model_preset`). Raises ``ValueError`` without a preset."""
+    from .modality_presets import preset_modalities  # the presets build on this module
 
-    - ``"msd_multimodal_transformer"`` (hf_msd): text = ``input_ids`` (+ optional ``attention_mask``,
-      ``token_type_ids``), image = ``pixel_values``; both "drop". Only the modalities listed in
-      ``config.modalities`` are returned (a unimodal model gets one).
-    - ``"vilt"``: text = ``input_ids``, ``attention_mask`` (+ optional ``token_type_ids``) by "mask"
-      (ids -> ``config.pad_token_id`` or 0, masks -> 0); image = ``pixel_values`` (+ optional
-      ``pixel_mask``, kept) by "fill" with 0.
+    return preset_modalities(model)
+
+
+def _named_parameters(forward) -> dict[str, inspect.Parameter]:
+    return {
+        name: parameter
+        for name, parameter in inspect.signature(forward).parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+
+
+def forward_parameters(model) -> dict[str, inspect.Parameter] | None:
+    """The named parameters of ``model.forward``, following wrappers.
+
+    A wrapper whose forward is ``forward(*args, **kwargs)`` names nothing itself: the signature is read from
+    the function it wraps (``functools.wraps`` sets ``__wrapped__``), else from its only child module (e.g.
+    ``self.model``). Returns ``None`` when no signature can be found (the wrapper then gets every key).
     """
-    config = getattr(model, "config", model)
-    model_type = getattr(config, "model_type", None)
-    if model_type == "msd_multimodal_transformer":
-        presets = {
-            "text": Modality(
-                "text", keys=["input_ids"], optional_keys=["attention_mask", "token_type_ids"], removal="drop"
-            ),
-            "image": Modality("image", keys=["pixel_values"], removal="drop"),
-        }
-        return [presets[name] for name in getattr(config, "modalities", ["text", "image"])]
-    if model_type == "vilt":
-        pad = getattr(config, "pad_token_id", None) or 0
-        return [
-            Modality(
-                "text",
-                keys=["input_ids", "attention_mask"],
-                optional_keys=["token_type_ids"],
-                removal="mask",
-                pad_token_id=pad,
-            ),
-            Modality(
-                "image", keys=["pixel_values"], optional_keys=["pixel_mask"], removal="fill", fill_value=0.0
-            ),
-        ]
-    raise ValueError(
-        f"No modality preset for model_type={model_type!r}; pass `modalities=[Modality(...), ...]` "
-        "naming each modality's batch keys and removal strategy."
-    )
+    forward = getattr(model, "forward", model)
+    parameters = _named_parameters(forward)  # inspect.signature already follows __wrapped__
+    if parameters:
+        return parameters
+    children = list(model.children()) if isinstance(model, torch.nn.Module) else []
+    if len(children) == 1:
+        return forward_parameters(children[0])
+    return None
 
 
 def model_inputs(model, batch: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``batch`` that ``model.forward`` takes by name (labels excluded)."""
-    parameters = inspect.signature(model.forward).parameters
-    return {key: value for key, value in batch.items() if key in parameters and key != "labels"}
+    """The entries of ``batch`` that ``model.forward`` takes by name (labels excluded); every entry but the
+    labels for a wrapper whose signature cannot be followed (:func:`forward_parameters`)."""
+    parameters = forward_parameters(model)
+    return {
+        key: value
+        for key, value in batch.items()
+        if key != "labels" and (parameters is None or key in parameters)
+    }
 
 
 def _first_example(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,7 +253,9 @@ def validate_modalities(
     Raises ``ValueError`` naming the offending key when: two modalities share a name or a key; a
     modality's required key is missing from ``batch``; or, with ``model``, a modality-only batch
     ``x_m`` (:func:`restrict`) lacks a required argument of ``model.forward`` or (``check_forward``)
-    makes ``model`` fail on one example, e.g. "drop" on ViLT, which always needs ``input_ids``.
+    makes ``model`` fail on one example, e.g. "drop" on ViLT, which always needs ``input_ids``. With
+    ``check_forward`` the model first runs on the full example, so a model that fails on its own input is
+    reported as such, not as a removal problem.
     """
     names = [modality.name for modality in modalities]
     if len(set(names)) != len(names):
@@ -251,13 +277,21 @@ def validate_modalities(
                 )
     if model is None:
         return
+    parameters = forward_parameters(model) or {}
     required = [
-        name
-        for name, parameter in inspect.signature(model.forward).parameters.items()
-        if parameter.default is inspect.Parameter.empty
-        and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        name for name, parameter in parameters.items() if parameter.default is inspect.Parameter.empty
     ]
     example = _first_example(batch)
+    if check_forward:
+        try:
+            with torch.no_grad():
+                model(**model_inputs(model, example))
+        except Exception as error:  # the model itself fails: not a modality-removal problem
+            raise ValueError(
+                f"{type(model).__name__} fails on the full batch, before any modality is removed ({error}). "
+                f"Check that the data collator gives the inputs this model expects (batch keys: "
+                f"{sorted(example)})."
+            ) from error
     for modality in modalities:
         removed = [m for m in modalities if m.name != modality.name]
         x_m = restrict(example, modalities, keep=modality.name)
@@ -277,10 +311,37 @@ def validate_modalities(
             ) from error
 
 
+#: What to try after a removal strategy failed (the strategies that keep more of the input come first).
+_ALTERNATIVES = {
+    "drop": ("mask", "fill"),
+    "mask": ("fill", "mask_keep_special"),
+    "mask_keep_special": ("fill",),
+    "fill": ("mask",),
+}
+
+
 def _removal_error(model, kept: Modality, removed: list[Modality], key: str, reason: str) -> str:
     strategies = {m.name: m.removal for m in removed}
+    owner = next((m for m in removed if key in m.all_keys), removed[0] if removed else kept)
+    untried = [name for name in _ALTERNATIVES.get(owner.removal, ()) if name in REMOVAL_STRATEGIES]
+    advice = [f"removal={name!r}" for name in untried]
+    hint = f"try {' or '.join(advice)} for modality {owner.name!r}" if advice else ""
+    if owner.removal == "mask":
+        hint += (
+            " ('fill' keeps masks and ids; 'mask_keep_special' keeps [CLS]/[SEP] attended, for heads that "
+            "index the attention mask)"
+        )
+    from .modality_presets import get_model_preset
+
+    if get_model_preset(model) is not None:
+        hint += f"{', or ' if hint else ''}use the preset `default_modalities(model)`"
+    else:
+        hint += (
+            f"{', or ' if hint else ''}register a removal strategy of your own "
+            "(`hf_msd.modality.register_removal_strategy`)"
+        )
     return (
         f"Keeping only modality {kept.name!r} removes the other modalities {strategies} from the batch, but "
-        f"key {key!r} {reason} for {type(model).__name__}. If the model needs every input, use "
-        "removal='mask' or removal='fill' for that modality (or `default_modalities(model)`)."
+        f"key {key!r} {reason} for {type(model).__name__}, with removal={owner.removal!r} already tried: "
+        f"{hint}."
     )

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from hf_msd.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL, resolve_problem_type, soft_target_loss
 from hf_msd.modality import Modality, model_inputs, remove, restrict
+from hf_msd.modality_presets import get_logits
 
 SaliencyFn = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
 FULL = "full"
@@ -194,7 +195,7 @@ class SaliencyReport:
 
 
 def _logits(model, batch: Mapping[str, Any]) -> torch.Tensor:
-    return model(**model_inputs(model, batch)).logits
+    return get_logits(model, model(**model_inputs(model, batch)))
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -223,7 +224,7 @@ def compute_saliency(
     ``s_m(x)`` follows the module docstring. Models are put in eval mode for the pass and restored.
 
     Args:
-        teacher: a model whose output has ``.logits`` (B, C).
+        teacher: a classifier; its logits (B, C) are read with :func:`hf_msd.modality_presets.get_logits`.
         dataset: indexable dataset of examples; ``data_collator`` turns a list of them into a batch dict.
         modalities: the modality spec.
         batch_size: examples per forward pass.
@@ -236,7 +237,7 @@ def compute_saliency(
         :class:`SaliencyReport` with ``saliency`` (N, M) and the confidences.
     """
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
-    problem_type = problem_type or resolve_problem_type(teacher.config)
+    problem_type = problem_type or resolve_problem_type(getattr(teacher, "config", None))
     models = [model for model in (teacher, student) if model is not None]
     was_training = [model.training for model in models]
     for model in models:

@@ -1,14 +1,18 @@
-"""Datasets and collation for multimodal distillation: easy-VQA, the user's local files, the collator."""
+"""Datasets and collation for multimodal distillation: easy-VQA, the user's local files, the collator
+and the paired collator for a teacher and a student with different processors."""
 
 from .collator import MultimodalDataCollator
 from .easy_vqa import easy_vqa_answers, load_easy_vqa
 from .local import DataValidationError, load_local_dataset
+from .paired import TEACHER_INPUT_PREFIX, PairedCollator
 from .splits import keep_labels_on_subset, labelled_rows, limit_splits, select_subset, split_by_group
 from .validation import validate_examples
 
 __all__ = [
+    "TEACHER_INPUT_PREFIX",
     "DataValidationError",
     "MultimodalDataCollator",
+    "PairedCollator",
     "easy_vqa_answers",
     "keep_labels_on_subset",
     "labelled_rows",

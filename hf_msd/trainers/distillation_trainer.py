@@ -27,7 +27,10 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
 from .. import losses
+from ..data.paired import TEACHER_INPUT_PREFIX
 from ..modality import Modality, default_modalities
+from ..modality_presets import classifier_output, get_model_preset
+from ..modality_presets import num_labels as preset_num_labels
 from .distillation_config import DistillationTrainingArguments
 from .training_state import TrainingState, resolve_checkpoint
 
@@ -82,17 +85,51 @@ def _preset_modalities(teacher: nn.Module, student: nn.Module) -> list[Modality]
     return []
 
 
+def _modality_specs(
+    teacher: nn.Module,
+    student: nn.Module,
+    modalities: Sequence[Modality] | None,
+    teacher_modalities: Sequence[Modality] | None,
+) -> tuple[list[Modality], list[Modality]]:
+    """``(student spec, teacher spec)``. Explicit arguments win (``modalities`` serves both when
+    ``teacher_modalities`` is not given). Otherwise a heterogeneous pair (both models have presets, for
+    different ``model_type``s) takes each model's own preset; any other pair takes the teacher's preset, else
+    the student's, for both."""
+    teacher_preset, student_preset = get_model_preset(teacher), get_model_preset(student)
+    if modalities is not None:
+        student_spec = list(modalities)
+    elif teacher_preset and student_preset and teacher_preset.model_type != student_preset.model_type:
+        student_spec = default_modalities(student)
+    else:
+        student_spec = _preset_modalities(teacher, student)
+    if teacher_modalities is not None:
+        teacher_spec = list(teacher_modalities)
+    elif modalities is None and teacher_preset is not None:
+        teacher_spec = default_modalities(teacher)
+    else:
+        teacher_spec = student_spec
+    unknown = sorted({m.name for m in student_spec} - {m.name for m in teacher_spec})
+    if unknown:
+        raise ValueError(
+            f"The student's modalities {unknown} are not among the teacher's modalities "
+            f"{[m.name for m in teacher_spec]}: name each student Modality after a teacher Modality."
+        )
+    return student_spec, teacher_spec
+
+
 def _is_default_id2label(id2label: dict | None) -> bool:
     return not id2label or all(str(label) == f"LABEL_{index}" for index, label in id2label.items())
 
 
 def check_label_spaces(student_config, teacher_config) -> None:
-    """Raise a ValueError unless student and teacher predict the same labels (``num_labels``, and
-    ``id2label`` where both models set non-default names, and ``problem_type`` where both set it)."""
-    if student_config.num_labels != teacher_config.num_labels:
+    """Raise a ValueError unless student and teacher predict the same labels (``num_labels``, read through
+    the model presets, e.g. LXMERT's ``num_qa_labels``; ``id2label`` where both models set non-default
+    names, and ``problem_type`` where both set it)."""
+    student_count, teacher_count = preset_num_labels(student_config), preset_num_labels(teacher_config)
+    if student_count != teacher_count:
         raise ValueError(
-            f"Teacher and student label spaces differ: teacher num_labels={teacher_config.num_labels}, "
-            f"student num_labels={student_config.num_labels}. Build the student with the teacher's "
+            f"Teacher and student label spaces differ: teacher num_labels={teacher_count}, "
+            f"student num_labels={student_count}. Build the student with the teacher's "
             "num_labels/id2label."
         )
     student_labels, teacher_labels = student_config.id2label, teacher_config.id2label
@@ -111,9 +148,20 @@ def check_label_spaces(student_config, teacher_config) -> None:
         )
 
 
+def _config_of(model: nn.Module, purpose: str):
+    """``model.config``, or a ValueError saying what a model without one (a plain ``nn.Module``) needs."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError(
+            f"{type(model).__name__} has no `.config` (a plain nn.Module), which {purpose} needs; give it a "
+            "`config` (e.g. a transformers PreTrainedConfig with the needed fields) or turn that option off."
+        )
+    return config
+
+
 def _use_eager_attention(role: str, model: nn.Module) -> None:
     """Fused attention kernels (sdpa, flash) return no attention maps: switch the model to eager attention."""
-    implementation = getattr(model.config, "_attn_implementation", None)
+    implementation = getattr(_config_of(model, "attention_loss_weight > 0"), "_attn_implementation", None)
     if implementation not in (None, "eager") and hasattr(model, "set_attn_implementation"):
         logger.warning(
             f"attention_loss_weight > 0 needs attention maps: switching the {role} from {implementation!r} "
@@ -177,16 +225,23 @@ class DistillationTrainer(Trainer):
             the student's autocast, never given to the optimizer, never wrapped for DDP and never saved.
             If it is the base model of a PEFT student, its outputs are computed with the adapters disabled.
         args: a :class:`DistillationTrainingArguments`.
-        modalities: the batch's modalities (:class:`~hf_msd.modality.Modality`); default the teacher's
-            preset (:func:`~hf_msd.modality.default_modalities`), else the student's, else none. They
+        modalities: the batch's modalities (:class:`~hf_msd.modality.Modality`) as the student sees them;
+            default the teacher's preset (:func:`~hf_msd.modality.default_modalities`), else the student's,
+            else none; for a heterogeneous pair (two architectures with presets), the student's preset. They
             matter when the student takes fewer modalities than the teacher (``config.modalities``, e.g.
             ``["text"]``: the multimodal-to-unimodal setting of Agarwal et al.): the student is then given
             only its own modalities' keys while the teacher sees the whole batch.
+        teacher_modalities: the teacher's spec when it differs from the student's (a teacher with another
+            processor); default ``modalities`` if given, else the teacher's preset. Its names are the
+            modality set; the student's names must be among them.
         **trainer_kwargs: everything else `transformers.Trainer` accepts (datasets, collator, callbacks...).
 
     Batches may carry cached teacher outputs: ``teacher_logits`` (B, num_labels), and
     ``teacher_logits_<name>`` for subclasses; they survive ``remove_unused_columns`` and are removed
-    before the student's forward. Components are logged as ``<name>_loss`` (e.g. ``kd_loss``) next to
+    before the student's forward. Heterogeneous pairs (teacher and student with different processors,
+    e.g. collated by :class:`~hf_msd.data.PairedCollator`): the teacher's inputs are the batch keys
+    ``teacher_<key>``, handed to the teacher as ``<key>``; the student keeps the unprefixed keys. Components
+    are logged as ``<name>_loss`` (e.g. ``kd_loss``) next to
     ``loss``; evaluation adds ``<prefix>_teacher_agreement``.
     """
 
@@ -194,7 +249,7 @@ class DistillationTrainer(Trainer):
     _tag_names = ["hf_msd", "distillation"]
     #: Batch columns starting with one of these prefixes are kept past ``remove_unused_columns`` and removed
     #: before the student's forward. Subclasses may extend it.
-    extra_column_prefixes: tuple[str, ...] = (TEACHER_CACHE_PREFIX,)
+    extra_column_prefixes: tuple[str, ...] = (TEACHER_CACHE_PREFIX, TEACHER_INPUT_PREFIX)
 
     def __init__(
         self,
@@ -202,6 +257,7 @@ class DistillationTrainer(Trainer):
         teacher_model: PreTrainedModel | nn.Module | str | None = None,
         args: DistillationTrainingArguments | None = None,
         modalities: Sequence[Modality] | None = None,
+        teacher_modalities: Sequence[Modality] | None = None,
         **trainer_kwargs: Any,
     ):
         if not isinstance(args, DistillationTrainingArguments):
@@ -231,29 +287,45 @@ class DistillationTrainer(Trainer):
         # Our loss does not go through the model's own loss kwargs; num_items_in_batch is counted in examples.
         self.model_accepts_loss_kwargs = False
         student = self._student_base()
-        check_label_spaces(student.config, teacher_model.config)
+        student_config = getattr(student, "config", None)  # None for a plain nn.Module student
+        if student_config is not None and getattr(teacher_model, "config", None) is not None:
+            check_label_spaces(student_config, teacher_model.config)
         self.teacher_model = teacher_model
         self._teacher_is_student_base = student is teacher_model
         if not self._teacher_is_student_base:  # a shared PEFT base is already frozen and placed
             teacher_model.requires_grad_(False).eval()
-        self.modalities = (
-            list(modalities) if modalities is not None else _preset_modalities(teacher_model, student)
+        self.modalities, self.teacher_modalities = _modality_specs(
+            teacher_model, student, modalities, teacher_modalities
         )
-        names = [modality.name for modality in self.modalities]
-        student_modalities = getattr(student.config, "modalities", None)
-        self.student_modality_names = (
-            names if student_modalities is None else [name for name in names if name in student_modalities]
-        )
+        names = [modality.name for modality in self.teacher_modalities]
+        student_modalities = getattr(student_config, "modalities", None)
+        own = {modality.name for modality in self.modalities}
+        self.student_modality_names = [
+            name
+            for name in names
+            if name in own and (student_modalities is None or name in student_modalities)
+        ]
         if names and not self.student_modality_names:
             raise ValueError(
                 f"The student's config.modalities={student_modalities} shares no modality with modalities="
                 f"{names}: name the Modality after the student's modality."
             )
         #: Keys of the modalities the student does not take; left out of the student's inputs.
-        self._keys_hidden_from_student = {
-            key for m in self.modalities if m.name not in self.student_modality_names for key in m.all_keys
+        own_keys = {
+            key for m in self.modalities if m.name in self.student_modality_names for key in m.all_keys
         }
-        self.problem_type = getattr(student.config, "problem_type", None)
+        self._keys_hidden_from_student = {
+            key
+            for m in (*self.modalities, *self.teacher_modalities)
+            if m.name not in self.student_modality_names
+            for key in m.all_keys
+            if key not in own_keys
+        }
+        #: The config defining the label space: the student's, or the teacher's for a plain-module student.
+        self._label_config = (
+            student_config if student_config is not None else getattr(teacher_model, "config", None)
+        )
+        self.problem_type = getattr(self._label_config, "problem_type", None)
         #: Owner of the state trained or tracked beside the student (checkpointed, restored on resume).
         self.training_state = TrainingState()
         self.add_callback(self.training_state)
@@ -347,7 +419,7 @@ class DistillationTrainer(Trainer):
         if need_attentions:
             teacher_inputs["output_attentions"] = True
         with self._teacher_context():
-            return self.teacher_model(**teacher_inputs)
+            return classifier_output(self.teacher_model, self.teacher_model(**teacher_inputs))
 
     def _needs_intermediates(self, output_intermediates: bool | None) -> tuple[bool, bool]:
         if output_intermediates is False:
@@ -363,15 +435,24 @@ class DistillationTrainer(Trainer):
         """``inputs`` without the extra columns (cached teacher outputs...), ready for ``model(**...)``."""
         return {k: v for k, v in inputs.items() if not self._is_extra_column(k)}
 
-    def teacher_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The teacher's view of a batch: the model inputs without labels (every modality)."""
+    def _shared_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in self.model_inputs(inputs).items() if k not in ("labels", "return_loss")}
 
+    def teacher_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The teacher's view of a batch (every modality, no labels): the ``teacher_<key>`` entries renamed
+        ``<key>`` when the batch has them (a heterogeneous pair), else the model inputs without labels."""
+        own = {
+            k[len(TEACHER_INPUT_PREFIX) :]: v
+            for k, v in inputs.items()
+            if k.startswith(TEACHER_INPUT_PREFIX) and not k.startswith(TEACHER_CACHE_PREFIX)
+        }
+        return own or self._shared_inputs(inputs)
+
     def student_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The student's view of a batch: the teacher's view without the keys of the modalities the
-        student does not take (a unimodal student sees only its own modality)."""
+        """The student's view of a batch: the model inputs (no labels, no ``teacher_*`` entries) without the
+        keys of the modalities the student does not take (a unimodal student sees only its own modality)."""
         return {
-            k: v for k, v in self.teacher_inputs(inputs).items() if k not in self._keys_hidden_from_student
+            k: v for k, v in self._shared_inputs(inputs).items() if k not in self._keys_hidden_from_student
         }
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -408,7 +489,9 @@ class DistillationTrainer(Trainer):
         self.training_modules[name] = module.to(self.args.device)
 
     def _build_projections(self, student: nn.Module, teacher: nn.Module) -> nn.ModuleDict:
-        student_width, teacher_width = _config_width(student.config), _config_width(teacher.config)
+        purpose = "hidden_loss_weight > 0 (projection widths)"
+        student_width = _config_width(_config_of(student, purpose))
+        teacher_width = _config_width(_config_of(teacher, purpose))
         projections = nn.ModuleDict()
         if student_width != teacher_width:
             for student_index, teacher_index in self._hidden_map.items():
@@ -418,12 +501,15 @@ class DistillationTrainer(Trainer):
     def _resolve_layer_map(self, layer_map: dict[int, int] | None, offset: int, name: str) -> dict[int, int]:
         """``layer_map``, checked against both models' layer counts, or the evenly spaced default."""
         if layer_map is None:
-            student_layers = _num_layers(self._student_base().config)
-            teacher_layers = _num_layers(self.teacher_model.config)
+            purpose = (
+                "the default layer map of hidden_loss_weight / attention_loss_weight > 0 (or set the map)"
+            )
+            student_layers = _num_layers(_config_of(self._student_base(), purpose))
+            teacher_layers = _num_layers(_config_of(self.teacher_model, purpose))
             return evenly_spaced_layer_map(student_layers, teacher_layers, offset)
         for role, config, indices in (
-            ("student", self._student_base().config, layer_map.keys()),
-            ("teacher", self.teacher_model.config, layer_map.values()),
+            ("student", getattr(self._student_base(), "config", None), layer_map.keys()),
+            ("teacher", getattr(self.teacher_model, "config", None), layer_map.values()),
         ):
             try:
                 last = _num_layers(config) - 1 + offset
@@ -501,7 +587,7 @@ class DistillationTrainer(Trainer):
         key = tuple(id(dataset) for dataset in datasets_.values())
         if key == self._checked_data:
             return
-        config = self._student_base().config
+        num_labels = preset_num_labels(self._label_config)  # e.g. LXMERT's num_qa_labels
         for name, dataset in datasets_.items():
             if dataset is None or not hasattr(dataset, "__len__"):
                 continue
@@ -511,7 +597,7 @@ class DistillationTrainer(Trainer):
             if callable(validate):
                 validate(
                     dataset,
-                    num_labels=config.num_labels,
+                    num_labels=num_labels,
                     multi_label=self.problem_type == losses.MULTI_LABEL,
                     name=name,
                 )
@@ -570,7 +656,7 @@ class DistillationTrainer(Trainer):
 
     def _problem_type(self, labels: torch.Tensor | None) -> str:
         if self.problem_type is None:
-            self.problem_type = losses.resolve_problem_type(self._student_base().config, labels)
+            self.problem_type = losses.resolve_problem_type(self._label_config, labels)
         if self.problem_type == losses.MULTI_LABEL and labels is not None and labels.dim() == 1:
             raise ValueError(
                 f"The model is multi-label (problem_type={losses.MULTI_LABEL!r}) but the labels are one "
@@ -598,8 +684,13 @@ class DistillationTrainer(Trainer):
             student_inputs["output_hidden_states"] = True
         if need_attentions:
             student_inputs["output_attentions"] = True
-        outputs = model(**student_inputs)
+        outputs = classifier_output(self._student_base(), model(**student_inputs))
         teacher = self.teacher_forward(inputs)
+        if outputs.logits.shape != teacher.logits.shape:
+            raise ValueError(
+                f"Student logits {tuple(outputs.logits.shape)} and teacher logits "
+                f"{tuple(teacher.logits.shape)} differ in shape: both models must predict the same labels."
+            )
         cached = "cached " if inputs.get(TEACHER_CACHE_PREFIX) is not None else ""
         self.check_finite(f"The {cached}teacher logits", teacher.logits)
         self._last_teacher_logits = teacher.logits.detach()

@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 from .. import losses
 from ..modality import Modality, remove, restrict, validate_modalities
+from ..modality_presets import get_logits
 from ..saliency import (
     SaliencyFn,
     SaliencyReport,
@@ -77,8 +78,10 @@ class MSDTrainer(DistillationTrainer):
     Args:
         model, teacher_model, **trainer_kwargs: as for :class:`DistillationTrainer`.
         args: an :class:`MSDTrainingArguments`.
-        modalities: the :class:`~hf_msd.modality.Modality` spec (keys and removal strategy of each modality);
-            default :func:`~hf_msd.modality.default_modalities` of the teacher (else of the student).
+        modalities, teacher_modalities: the :class:`~hf_msd.modality.Modality` specs (keys and removal
+            strategy of each modality) of the student's and the teacher's inputs, as for the parent
+            (default the presets, :func:`~hf_msd.modality.default_modalities`). The teacher's ``x_m`` are
+            made with the teacher's spec from its inputs, the student's with the student's spec.
             Checked against the first training batch and both models when ``train()`` starts (errors name
             the key).
         saliency_fn: ``fn(teacher_logits_full, teacher_logits_without_m, problem_type) -> (B,)`` replacing
@@ -120,6 +123,7 @@ class MSDTrainer(DistillationTrainer):
         teacher_model: PreTrainedModel | nn.Module | str | None = None,
         args: MSDTrainingArguments | None = None,
         modalities: Sequence[Modality] | None = None,
+        teacher_modalities: Sequence[Modality] | None = None,
         saliency_fn: SaliencyFn | None = None,
         **trainer_kwargs: Any,
     ):
@@ -129,15 +133,20 @@ class MSDTrainer(DistillationTrainer):
                 "MSDTrainingArguments(output_dir=..., modality_weighting=..., ...)."
             )
         super().__init__(
-            model=model, teacher_model=teacher_model, args=args, modalities=modalities, **trainer_kwargs
+            model=model,
+            teacher_model=teacher_model,
+            args=args,
+            modalities=modalities,
+            teacher_modalities=teacher_modalities,
+            **trainer_kwargs,
         )
         if not self.modalities:
             raise ValueError(
                 "modalities is empty and neither model has a preset: pass modalities=[Modality(...), ...]."
             )
         self.saliency_fn = saliency_fn
-        names = [modality.name for modality in self.modalities]
-        student_modalities = getattr(self._student_base().config, "modalities", None)
+        names = [modality.name for modality in self.teacher_modalities]
+        student_modalities = getattr(getattr(self._student_base(), "config", None), "modalities", None)
         self._unimodal_student = student_modalities is not None and len(student_modalities) == 1
         self.weighting = build_weighting(
             args.modality_weighting,
@@ -177,7 +186,7 @@ class MSDTrainer(DistillationTrainer):
         each ``x_m`` (by name) and, if ``needs_without``, each ``x without m``; one concatenated call per
         group of same-shaped inputs. Returns ``(only, extra)``: name -> (B, C) and {"full"?, "without"?}."""
         model_batch = self.teacher_inputs(inputs)
-        names = [m.name for m in self.modalities]
+        names = [m.name for m in self.teacher_modalities]
         only: dict[str, torch.Tensor] = {}
         pending: list[tuple[str, dict]] = []
         for name in names:
@@ -185,12 +194,12 @@ class MSDTrainer(DistillationTrainer):
             if cached is not None:
                 only[name] = cached.to(self.args.device)
             else:
-                pending.append((f"only:{name}", restrict(model_batch, self.modalities, name)))
+                pending.append((f"only:{name}", restrict(model_batch, self.teacher_modalities, name)))
         need_hidden, need_attentions = self._needs_intermediates(None)
         if inputs.get(TEACHER_CACHE_PREFIX) is None and not (need_hidden or need_attentions):
             pending.append(("full", model_batch))
-        if needs_without and len(self.modalities) > 2:
-            pending += [(f"without:{n}", remove(model_batch, self.modalities, n)) for n in names]
+        if needs_without and len(self.teacher_modalities) > 2:
+            pending += [(f"without:{n}", remove(model_batch, self.teacher_modalities, n)) for n in names]
 
         def run(batch):
             return self.teacher_forward(batch, cache_key="", output_intermediates=False).logits
@@ -235,7 +244,7 @@ class MSDTrainer(DistillationTrainer):
             # bare module; autograd sums their gradients into the same parameters before DDP's reducer
             # all-reduces them, so the update is the same as on one process.
             bare = self.accelerator.unwrap_model(model)
-            student_logits = batched_logits(lambda batch: bare(**batch).logits, student_batches)
+            student_logits = batched_logits(lambda batch: get_logits(bare, bare(**batch)), student_batches)
         batch_size = outputs.logits.shape[0]
         saliency = None
         if needs_saliency:
@@ -245,7 +254,7 @@ class MSDTrainer(DistillationTrainer):
         weights = self.weighting(batch_size, saliency).to(outputs.logits.device)
         if not self._meta_mode:
             weights = weights.detach()
-        names = [m.name for m in self.modalities]
+        names = [m.name for m in self.teacher_modalities]
         for name, logits in zip(self.student_modality_names, student_logits):
             kd = losses.soft_target_loss(
                 logits,
@@ -265,7 +274,7 @@ class MSDTrainer(DistillationTrainer):
         if "loss" in logs and self._weight_count.item() > 0:
             sums = torch.cat([self._weight_sums, self._weight_count[None]])
             sums = self.accelerator.reduce(sums, reduction="sum")
-            for modality, value in zip(self.modalities, sums[:-1]):
+            for modality, value in zip(self.teacher_modalities, sums[:-1]):
                 logs[f"modality_weight_{modality.name}"] = (value / sums[-1]).item()
             self._weight_sums = torch.zeros_like(self._weight_sums)
             self._weight_count = torch.zeros_like(self._weight_count)
@@ -322,8 +331,8 @@ class MSDTrainer(DistillationTrainer):
             return self.combine_components(components, batch_size, self._num_labelled(inputs))
 
         def val_loss(lookahead: dict[str, torch.Tensor]) -> torch.Tensor:
-            logits = torch.func.functional_call(student, lookahead, args=(), kwargs=val_inputs).logits
-            task = losses.task_loss(logits, held_out["labels"], problem_type)
+            outputs = torch.func.functional_call(student, lookahead, args=(), kwargs=val_inputs)
+            task = losses.task_loss(get_logits(student, outputs), held_out["labels"], problem_type)
             return task.sum() / max(self._num_labelled(held_out), 1)  # mean over labelled examples
 
         inner_lr = self.args.meta_inner_learning_rate or self.args.learning_rate
@@ -385,19 +394,22 @@ class MSDTrainer(DistillationTrainer):
         return self._prepare_inputs(self.data_collator(examples))
 
     def _validate(self, batch: dict[str, Any]) -> None:
-        model_batch = self.teacher_inputs(batch)
-        validate_modalities(self.modalities, model_batch, self.teacher_model)
+        validate_modalities(self.teacher_modalities, self.teacher_inputs(batch), self.teacher_model)
         student = self._student_base()
         if self._unimodal_student:
             return
-        validate_modalities(self.modalities, model_batch, student)
+        validate_modalities(self.modalities, self.student_inputs(batch), student)
+
+    def _teacher_collator(self, examples: list[dict]) -> dict[str, Any]:
+        """The data collator's batch as the teacher sees it (:meth:`teacher_inputs`), for saliency."""
+        return self.teacher_inputs(dict(self.data_collator(examples)))
 
     def _set_population_saliency(self) -> None:
         dataset = self._saliency_dataset()
         fingerprint = saliency_fingerprint(
             self.teacher_model,
             dataset,
-            self.modalities,
+            self.teacher_modalities,
             saliency_fn=getattr(self.saliency_fn, "__qualname__", None),
             problem_type=self.problem_type,
         )
@@ -409,8 +421,8 @@ class MSDTrainer(DistillationTrainer):
             report = compute_saliency(
                 self.teacher_model,
                 dataset,
-                self.modalities,
-                data_collator=self.data_collator,
+                self.teacher_modalities,
+                data_collator=self._teacher_collator,
                 batch_size=self.args.saliency_batch_size,
                 saliency_fn=self.saliency_fn,
                 device=self.args.device,

@@ -1,0 +1,217 @@
+"""How hf_msd reads the multimodal architectures users bring: a registry of presets keyed by ``model_type``.
+
+A :class:`ModelPreset` says, for one ``config.model_type``:
+
+- ``modalities(config)``: the :class:`~hf_msd.modality.Modality` spec (batch keys per modality and how each
+  is removed for the modality-only inputs ``x_m``);
+- ``logits_key``: the name of the output field that holds the classification logits (LXMERT names them
+  ``question_answering_score``);
+- ``num_labels_attr``: the config field that holds the number of classes (LXMERT: ``num_qa_labels``).
+
+Built-in presets (``x_text`` keeps the text, ``x_image`` keeps the image):
+
+- ``msd_multimodal_transformer``, ``msd_dual_encoder`` (hf_msd): text "drop", image "drop" (keys left
+  out; only the modalities in ``config.modalities``).
+- ``vilt``, ``bridgetower``: text "mask" (ids -> pad, attention mask and token types -> 0); image "fill"
+  (pixels -> 0, ``pixel_mask`` kept: an all-zero pixel mask leaves no image patch).
+- ``visual_bert``: text "mask_keep_special" (only ``[CLS]`` and ``[SEP]`` stay, the empty question); image
+  "drop" (``visual_embeds``, ``visual_attention_mask``, ``visual_token_type_ids`` left out).
+- ``lxmert``: text "mask"; image "mask" (``visual_feats``, ``visual_pos`` -> 0, ``visual_attention_mask``
+  -> 0); logits in ``question_answering_score``, classes in ``config.num_qa_labels``.
+
+VisualBERT's VQA head reads position ``attention_mask.sum(1) - 2``: an all-zero text mask would index -2,
+so its text removal keeps ``[CLS]`` and ``[SEP]`` attended (the empty question) and the head reads ``[CLS]``.
+LXMERT needs ``visual_feats`` and ``visual_pos`` in every call, so its image is masked, not dropped.
+
+Add an architecture with :func:`register_model_preset`; read logits with :func:`get_logits`, which the
+trainers, saliency and evaluation use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .modality import Modality
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """How hf_msd reads one architecture (see the module docstring).
+
+    Args:
+        model_type: the ``config.model_type`` it applies to.
+        modalities: ``fn(config) -> [Modality, ...]``.
+        logits_key: output field holding the logits (B, num_labels).
+        num_labels_attr: config field holding the number of classes.
+    """
+
+    model_type: str
+    modalities: Callable[[Any], list[Modality]]
+    logits_key: str = "logits"
+    num_labels_attr: str = "num_labels"
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {}
+
+
+def register_model_preset(preset: ModelPreset, exist_ok: bool = False) -> ModelPreset:
+    """Add ``preset`` to :data:`MODEL_PRESETS` (``exist_ok`` replaces an existing one)."""
+    if preset.model_type in MODEL_PRESETS and not exist_ok:
+        raise ValueError(
+            f"A preset for model_type={preset.model_type!r} exists; pass exist_ok=True to replace it."
+        )
+    MODEL_PRESETS[preset.model_type] = preset
+    return preset
+
+
+def _config(model) -> Any:
+    return getattr(model, "config", model)
+
+
+def get_model_preset(model) -> ModelPreset | None:
+    """The preset of ``model`` (or of a config) by ``config.model_type``; ``None`` without one."""
+    return MODEL_PRESETS.get(getattr(_config(model), "model_type", None))
+
+
+def preset_modalities(model) -> list[Modality]:
+    """The preset's modality spec for ``model`` (or its config); ``ValueError`` without a preset."""
+    config = _config(model)
+    preset = get_model_preset(config)
+    if preset is None:
+        raise ValueError(
+            f"No modality preset for model_type={getattr(config, 'model_type', None)!r}; pass "
+            "`modalities=[Modality(...), ...]` naming each modality's batch keys and removal strategy, or "
+            "register one with `hf_msd.modality_presets.register_model_preset`."
+        )
+    return preset.modalities(config)
+
+
+def get_logits(model, outputs: Any) -> torch.Tensor:
+    """The classification logits (B, num_labels) in ``model``'s ``outputs``.
+
+    Read from, in order: the field named by ``model.logits_key`` (an attribute a plain module may set), by
+    the model's preset (:class:`ModelPreset`), else ``logits``. A bare tensor output is the logits.
+    """
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    key = getattr(model, "logits_key", None)
+    if key is None:
+        preset = get_model_preset(model)
+        key = preset.logits_key if preset is not None else "logits"
+    value = outputs.get(key) if isinstance(outputs, Mapping) else getattr(outputs, key, None)
+    if value is None:
+        fields = list(outputs.keys()) if isinstance(outputs, Mapping) else sorted(vars(outputs))
+        raise ValueError(
+            f"{type(model).__name__}'s output ({type(outputs).__name__}) has no {key!r} (fields: {fields}). "
+            "Name the field that holds the logits: set `model.logits_key = '<field>'`, or register a "
+            "`ModelPreset(model_type, modalities, logits_key='<field>')` for its config.model_type."
+        )
+    return value
+
+
+def classifier_output(model, outputs: Any) -> Any:
+    """``outputs`` if its ``logits`` are the model's logits; otherwise a ``SequenceClassifierOutput`` with the
+    logits (:func:`get_logits`) and the outputs' ``hidden_states`` / ``attentions``, so that code written for
+    ``outputs.logits`` (the Trainer's prediction step, the distillation losses) reads the right field."""
+    logits = get_logits(model, outputs)
+    if getattr(outputs, "logits", None) is logits:
+        return outputs
+    return SequenceClassifierOutput(
+        logits=logits,
+        hidden_states=getattr(outputs, "hidden_states", None),
+        attentions=getattr(outputs, "attentions", None),
+    )
+
+
+def num_labels(model) -> int | None:
+    """The number of classes of ``model`` (or a config), read from its preset's ``num_labels_attr``; ``None``
+    for a model without a config."""
+    config = _config(model)
+    if config is model and isinstance(model, torch.nn.Module):
+        return None
+    preset = get_model_preset(config)
+    return getattr(config, preset.num_labels_attr if preset is not None else "num_labels", None)
+
+
+# ---- Built-in presets ----------------------------------------------------------------------------------
+
+
+def _pad_id(config) -> int:
+    return getattr(config, "pad_token_id", None) or 0
+
+
+def _masked_text(config, removal: str = "mask", keys=("input_ids", "attention_mask")) -> Modality:
+    return Modality(
+        "text",
+        keys=list(keys),
+        optional_keys=["token_type_ids"],
+        removal=removal,
+        pad_token_id=_pad_id(config),
+    )
+
+
+def _hf_msd_modalities(config) -> list[Modality]:
+    presets = {
+        "text": Modality(
+            "text", keys=["input_ids"], optional_keys=["attention_mask", "token_type_ids"], removal="drop"
+        ),
+        "image": Modality("image", keys=["pixel_values"], removal="drop"),
+    }
+    return [presets[name] for name in getattr(config, "modalities", None) or ["text", "image"]]
+
+
+def _pixel_image(config) -> Modality:
+    return Modality(
+        "image", keys=["pixel_values"], optional_keys=["pixel_mask"], removal="fill", fill_value=0.0
+    )
+
+
+def _vilt_modalities(config) -> list[Modality]:
+    return [_masked_text(config), _pixel_image(config)]
+
+
+def _bridgetower_modalities(config) -> list[Modality]:
+    return [_masked_text(config.text_config), _pixel_image(config)]
+
+
+def _visual_bert_modalities(config) -> list[Modality]:
+    return [
+        _masked_text(config, removal="mask_keep_special"),
+        Modality(
+            "image",
+            keys=["visual_embeds"],
+            optional_keys=["visual_attention_mask", "visual_token_type_ids", "image_text_alignment"],
+            removal="drop",
+        ),
+    ]
+
+
+def _lxmert_modalities(config) -> list[Modality]:
+    return [
+        _masked_text(config),
+        Modality(
+            "image",
+            keys=["visual_feats", "visual_pos"],
+            optional_keys=["visual_attention_mask"],
+            removal="mask",
+            fill_value=0.0,
+        ),
+    ]
+
+
+for _preset in (
+    ModelPreset("msd_multimodal_transformer", _hf_msd_modalities),
+    ModelPreset("msd_dual_encoder", _hf_msd_modalities),
+    ModelPreset("vilt", _vilt_modalities),
+    ModelPreset("bridgetower", _bridgetower_modalities),
+    ModelPreset("visual_bert", _visual_bert_modalities),
+    ModelPreset(
+        "lxmert", _lxmert_modalities, logits_key="question_answering_score", num_labels_attr="num_qa_labels"
+    ),
+):
+    register_model_preset(_preset)
