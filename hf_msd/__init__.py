@@ -4,16 +4,28 @@
   hidden states and attention maps (a drop-in for `Trainer`).
 - :class:`MSDTrainer` / :class:`MSDTrainingArguments`: modality-specific distillation (Jin et al., 2021),
   with uniform, saliency-based (population / instance) or meta-learned modality weights.
-- :class:`Modality`: which batch keys form a modality and how it is removed.
+- :class:`Modality`: which batch keys form a modality and how it is removed; per-architecture presets
+  (ViLT, VisualBERT, LXMERT, BridgeTower, ours) in :mod:`hf_msd.modality_presets`.
 - :mod:`hf_msd.models`: the multimodal fusion transformer (teacher, multimodal and unimodal students),
-  its processor and :func:`make_student`; importing hf_msd registers them with the Auto classes.
+  its processor, :func:`make_student` and the CLIP / SigLIP dual encoder; importing hf_msd registers
+  them with the Auto classes.
 - :class:`MultimodalClassificationPipeline`: the `multimodal-classification` pipeline (registered on import).
-- :mod:`hf_msd.data`: easy-VQA, the user's own files, and the collator.
+- :mod:`hf_msd.data`: easy-VQA, the user's own files, the collator and :class:`PairedCollator` (a teacher
+  and a student with different processors).
 """
 
-from .data import DataValidationError, MultimodalDataCollator, load_easy_vqa, load_local_dataset
+from .data import (
+    DataValidationError,
+    MultimodalDataCollator,
+    PairedCollator,
+    load_easy_vqa,
+    load_local_dataset,
+)
 from .modality import Modality, default_modalities, restrict
+from .modality_presets import ModelPreset, get_logits, register_model_preset
 from .models import (
+    DualEncoderConfig,
+    DualEncoderForSequenceClassification,
     MultimodalTransformerConfig,
     MultimodalTransformerForSequenceClassification,
     MultimodalTransformerModel,
@@ -35,21 +47,27 @@ __all__ = [
     "DataValidationError",
     "DistillationTrainer",
     "DistillationTrainingArguments",
+    "DualEncoderConfig",
+    "DualEncoderForSequenceClassification",
     "MSDTrainer",
     "MSDTrainingArguments",
     "Modality",
+    "ModelPreset",
     "MultimodalClassificationPipeline",
     "MultimodalDataCollator",
     "MultimodalTransformerConfig",
     "MultimodalTransformerForSequenceClassification",
     "MultimodalTransformerModel",
     "MultimodalTransformerProcessor",
+    "PairedCollator",
     "SaliencyReport",
     "compute_saliency",
     "default_modalities",
+    "get_logits",
     "load_easy_vqa",
     "load_local_dataset",
     "make_student",
     "plot_saliency",
+    "register_model_preset",
     "restrict",
 ]

@@ -1,6 +1,6 @@
-"""Tiny transformers architectures for the bring-your-own-model tests: ViLT, VisualBERT, LXMERT, BridgeTower
-and hf_msd's fusion model, built offline from small configs, with batches and the modality-only inputs each
-preset must produce, written out by hand."""
+"""Tiny transformers architectures for the bring-your-own-model tests (ViLT, VisualBERT, LXMERT,
+BridgeTower, hf_msd's fusion model and dual encoder), built offline from small configs, with batches and
+the modality-only inputs each preset must produce, written out by hand."""
 
 from __future__ import annotations
 
@@ -16,12 +16,21 @@ from transformers import (
     VisualBertForQuestionAnswering,
 )
 
+from hf_msd.models import DualEncoderConfig, DualEncoderForSequenceClassification
 from tests.models_utils import TINY_VOCAB, tiny_model
 
 BATCH, SEQ, REGIONS, FEAT = 2, 6, 3, 12
 CLS, SEP = TINY_VOCAB.index("[CLS]"), TINY_VOCAB.index("[SEP]")
 #: Number of classes per architecture (BridgeTower's image-text matching head has two).
-NUM_LABELS = {"vilt": 3, "visual_bert": 3, "lxmert": 3, "bridgetower": 2, "msd_multimodal_transformer": 3}
+NUM_LABELS = {
+    "vilt": 3,
+    "visual_bert": 3,
+    "lxmert": 3,
+    "bridgetower": 2,
+    "msd_multimodal_transformer": 3,
+    "msd_dual_encoder": 3,
+}
+HF_MSD_MODELS = ("msd_multimodal_transformer", "msd_dual_encoder")  # 16x16 images, "drop" presets
 ARCHITECTURES = list(NUM_LABELS)
 _TEXT = {"vocab_size": len(TINY_VOCAB), "num_attention_heads": 4, "intermediate_size": 64}
 
@@ -74,7 +83,52 @@ def tiny_architecture(name: str, seed: int = 0) -> torch.nn.Module:
             vision_config={"hidden_size": 64, "num_hidden_layers": 1, "patch_size": 8, "image_size": 32},
         )
         return BridgeTowerForImageAndTextRetrieval(config).eval()
+    if name == "msd_dual_encoder":
+        return tiny_dual_encoder(num_labels=labels, seed=seed)
     return tiny_model(num_labels=labels, seed=seed)
+
+
+def tiny_dual_encoder_config(
+    modalities=("text", "image"), tower: str = "clip", num_labels: int = 3
+) -> DualEncoderConfig:
+    """A tiny dual encoder: CLIP (or SigLIP) towers of width 32, one layer, 16x16 images with patch 8, the
+    tiny vocabulary ([SEP] is the end-of-text token CLIP pools), projections of 16 and an MLP of width 32."""
+    text = {
+        **_TEXT,
+        "model_type": f"{tower}_text_model",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "max_position_embeddings": 40,
+        "pad_token_id": 0,
+        "bos_token_id": CLS,
+        "eos_token_id": SEP,
+    }
+    vision = {
+        "model_type": f"{tower}_vision_model",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "image_size": 16,
+        "patch_size": 8,
+    }
+    return DualEncoderConfig(
+        modalities=list(modalities),
+        text_config=text if "text" in modalities else None,
+        vision_config=vision if "image" in modalities else None,
+        projection_dim=16,
+        fusion_hidden_size=32,
+        classifier_dropout=0.0,
+        num_labels=num_labels,
+    )
+
+
+def tiny_dual_encoder(modalities=("text", "image"), tower: str = "clip", num_labels: int = 3, seed: int = 0):
+    """A seeded tiny DualEncoderForSequenceClassification in eval mode."""
+    torch.manual_seed(seed)
+    return DualEncoderForSequenceClassification(
+        tiny_dual_encoder_config(modalities, tower, num_labels)
+    ).eval()
 
 
 def text_inputs(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -104,9 +158,9 @@ def image_inputs(name: str, generator: torch.Generator) -> dict[str, torch.Tenso
             "visual_pos": torch.rand(BATCH, REGIONS, 4, generator=generator),
             "visual_attention_mask": torch.ones(BATCH, REGIONS, dtype=torch.long),
         }
-    size = 16 if name == "msd_multimodal_transformer" else 32
+    size = 16 if name in HF_MSD_MODELS else 32
     inputs = {"pixel_values": torch.randn(BATCH, 3, size, size, generator=generator)}
-    if name != "msd_multimodal_transformer":
+    if name not in HF_MSD_MODELS:
         inputs["pixel_mask"] = torch.ones(BATCH, size, size, dtype=torch.long)
     return inputs
 
@@ -124,7 +178,7 @@ def expected_modality_inputs(name: str, batch: dict[str, torch.Tensor]) -> dict[
     ``name`` must produce, written out for the B=2, L=6 batch of :func:`architecture_batch`."""
     text = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     image = {k: v for k, v in batch.items() if k not in text and k != "labels"}
-    if name == "msd_multimodal_transformer":  # "drop": the other modality's keys are left out
+    if name in HF_MSD_MODELS:  # "drop": the other modality's keys are left out
         return {"text": text, "image": image}
     if name == "visual_bert":  # text: the empty question [CLS] [SEP] at the original positions; image dropped
         keep = torch.tensor([[1, 0, 0, 0, 0, 1], [1, 0, 0, 1, 0, 0]])
