@@ -501,9 +501,7 @@ class DistillationTrainer(Trainer):
     def _resolve_layer_map(self, layer_map: dict[int, int] | None, offset: int, name: str) -> dict[int, int]:
         """``layer_map``, checked against both models' layer counts, or the evenly spaced default."""
         if layer_map is None:
-            purpose = (
-                "the default layer map of hidden_loss_weight / attention_loss_weight > 0 (or set the map)"
-            )
+            purpose = "the default layer map of hidden_loss_weight > 0 or attention_loss_weight > 0"
             student_layers = _num_layers(_config_of(self._student_base(), purpose))
             teacher_layers = _num_layers(_config_of(self.teacher_model, purpose))
             return evenly_spaced_layer_map(student_layers, teacher_layers, offset)
