@@ -2,7 +2,7 @@
 and the paired collator for a teacher and a student with different processors."""
 
 from .collator import MultimodalDataCollator
-from .easy_vqa import easy_vqa_answers, load_easy_vqa
+from .easy_vqa import easy_vqa_answers, easy_vqa_question_types, load_easy_vqa
 from .local import DataValidationError, load_local_dataset
 from .paired import TEACHER_INPUT_PREFIX, PairedCollator
 from .splits import keep_labels_on_subset, labelled_rows, limit_splits, select_subset, split_by_group
@@ -14,6 +14,7 @@ __all__ = [
     "MultimodalDataCollator",
     "PairedCollator",
     "easy_vqa_answers",
+    "easy_vqa_question_types",
     "keep_labels_on_subset",
     "labelled_rows",
     "limit_splits",

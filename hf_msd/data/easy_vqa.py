@@ -29,6 +29,20 @@ def easy_vqa_answers() -> list[str]:
     return _easy_vqa_package().get_answers()
 
 
+def easy_vqa_question_types() -> dict[str, list[str]]:
+    """easy-VQA's question types by their answers: ``{"yes/no": [...], "shape": [...], "color": [...]}``.
+
+    Every easy-VQA question is about whether a shape or colour is present (answered yes/no), which shape
+    the image holds, or which colour it has, so the gold answer names the question's type."""
+    shapes = ["circle", "rectangle", "triangle"]
+    answers = easy_vqa_answers()
+    return {
+        "yes/no": ["yes", "no"],
+        "shape": shapes,
+        "color": [a for a in answers if a not in shapes and a not in ("yes", "no")],
+    }
+
+
 def _build_split(
     questions: tuple[list, list, list], image_paths: dict[int, str], features: Features
 ) -> Dataset:

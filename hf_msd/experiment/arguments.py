@@ -44,6 +44,23 @@ class ModelArguments:
             "help": "JSON object of MultimodalTransformerConfig fields overriding the default teacher."
         },
     )
+    student_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "A student trained from scratch: JSON object (inline or a .json file path) of "
+            'MultimodalTransformerConfig fields, e.g. \'{"hidden_size": 64, "num_hidden_layers": 1, '
+            '"text_config": {"hidden_size": 64, "num_hidden_layers": 1}}\'. The label fields, '
+            "the text vocabulary and the image size come from the teacher. Unset: make_student's layer "
+            "selection (student_*_layers)."
+        },
+    )
+    compact_vocabulary: bool = field(
+        default=False,
+        metadata={
+            "help": "Restrict the tokenizer and the word embeddings (teacher and student) to the tokens of "
+            "the training texts plus the special tokens; saved with the processor (hf_msd.models.vocabulary)."
+        },
+    )
     student_modalities: str = field(
         default="text,image",
         metadata={"help": "Modalities the student sees: 'text,image', 'text' or 'image' (Agarwal et al.)."},
@@ -70,6 +87,18 @@ class ModelArguments:
             layer_list(name, getattr(self, name))
         if self.teacher_config is not None:
             json_object("teacher_config", self.teacher_config)
+        if self.student_config is not None:
+            json_object("student_config", self.student_config)
+            layers = [
+                n
+                for n in ("student_fusion_layers", "student_text_layers", "student_image_layers")
+                if getattr(self, n)
+            ]
+            if layers:
+                raise ValueError(
+                    f"student_config builds a new student, so {', '.join(layers)} (layers kept from the "
+                    "teacher by make_student) cannot apply: drop one or the other."
+                )
 
     def modalities(self) -> list[str]:
         return [m.strip() for m in self.student_modalities.split(",") if m.strip()]
@@ -103,6 +132,21 @@ class DataArguments:
         default=None, metadata={"help": "Keep this many validation examples."}
     )
     max_test_samples: int | None = field(default=None, metadata={"help": "Keep this many test examples."})
+    labeled_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the labels of only this fraction of the train split (a deterministic subset, "
+            "fixed by the seed); the other examples are unlabelled (label -100 in batches) and get only the "
+            "distillation terms. Unset: every label."
+        },
+    )
+    max_labeled_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the labels of at most this many train examples (with labeled_fraction: "
+            "the smaller)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.dataset_name not in ("easy_vqa", "local"):
@@ -113,10 +157,18 @@ class DataArguments:
             )
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}.")
-        for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples", "max_labeled_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset for all), got {value}.")
+        if self.labeled_fraction is not None and not 0 < self.labeled_fraction <= 1:
+            raise ValueError(
+                f"labeled_fraction must be in (0, 1] (or unset for all), got {self.labeled_fraction}."
+            )
+
+    def has_unlabelled(self) -> bool:
+        """Whether some train examples lose their label (labeled_fraction / max_labeled_samples)."""
+        return (self.labeled_fraction or 1.0) < 1.0 or self.max_labeled_samples is not None
 
 
 @dataclass
@@ -128,8 +180,56 @@ class ExperimentArguments:
     )
     teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs to train a new teacher."})
     teacher_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of a new teacher."})
+    teacher_per_device_train_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of a new teacher; default per_device_train_batch_size."}
+    )
+    teacher_warmup_steps: float = field(
+        default=0,
+        metadata={"help": "Warm-up of a new teacher: steps (>= 1) or a fraction of its steps (< 1)."},
+    )
+    teacher_lr_scheduler_type: str = field(
+        default="linear", metadata={"help": "Learning-rate schedule of a new teacher (e.g. linear, cosine)."}
+    )
+    teacher_weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW weight decay of a new teacher."}
+    )
+    teacher_eval_strategy: str = field(
+        default="no",
+        metadata={
+            "help": "When a new teacher is scored on the validation split: 'no', 'epoch' or 'steps' "
+            "(teacher_eval_steps). With 'epoch'/'steps' the best checkpoint (teacher_metric_for_best_model) "
+            "is the saved teacher."
+        },
+    )
+    teacher_eval_steps: int | None = field(
+        default=None,
+        metadata={"help": "Teacher validation interval in steps (teacher_eval_strategy='steps')."},
+    )
+    teacher_metric_for_best_model: str = field(
+        default="accuracy",
+        metadata={"help": "Validation metric that picks the best teacher checkpoint (greater is better)."},
+    )
+    teacher_train_labels: str = field(
+        default="all",
+        metadata={
+            "help": "Labels a new teacher trains on: 'all' (the whole train split; the teacher "
+            "stands for one trained elsewhere and only the student sees labeled_fraction) or 'subset' "
+            "(only the labelled examples of labeled_fraction / max_labeled_samples)."
+        },
+    )
     saliency_max_samples: int = field(
         default=1000, metadata={"help": "Validation examples used for the saliency report and plot."}
+    )
+    speed_rounds: int = field(
+        default=5,
+        metadata={
+            "help": "Timed rounds of the side-by-side inference-speed measurement of teacher and student "
+            "(interleaved, after one warm-up round; 0 = skip it)."
+        },
+    )
+    speed_batches: int = field(
+        default=4,
+        metadata={"help": "Test batches (of per_device_eval_batch_size) each model runs per speed round."},
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -141,6 +241,23 @@ class ExperimentArguments:
             raise ValueError(f"method={self.method!r} is not one of {METHODS}.")
         if self.teacher_num_train_epochs <= 0 or self.teacher_learning_rate <= 0:
             raise ValueError("teacher_num_train_epochs and teacher_learning_rate must be > 0.")
+        if (
+            self.teacher_per_device_train_batch_size is not None
+            and self.teacher_per_device_train_batch_size < 1
+        ):
+            raise ValueError("teacher_per_device_train_batch_size must be >= 1.")
+        if self.teacher_warmup_steps < 0 or self.teacher_weight_decay < 0:
+            raise ValueError("teacher_warmup_steps and teacher_weight_decay must be >= 0.")
+        if self.teacher_eval_strategy not in ("no", "epoch", "steps"):
+            raise ValueError(
+                f"teacher_eval_strategy={self.teacher_eval_strategy!r}: use 'no', 'epoch' or 'steps'."
+            )
+        if self.teacher_eval_strategy == "steps" and not (self.teacher_eval_steps or 0) >= 1:
+            raise ValueError("teacher_eval_strategy='steps' needs teacher_eval_steps >= 1.")
+        if self.teacher_train_labels not in ("all", "subset"):
+            raise ValueError(f"teacher_train_labels={self.teacher_train_labels!r}: use 'all' or 'subset'.")
+        if self.speed_rounds < 0 or self.speed_batches < 1:
+            raise ValueError("speed_rounds must be >= 0 and speed_batches >= 1.")
         if self.saliency_max_samples < 1:
             raise ValueError(f"saliency_max_samples must be >= 1, got {self.saliency_max_samples}.")
 
@@ -155,8 +272,14 @@ def layer_list(name: str, value: str | None) -> list[int] | None:
 
 
 def json_object(name: str, value: str | Mapping) -> dict:
+    """``value`` as a dict: a mapping, inline JSON, or the path of a ``.json`` file holding an object."""
     if isinstance(value, Mapping):
         return dict(value)
+    if not value.lstrip().startswith("{") and value.endswith(".json"):
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(f"{name}={value!r}: no such JSON file.")
+        value = path.read_text()
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as error:

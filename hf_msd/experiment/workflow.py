@@ -5,14 +5,19 @@ Stages, each written to its own folder under ``output_dir`` and skipped when its
 the changed fields unless ``overwrite_output_dir`` is set, so nothing written is silently reused or lost):
 
 1. ``teacher/``: load ``teacher_name_or_path``, or train a multimodal teacher (text tower initialised from
-   ``text_encoder_name_or_path``) on the train split; saved with its processor.
+   ``text_encoder_name_or_path``, built after ``set_seed(--seed)``) on the train split with the ``teacher_*``
+   settings (own schedule, validation and best-checkpoint selection); saved with its processor. With
+   ``compact_vocabulary`` the tokenizer and the word embeddings keep only the training texts' tokens.
 2. ``saliency/``: the teacher's modality saliency on the validation split (``saliency.json``,
    ``saliency.png``).
 3. ``student/``: a student made from the teacher (:func:`hf_msd.models.make_student`; multimodal or
-   unimodal) trained with ``method`` = ``none`` (labels only), ``kd`` or ``msd``; saved with the processor,
-   a filled model card (``README.md``) and the saliency plot.
-4. ``evaluation.json``: teacher and student metrics on the test split with both modalities and with each
-   modality alone.
+   unimodal) or built from ``student_config`` (:func:`hf_msd.models.student_from_config`, from scratch),
+   trained with ``method`` = ``none`` (labels only), ``kd`` or ``msd`` on the train split, where
+   ``labeled_fraction`` / ``max_labeled_samples`` keep only a seeded subset of labels (the rest are
+   distilled without a label); saved with the processor, a filled model card (``README.md``) and the
+   saliency plot.
+4. Teacher and student metrics on the test split with both modalities and with each modality alone
+   (easy-VQA: also per question type), then their batched inference speed side by side.
 5. ``summary.json`` (and a console table); push to the Hub with ``push_to_hub``.
 """
 
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from transformers import (
     AutoModelForSequenceClassification,
     AutoProcessor,
@@ -34,13 +39,23 @@ from transformers import (
     PreTrainedModel,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
 from transformers.utils import logging
 
-from ..data import MultimodalDataCollator, limit_splits, load_easy_vqa, load_local_dataset
+from ..data import (
+    MultimodalDataCollator,
+    easy_vqa_question_types,
+    keep_labels_on_subset,
+    labelled_rows,
+    limit_splits,
+    load_easy_vqa,
+    load_local_dataset,
+)
 from ..evaluation import evaluate_by_modality
 from ..fingerprint import model_fingerprint
 from ..hub import build_model_card
+from ..inference_speed import compare_inference_speed
 from ..losses import resolve_problem_type
 from ..metrics import make_compute_metrics
 from ..modality import default_modalities
@@ -50,7 +65,9 @@ from ..models import (
     default_image_processor,
     default_teacher_config,
     make_student,
+    student_from_config,
 )
+from ..models.vocabulary import compact_vocabulary
 from ..saliency import compute_saliency, plot_saliency
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from .arguments import MINILM, DataArguments, ExperimentArguments, ModelArguments, json_object, layer_list
@@ -103,6 +120,27 @@ def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
     return limit_splits(dataset, limits, seed=seed)
 
 
+def training_split(run: Run, for_teacher: bool = False) -> Dataset:
+    """The train split with the labels a stage may use.
+
+    With ``labeled_fraction`` / ``max_labeled_samples`` only a deterministic subset keeps its labels
+    (:func:`hf_msd.data.keep_labels_on_subset`, seeded by ``--seed``); the other examples have label ``None``
+    (-100 in batches). The student trains on all of them with KD / MSD (the unlabelled ones get only the
+    distillation terms) and on the labelled ones only with ``method='none'``. A new teacher trains on every
+    label (``teacher_train_labels='all'``) or on the labelled examples only (``'subset'``).
+    """
+    train = run.dataset["train"]
+    if not run.data_args.has_unlabelled() or (for_teacher and run.exp_args.teacher_train_labels == "all"):
+        return train
+    train = keep_labels_on_subset(
+        train,
+        fraction=run.data_args.labeled_fraction,
+        max_samples=run.data_args.max_labeled_samples,
+        seed=run.training_args.seed,
+    )
+    return labelled_rows(train) if for_teacher or run.exp_args.method == "none" else train
+
+
 def _text_column(data_args: DataArguments) -> str:
     return "text" if data_args.dataset_name == "local" else data_args.text_column
 
@@ -139,8 +177,14 @@ def _resolve_path(name_or_path: str | None) -> str | None:
     return name_or_path
 
 
-def new_teacher(model_args: ModelArguments, label_names: list[str], problem_type: str | None):
-    """A freshly initialised multimodal teacher and its processor (text tower from the pretrained encoder)."""
+def new_teacher(
+    model_args: ModelArguments,
+    label_names: list[str],
+    problem_type: str | None,
+    train_texts: list[str] | None = None,
+):
+    """A freshly initialised multimodal teacher and its processor (text tower from the pretrained encoder);
+    with ``compact_vocabulary``, tokenizer and word embeddings restricted to the tokens of ``train_texts``."""
     overrides = json_object("teacher_config", model_args.teacher_config or "{}")
     label_fields = {
         "num_labels": len(label_names),
@@ -158,57 +202,109 @@ def new_teacher(model_args: ModelArguments, label_names: list[str], problem_type
     if not tokenizer_path:
         raise ValueError("text_encoder_name_or_path='none' needs --tokenizer_name_or_path.")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if model_args.compact_vocabulary:
+        if train_texts is None:
+            raise ValueError("compact_vocabulary needs the training texts (train_texts).")
+        model, tokenizer = compact_vocabulary(model, tokenizer, train_texts)
     processor = MultimodalTransformerProcessor(default_image_processor(config.image_size), tokenizer)
     return model, processor
 
 
 def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
     """Stage 1: the teacher, its processor and the settings that produced it (recorded by later stages),
-    from ``teacher_name_or_path`` or ``output_dir/teacher`` (trained there when missing)."""
+    from ``teacher_name_or_path`` or ``output_dir/teacher`` (trained there when missing).
+
+    A new teacher is built after ``set_seed(--seed)`` (same command, same teacher) and trained with the
+    ``teacher_*`` settings; with ``teacher_eval_strategy`` 'epoch' or 'steps' it is scored on the validation
+    split and the best checkpoint (``teacher_metric_for_best_model``) is the one kept. Its validation history
+    is written to ``teacher/train_results.json``.
+    """
     if run.model_args.teacher_name_or_path:
         teacher = AutoModelForSequenceClassification.from_pretrained(run.model_args.teacher_name_or_path)
         processor = AutoProcessor.from_pretrained(run.model_args.teacher_name_or_path)
+        if run.model_args.compact_vocabulary:
+            texts = run.dataset["train"][_text_column(run.data_args)]
+            teacher, processor.tokenizer = compact_vocabulary(teacher, processor.tokenizer, texts)
         # The path alone would let a teacher whose weights changed reuse the old saliency and student.
         settings = {"teacher_name_or_path": run.model_args.teacher_name_or_path}
+        if run.model_args.compact_vocabulary:
+            settings["compact_vocabulary"] = True
         return teacher, processor, {**settings, "weights": model_fingerprint(teacher)}
     directory = Path(run.training_args.output_dir) / "teacher"
+    exp = run.exp_args
+    evaluate = exp.teacher_eval_strategy != "no"
     args = _base_args(
         run.training_args,
         output_dir=str(Path(run.training_args.output_dir) / "checkpoints" / "teacher"),
-        num_train_epochs=run.exp_args.teacher_num_train_epochs,
+        num_train_epochs=exp.teacher_num_train_epochs,
         max_steps=-1,
-        learning_rate=run.exp_args.teacher_learning_rate,
-        eval_strategy="no",
-        save_strategy="no",
-        load_best_model_at_end=False,
+        learning_rate=exp.teacher_learning_rate,
+        per_device_train_batch_size=exp.teacher_per_device_train_batch_size
+        or run.training_args.per_device_train_batch_size,
+        warmup_steps=exp.teacher_warmup_steps,
+        lr_scheduler_type=exp.teacher_lr_scheduler_type,
+        weight_decay=exp.teacher_weight_decay,
+        eval_strategy=exp.teacher_eval_strategy,
+        eval_steps=exp.teacher_eval_steps,
+        save_strategy=exp.teacher_eval_strategy,
+        save_steps=exp.teacher_eval_steps,
+        save_total_limit=1 if evaluate else None,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model=exp.teacher_metric_for_best_model if evaluate else None,
+        greater_is_better=True if evaluate else None,
     )
     model_settings = jsonable(run.model_args)
-    for key in ("student_modalities", "student_fusion_layers", "student_text_layers", "student_image_layers"):
+    for key in (
+        "student_modalities",
+        "student_fusion_layers",
+        "student_text_layers",
+        "student_image_layers",
+        "student_config",
+    ):
         model_settings.pop(key)
     settings = {
         "stage": "teacher",
         "model": model_settings,
-        "data": _train_data_settings(run.data_args),
+        "data": _train_data_settings(run),
         "training": result_settings(args),
+        "teacher_training": {
+            f.name: getattr(exp, f.name) for f in dataclasses.fields(exp) if f.name.startswith("teacher_")
+        },
     }
-    if stage_done(directory, settings, run.exp_args.overwrite_output_dir):
+    if stage_done(directory, settings, exp.overwrite_output_dir):
         logger.info("Teacher found in %s; skipping its training.", directory)
         teacher = AutoModelForSequenceClassification.from_pretrained(str(directory))
         return teacher, AutoProcessor.from_pretrained(str(directory)), settings
     problem_type = (
         "multi_label_classification" if run.data_args.multi_label else "single_label_classification"
     )
-    teacher, processor = new_teacher(run.model_args, _label_names(run.dataset), problem_type)
+    train = training_split(run, for_teacher=True)
+    set_seed(run.training_args.seed)  # the teacher's initial weights, not only its data order
+    teacher, processor = new_teacher(
+        run.model_args, _label_names(run.dataset), problem_type, train[_text_column(run.data_args)]
+    )
     collator = _collator(run, teacher, processor)
     trainer = Trainer(
         model=teacher,
         args=args,
-        train_dataset=run.dataset["train"],
+        train_dataset=train,
+        eval_dataset=run.dataset["validation"] if evaluate else None,
         data_collator=collator,
         processing_class=processor,  # saved with the model and in every checkpoint
+        compute_metrics=make_compute_metrics(problem_type) if evaluate else None,
     )
-    trainer.train()
+    result = trainer.train()
     trainer.save_model(str(directory))
+    if trainer.is_world_process_zero():
+        history = [log for log in trainer.state.log_history if "eval_loss" in log]
+        record = result.metrics | {
+            "steps": result.global_step,
+            "train_examples": len(train),
+            "best_metric": trainer.state.best_metric,
+            "best_model_checkpoint": trainer.state.best_model_checkpoint,
+            "validation": history,
+        }
+        (directory / TRAIN_RESULTS).write_text(json.dumps(record, indent=2))
     mark_done(directory, settings)
     return teacher, processor, settings
 
@@ -221,11 +317,17 @@ def _data_settings(run: Run) -> dict[str, Any]:
     return {**settings, "seed": run.training_args.seed}
 
 
-def _train_data_settings(data_args: DataArguments) -> dict[str, Any]:
-    """The data settings that decide the train split (the test-set size, say, does not)."""
-    settings = jsonable(data_args)
+def _train_data_settings(run: Run) -> dict[str, Any]:
+    """The data settings that decide the teacher's train split (the test-set size, say, does not; the
+    labelled subset only when the teacher trains on it)."""
+    settings = jsonable(run.data_args)
     for key in ("max_eval_samples", "max_test_samples"):
         settings.pop(key)
+    if run.exp_args.teacher_train_labels == "all":
+        for key in ("labeled_fraction", "max_labeled_samples"):
+            settings.pop(key)
+    if run.exp_args.teacher_eval_strategy != "no":
+        settings["max_eval_samples"] = run.data_args.max_eval_samples  # picks the best checkpoint
     return settings
 
 
@@ -280,6 +382,22 @@ def _student_args(training_args: MSDTrainingArguments, method: str) -> TrainingA
     return args
 
 
+def new_student(model_args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedModel:
+    """The untrained student: built from ``student_config`` (random weights,
+    :func:`hf_msd.models.student_from_config`) or made from the teacher's layers
+    (:func:`hf_msd.models.make_student`, ``student_*_layers``)."""
+    if model_args.student_config is not None:
+        overrides = json_object("student_config", model_args.student_config)
+        return student_from_config(teacher, overrides, modalities=model_args.modalities())
+    return make_student(
+        teacher,
+        modalities=model_args.modalities(),
+        fusion_layers_to_keep=layer_list("student_fusion_layers", model_args.student_fusion_layers),
+        text_layers_to_keep=layer_list("student_text_layers", model_args.student_text_layers),
+        image_layers_to_keep=layer_list("student_image_layers", model_args.student_image_layers),
+    )
+
+
 def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_settings: dict) -> PreTrainedModel:
     """Stage 3: make a student from the teacher and train it with ``run.exp_args.method``."""
     directory = Path(run.training_args.output_dir) / "student"
@@ -294,13 +412,8 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
     if stage_done(directory, settings, run.exp_args.overwrite_output_dir):
         logger.info("Student found in %s; skipping its training.", directory)
         return AutoModelForSequenceClassification.from_pretrained(str(directory))
-    student = make_student(
-        teacher,
-        modalities=run.model_args.modalities(),
-        fusion_layers_to_keep=layer_list("student_fusion_layers", run.model_args.student_fusion_layers),
-        text_layers_to_keep=layer_list("student_text_layers", run.model_args.student_text_layers),
-        image_layers_to_keep=layer_list("student_image_layers", run.model_args.student_image_layers),
-    )
+    set_seed(run.training_args.seed)  # a student from student_config starts from seeded random weights
+    student = new_student(run.model_args, teacher)
     # The batches carry every modality the teacher needs; a unimodal student reads only its own.
     collator = _collator(run, teacher, processor)
     args = _student_args(run.training_args, run.exp_args.method)
@@ -308,7 +421,7 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         "model": student,
         "processing_class": processor,
         "args": args,
-        "train_dataset": run.dataset["train"],
+        "train_dataset": training_split(run),
         "eval_dataset": run.dataset["validation"],
         "data_collator": collator,
         "compute_metrics": make_compute_metrics(resolve_problem_type(student.config)),
@@ -325,6 +438,13 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         (directory / TRAIN_RESULTS).write_text(json.dumps(result.metrics | {"steps": result.global_step}))
     mark_done(directory, settings)
     return student
+
+
+def _labelled_count(run: Run) -> dict[str, int]:
+    """How many train examples the student stage sees, and how many of them carry a label."""
+    train = training_split(run)
+    labels = train.select_columns(["label"])[:]["label"]
+    return {"train": len(train), "labelled": sum(label is not None for label in labels)}
 
 
 def _parameters(model: PreTrainedModel) -> int:
@@ -346,13 +466,50 @@ def evaluate_models(
             _collator(run, model, processor),
             default_modalities(model),
             args,
-            make_compute_metrics(resolve_problem_type(model.config)),
+            make_compute_metrics(resolve_problem_type(model.config), label_groups=_label_groups(run)),
         )
     return results
 
 
+def _label_groups(run: Run) -> dict[str, list[int]] | None:
+    """easy-VQA's question types as groups of label ids (accuracy per type); None for other data."""
+    if run.data_args.dataset_name != "easy_vqa":
+        return None
+    names = _label_names(run.dataset)
+    return {kind: [names.index(a) for a in answers] for kind, answers in easy_vqa_question_types().items()}
+
+
+def measure_speed(run: Run, models: Mapping[str, PreTrainedModel], processor) -> dict[str, Any] | None:
+    """Stage 5: batched inference speed of the models side by side on the first test examples
+    (:func:`hf_msd.inference_speed.compare_inference_speed`: ``speed_batches`` batches of
+    ``per_device_eval_batch_size``, ``speed_rounds`` interleaved rounds after a warm-up), on the main
+    process only; the first model is the reference of the speed-up. None when ``speed_rounds`` is 0."""
+    if run.exp_args.speed_rounds == 0:
+        return None
+    state = PartialState()
+    result = None
+    if state.is_main_process:
+        size = run.training_args.per_device_eval_batch_size
+        test = run.dataset["test"]
+        count = min(len(test), size * run.exp_args.speed_batches)
+        examples = [test[i] for i in range(count)]
+        device = run.training_args.device
+        batches = {}
+        for name, model in models.items():
+            collator = _collator(run, model, processor)
+            batches[name] = [
+                {k: v.to(device) for k, v in collator(examples[i : i + size]).items() if k != "labels"}
+                for i in range(0, count, size)
+            ]
+            model.to(device)
+        result = compare_inference_speed(models, batches, rounds=run.exp_args.speed_rounds)
+    state.wait_for_everyone()
+    return result
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """The console table: accuracy per model and input condition, parameter counts, output paths."""
+    """The console tables: accuracy per model and input condition with parameter counts, accuracy per
+    question type (both modalities), the side-by-side inference speed, and the output paths."""
     conditions = ["both", "text", "image"]
     lines = [
         f"{'model':<10}{'params':>14}" + "".join(f"{'acc (' + c + ')':>15}" for c in conditions),
@@ -363,6 +520,29 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             for c in conditions
         ]
         lines.append(f"{name:<10}{summary['parameters'][name]:>14,}" + "".join(cells))
+    teacher_params = summary["parameters"].get("teacher")
+    for name, count in summary["parameters"].items():
+        if name != "teacher" and teacher_params:
+            lines.append(f"{name}: {teacher_params / count:.2f}x fewer parameters than the teacher")
+    first = next(iter(summary["evaluation"].values()))["both"]
+    types = [key.removeprefix("accuracy_") for key in first if key.startswith("accuracy_")]
+    if types:
+        lines += ["", f"{'model':<10}" + "".join(f"{'acc ' + t:>15}" for t in types) + "   (both modalities)"]
+        for name, scores in summary["evaluation"].items():
+            cells = [f"{scores['both'].get('accuracy_' + t, float('nan')):>15.4f}" for t in types]
+            lines.append(f"{name:<10}" + "".join(cells))
+    speed = summary.get("inference_speed")
+    if speed:
+        lines += [
+            "",
+            f"Batched inference ({speed['batches']} batches of {speed['batch_size']}, median of "
+            f"{speed['rounds']} interleaved rounds after warm-up):",
+        ]
+        for name, values in speed["models"].items():
+            lines.append(
+                f"{name:<10}{values['seconds_per_batch'] * 1000:>10.1f} ms/batch"
+                f"{values['examples_per_second']:>10.0f} examples/s   {speed['speedup'][name]:.2f}x"
+            )
     lines.append("")
     lines += [f"{key}: {value}" for key, value in summary["paths"].items()]
     return "\n".join(lines)
@@ -384,16 +564,21 @@ def run_experiment(
     plot = saliency_report(run, teacher, processor, teacher_settings)
     student = distill_student(run, teacher, processor, teacher_settings)
     evaluation = evaluate_models(run, {"teacher": teacher, "student": student}, processor)
+    speed = measure_speed(run, {"teacher": teacher, "student": student}, processor)
     student_dir = output_dir / "student"
+    teacher_record = output_dir / "teacher" / TRAIN_RESULTS
     summary = {
         "method": exp_args.method,
         "modality_weighting": training_args.modality_weighting if exp_args.method == "msd" else None,
         "student_modalities": model_args.modalities(),
         "test_examples": len(dataset["test"]),
         "processes": PartialState().num_processes,
+        "labeled_train_examples": _labelled_count(run),
+        "teacher_training": json.loads(teacher_record.read_text()) if teacher_record.exists() else None,
         "student_training": json.loads((student_dir / TRAIN_RESULTS).read_text()),
         "evaluation": evaluation,
         "parameters": {"teacher": _parameters(teacher), "student": _parameters(student)},
+        "inference_speed": speed,
         "paths": {
             "student": str(student_dir),
             "model_card": str(student_dir / "README.md"),

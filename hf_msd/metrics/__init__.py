@@ -6,7 +6,7 @@ without the Hub: ``load_metric("accuracy")`` or ``evaluate.load(<path of that di
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import evaluate
@@ -28,10 +28,14 @@ def load_metric(name: str, config_name: str | None = None, **kwargs) -> evaluate
     return evaluate.load(str(METRICS_DIR / name), config_name, **kwargs)
 
 
-def make_compute_metrics(problem_type: str = "single_label_classification") -> Callable[..., dict]:
+def make_compute_metrics(
+    problem_type: str = "single_label_classification", label_groups: Mapping[str, Sequence[int]] | None = None
+) -> Callable[..., dict]:
     """A ``compute_metrics`` function for `transformers.Trainer`, chosen by the model's ``problem_type``.
 
-    - single-label: ``accuracy`` of the argmax of the logits (B, C) against int labels (B,).
+    - single-label: ``accuracy`` of the argmax of the logits (B, C) against int labels (B,); with
+      ``label_groups`` ({group name: class ids}, e.g. easy-VQA's question types by their answers) also
+      ``accuracy_<group>``: the accuracy on the examples whose gold label is in that group.
     - multi-label: ``exact_match`` and ``micro_f1`` of ``logit > 0`` (probability > 0.5) against labels
       >= 0.5 (so soft scores such as VQA answer scores are binarised at 0.5).
     - regression: ``mse`` of the outputs against the labels.
@@ -41,7 +45,13 @@ def make_compute_metrics(problem_type: str = "single_label_classification") -> C
 
         def compute(eval_pred) -> dict:
             logits, labels = _logits(eval_pred.predictions), np.asarray(eval_pred.label_ids)
-            return accuracy.compute(predictions=logits.argmax(-1), references=labels)
+            predictions = logits.argmax(-1)
+            metrics = accuracy.compute(predictions=predictions, references=labels)
+            for group, ids in (label_groups or {}).items():
+                members = np.isin(labels, list(ids))
+                if members.any():
+                    metrics[f"accuracy_{group}"] = float((predictions[members] == labels[members]).mean())
+            return metrics
 
     elif problem_type == "multi_label_classification":
         multilabel = load_metric("multilabel")

@@ -26,7 +26,7 @@ from .multimodal_transformer import (
     MultimodalTransformerProcessor,
 )
 from .presets import default_image_processor, default_teacher_config
-from .students import make_student
+from .students import make_student, student_from_config
 
 
 def _register_auto_classes() -> None:
@@ -75,4 +75,5 @@ __all__ = [
     "default_image_processor",
     "default_teacher_config",
     "make_student",
+    "student_from_config",
 ]

