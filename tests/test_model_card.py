@@ -1,13 +1,24 @@
-"""Tests for hf_msd.hub.build_model_card: YAML metadata, rendered body, save / load round trip."""
+"""Tests for hf_msd.hub: the card builder (YAML metadata by the Hub's conventions, rendered body, save / load
+round trip) and the DistillationTrainer / MSDTrainer card written by create_model_card."""
 
 import pytest
 import yaml
+from distillation_utils import make_args, teacher_and_student, token_dataset
 from huggingface_hub import ModelCard
 
-from hf_msd.hub import build_model_card
+from hf_msd import DistillationTrainer
+from hf_msd.hub import build_model_card, card_speed, hub_id, task_type, training_hyperparameters
 
 MSD_TITLE = "MSD: Saliency-aware Knowledge Distillation for Multimodal Understanding"
 AGARWAL_TITLE = "From Multimodal to Unimodal Attention in Transformers using Knowledge Distillation"
+EVALUATION = {
+    "teacher": {
+        "both": {"accuracy": 0.97, "loss": 0.1},
+        "text": {"accuracy": 0.41},
+        "image": {"accuracy": 0.3},
+    },
+    "student": {"both": {"accuracy": 0.91234, "loss": 0.3}, "text": {"accuracy": 0.88}},
+}
 
 
 def _card(**overrides):
@@ -16,13 +27,17 @@ def _card(**overrides):
         "model_name": "easy-vqa-msd-student",
         "method": "msd",
         "dataset_name": "easy-VQA",
-        "accuracy": {
-            "teacher": {"both": 0.97, "text": 0.41, "image": 0.3},
-            "student": {"both": 0.91234, "text": 0.88},
-        },
+        "evaluation": EVALUATION,
         "parameters": {"teacher": 1234567, "student": 98765},
-        "hyperparameters": {"method": "msd", "temperature": 2.0, "epochs": 3},
-        "student_description": "text-only 2-layer transformer",
+        "hyperparameters": {
+            "method": "msd",
+            "temperature": 2.0,
+            "kd_loss_weight": 1.0,
+            "modality_weighting": "population",
+            "modality_loss_weight": 0.5,
+            "num_train_epochs": 3,
+        },
+        "student_modalities": ["text"],
         "teacher_description": "multimodal (text+image) fusion transformer",
         "repo_id": "someone/easy-vqa-msd-student",
     }
@@ -43,22 +58,47 @@ def _metrics(metadata: dict) -> dict[str, float]:
     return {metric["name"]: metric["value"] for result in entry["results"] for metric in result["metrics"]}
 
 
-def test_metadata_has_library_tags_and_student_accuracies():
-    card = _card()
+def test_metadata_follows_the_hub_conventions():
+    card = _card(teacher_name_or_path="someone/easy-vqa-teacher")
     for metadata in (_front_matter(card.content), card.data.to_dict()):
         assert metadata["library_name"] == "transformers"
+        assert metadata["pipeline_tag"] == "text-classification"  # a text-only student
         assert metadata["license"] == "apache-2.0"
-        assert {"hf_msd", "knowledge-distillation", "msd"} <= set(metadata["tags"])
+        assert metadata["base_model"] == "someone/easy-vqa-teacher"
+        assert {"hf_msd", "knowledge-distillation", "multimodal-classification", "msd"} <= set(
+            metadata["tags"]
+        )
         assert metadata["metrics"] == ["accuracy"]
         assert "datasets" not in metadata
         assert metadata["model-index"][0]["name"] == "easy-vqa-msd-student"
+        # The student's scores, without its loss.
         assert _metrics(metadata) == {"accuracy (both)": 0.91234, "accuracy (text)": 0.88}
         for result in metadata["model-index"][0]["results"]:
             assert result["task"]["type"] == "text-classification"
             assert result["dataset"] == {"name": "easy-VQA", "type": "easy-VQA", "split": "test"}
 
 
-def test_method_tag_split_dataset_id_and_license_reach_the_metadata():
+def test_task_type_follows_the_student_inputs():
+    assert task_type(["text"]) == "text-classification"
+    assert task_type(["image"]) == "image-classification"
+    assert task_type(["text", "image"], question_answering=True) == "visual-question-answering"
+    assert task_type(["text", "image"]) == "other"
+    metadata = _card(student_modalities=["text", "image"], question_answering=True).data.to_dict()
+    assert metadata["pipeline_tag"] == "visual-question-answering"
+    assert metadata["model-index"][0]["results"][0]["task"]["type"] == "visual-question-answering"
+
+
+def test_base_model_only_for_a_hub_id(tmp_path):
+    assert hub_id("someone/teacher") == "someone/teacher"
+    assert hub_id(str(tmp_path)) is None  # a local folder
+    assert hub_id("not a/valid id!") is None
+    assert hub_id(None) is None
+    card = _card(teacher_name_or_path=str(tmp_path))
+    assert "base_model" not in card.data.to_dict()
+    assert f"(`{tmp_path}`)" in card.text
+
+
+def test_method_split_dataset_id_and_license_reach_the_metadata():
     card = _card(method="kd", eval_split="validation", dataset_id="someone/easy-vqa", license="mit")
     metadata = _front_matter(card.content)
     assert "kd" in metadata["tags"] and "msd" not in metadata["tags"]
@@ -70,32 +110,74 @@ def test_method_tag_split_dataset_id_and_license_reach_the_metadata():
     assert "knowledge distillation on the full multimodal input" in card.text
 
 
-def test_body_has_results_parameters_usage_and_citations():
-    text = _card().text
+def test_body_has_results_size_speed_saliency_method_usage_and_citations():
+    text = _card(
+        throughput={"teacher": 100.0, "student": 250.0}, throughput_setting="batch 8", saliency_plot="s.png"
+    ).text
     # "both" first, then the modalities by name; a missing score is "n/a"; 4 decimals.
     assert "| model | both | image | text |" in text
     assert "| teacher | 0.9700 | 0.3000 | 0.4100 |" in text
     assert "| student | 0.9123 | n/a | 0.8800 |" in text
-    assert "| teacher | 1,234,567 |" in text
-    assert "| student | 98,765 |" in text
-    assert "| temperature | 2 |" in text and "| epochs | 3 |" in text and "| method | msd |" in text
-    assert 'AutoModelForSequenceClassification.from_pretrained("someone/easy-vqa-msd-student")' in text
-    assert 'AutoProcessor.from_pretrained("someone/easy-vqa-msd-student")' in text
-    assert "A text-only 2-layer transformer distilled from a multimodal (text+image) fusion" in text
+    assert "| teacher | 1,234,567 |" in text and "| student | 98,765 |" in text
+    assert "12.50x fewer parameters" in text  # 1234567 / 98765
+    assert "teacher 100.0 examples/s, student 250.0 examples/s, a **2.50x** speed-up (batch 8)" in text
+    assert "![Teacher modality saliency](s.png)" in text
+    assert "- Logits: soft targets (kl) at temperature 2, weight 1." in text
+    assert "weighted by `population` modality weights, weight 0.5." in text
+    assert "| temperature | 2 |" in text and "| num_train_epochs | 3 |" in text and "| method | msd |" in text
+    assert 'pipeline(model="someone/easy-vqa-msd-student", trust_remote_code=True)' in text
+    assert 'classifier("what shape is in the image?")' in text  # a text-only student takes the bare text
+    assert "## Intended use" in text and "## Limitations" in text
+    assert "A text student distilled from a multimodal (text+image) fusion transformer" in text
     assert f"title = {{{MSD_TITLE}}}" in text and "Jin, Woojeong" in text
     assert f"title = {{{AGARWAL_TITLE}}}" in text and "Agarwal, Dhruv" in text
     assert "{{ " not in text and " }}" not in text  # every template field was filled
 
 
-def test_repo_id_defaults_to_the_model_name():
-    text = _card(repo_id=None).text
-    assert 'from_pretrained("easy-vqa-msd-student")' in text
+def test_speed_from_the_workflow_summary():
+    speed = {
+        "models": {"teacher": {"examples_per_second": 40.0}, "student": {"examples_per_second": 100.0}},
+        "batches": 4,
+        "batch_size": 32,
+        "rounds": 5,
+    }
+    text = _card(**card_speed(speed)).text
+    assert "teacher 40.0 examples/s, student 100.0 examples/s, a **2.50x** speed-up" in text
+    assert "(4 batches of 32 test examples, median of 5 interleaved rounds" in text
+    assert card_speed(None) == {}
+
+
+def test_missing_speed_and_plot_are_said_not_invented():
+    text = _card().text
+    assert "Inference speed was not measured by this run." in text
+    assert "No saliency plot was recorded by this run." in text
 
 
 def test_card_without_student_scores_has_no_model_index():
-    card = _card(accuracy={"teacher": {"both": 0.5}})
+    card = _card(evaluation={"teacher": {"both": {"accuracy": 0.5}}})
     assert "model-index" not in _front_matter(card.content)
     assert "| teacher | 0.5000 |" in card.text
+
+
+def test_several_metrics_get_one_column_each():
+    evaluation = {
+        "teacher": {"both": {"exact_match": 0.6}, "text": {"micro_f1": 0.5}},
+        "student": {"both": {"exact_match": 0.5, "micro_f1": 0.75}, "text": {"exact_match": 0.25}},
+    }
+    card = _card(evaluation=evaluation)
+    header = "| model | exact_match (both) | exact_match (text) | micro_f1 (both) | micro_f1 (text) |"
+    assert header in card.text
+    assert "| teacher | 0.6000 | n/a | n/a | 0.5000 |" in card.text
+    assert "| student | 0.5000 | 0.2500 | 0.7500 | n/a |" in card.text
+    assert _metrics(card.data.to_dict()) == {
+        "exact_match (both)": 0.5,
+        "micro_f1 (both)": 0.75,
+        "exact_match (text)": 0.25,
+    }
+    # Only the (metric, condition) pairs that some model has: per-type accuracies exist for "both" only.
+    student = {"both": {"accuracy": 0.5, "accuracy_shape": 0.4}, "text": {"accuracy": 0.3}}
+    per_type = _card(evaluation={"student": student}).text
+    assert "| model | accuracy (both) | accuracy (text) | accuracy_shape (both) |" in per_type
 
 
 def test_unknown_method_raises_naming_it():
@@ -111,26 +193,49 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.data.to_dict() == card.data.to_dict()
     assert _front_matter(path.read_text()) == card.data.to_dict()
     assert loaded.text == card.text
-    assert _metrics(loaded.data.to_dict()) == {"accuracy (both)": 0.91234, "accuracy (text)": 0.88}
+    assert {(r.metric_name, r.metric_value) for r in loaded.data.eval_results} == {
+        ("accuracy (both)", 0.91234),
+        ("accuracy (text)", 0.88),
+    }
 
 
-def test_hyperparameters_keep_their_precision_and_booleans():
-    card = build_model_card(
-        model_name="m",
-        method="kd",
-        dataset_name="easy-VQA",
-        accuracy={"student": {"both": 0.5}},
-        parameters={"teacher": 10, "student": 5},
-        hyperparameters={"learning_rate": 5e-5, "flag": True, "epochs": 3},
-        student_description="s",
-        teacher_description="t",
-    )
-    text = str(card)
-    assert "| learning_rate | 5e-05 |" in text
-    assert "| flag | True |" in text
-    assert "| epochs | 3 |" in text
+def test_hyperparameters_from_training_arguments(tmp_path):
+    args = make_args(tmp_path, temperature=3.0, kd_loss_weight=0.7, learning_rate=5e-5)
+    values = training_hyperparameters(args, "kd")
+    assert values["method"] == "kd"
+    assert values["temperature"] == 3.0 and values["kd_loss_weight"] == 0.7
+    assert values["learning_rate"] == 5e-5
+    assert "modality_weighting" not in values
+    assert values["num_train_epochs"] == 3 and "max_steps" not in values
+    steps = training_hyperparameters(make_args(tmp_path, max_steps=5), "kd")
+    assert steps["max_steps"] == 5 and "num_train_epochs" not in steps  # max_steps overrides the epochs
+    assert "temperature" not in training_hyperparameters(args, "none")
+    text = _card(hyperparameters={"learning_rate": 5e-5, "flag": True}).text
+    assert "| learning_rate | 5e-05 |" in text and "| flag | True |" in text
 
 
 def test_number_of_scored_examples_is_stated():
     assert "split of easy-VQA (1,000 examples), with both" in _card(num_eval_examples=1000).text
     assert "split of easy-VQA, with both" in _card().text
+
+
+def test_distillation_trainer_writes_hf_msd_card(tmp_path):
+    teacher, student = teacher_and_student()
+    dataset = token_dataset(8)
+    args = make_args(tmp_path, max_steps=1, eval_strategy="no")
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=dataset, eval_dataset=dataset
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    trainer.create_model_card(model_name="tiny-kd", dataset="tiny tokens", finetuned_from="someone/teacher")
+    card = ModelCard.load(tmp_path / "README.md")
+    data = card.data.to_dict()
+    assert data["base_model"] == "someone/teacher"
+    assert "kd" in data["tags"] and "generated_from_trainer" not in data["tags"]
+    assert "unknown dataset" not in card.text and "Trained on tiny tokens." in card.text
+    assert f"| student | {sum(p.numel() for p in student.parameters()):,} |" in card.text
+    # The last evaluation (its scores, not its loss) becomes the results, on the validation split.
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results == {"teacher_agreement (both)": pytest.approx(metrics["eval_teacher_agreement"])}
+    assert all(r.dataset_split == "validation" for r in card.data.eval_results)

@@ -228,3 +228,18 @@ def test_trainer_predict_returns_plain_logits(processor, tmp_path):
     # Extra outputs only when asked for: the mask comes with hidden states.
     assert model(**features).hidden_states_mask is None
     assert model(**features, output_hidden_states=True).hidden_states_mask.shape[0] == 3
+
+
+def test_save_without_the_pipeline_code_drops_its_entry(tmp_path, monkeypatch):
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    monkeypatch.delitem(PIPELINE_REGISTRY.supported_tasks, TASK)  # as where hf_msd's pipeline is not loaded
+    model = _labelled()
+    model.config.custom_pipelines = {
+        TASK: {"impl": "multimodal_classification.MultimodalClassificationPipeline"}
+    }
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config.get("custom_pipelines") == {}  # no entry pointing to a file the folder lacks
+    assert not (tmp_path / "multimodal_classification.py").exists()
+    assert "AutoModelForSequenceClassification" in config["auto_map"]

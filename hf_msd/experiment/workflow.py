@@ -54,7 +54,7 @@ from ..data import (
 )
 from ..evaluation import evaluate_by_modality
 from ..fingerprint import model_fingerprint
-from ..hub import build_model_card
+from ..hub import build_model_card, card_speed, training_hyperparameters
 from ..inference_speed import compare_inference_speed
 from ..losses import resolve_problem_type
 from ..metrics import make_compute_metrics
@@ -592,16 +592,17 @@ def run_experiment(
             model_name=training_args.hub_model_id or f"{data_args.dataset_name}-{exp_args.method}-student",
             method=exp_args.method,
             dataset_name="easy-VQA" if data_args.dataset_name == "easy_vqa" else data_args.train_file,
-            accuracy={
-                name: {c: s["accuracy"] for c, s in scores.items() if "accuracy" in s}
-                for name, scores in evaluation.items()
-            },
+            evaluation=evaluation,
             parameters=summary["parameters"],
-            hyperparameters=_card_hyperparameters(exp_args, training_args),
-            student_description=f"{'+'.join(model_args.modalities())} student",
+            hyperparameters=training_hyperparameters(training_args, exp_args.method),
+            student_modalities=model_args.modalities(),
+            teacher_name_or_path=model_args.teacher_name_or_path,
             teacher_description="multimodal (text+image) fusion transformer teacher",
             repo_id=training_args.hub_model_id,
             num_eval_examples=summary["test_examples"],
+            question_answering=data_args.dataset_name == "easy_vqa",
+            **card_speed(summary.get("inference_speed")),
+            saliency_plot="saliency.png",
         )
         card.save(student_dir / "README.md")
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -609,23 +610,6 @@ def run_experiment(
     if training_args.push_to_hub:
         push_student(student_dir, training_args)
     return summary
-
-
-def _card_hyperparameters(exp_args: ExperimentArguments, args: MSDTrainingArguments) -> dict[str, Any]:
-    values = {
-        "method": exp_args.method,
-        "epochs": args.num_train_epochs,
-        "learning_rate": args.learning_rate,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-    }
-    if exp_args.method != "none":
-        values.update(temperature=args.temperature, hard_label_weight=args.hard_label_weight)
-        values.update(kd_loss_weight=args.kd_loss_weight)
-    if exp_args.method == "msd":
-        values.update(
-            modality_weighting=args.modality_weighting, modality_loss_weight=args.modality_loss_weight
-        )
-    return values
 
 
 def _check_hub_model_id(training_args: TrainingArguments) -> None:

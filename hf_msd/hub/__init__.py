@@ -1,5 +1,19 @@
-"""Publishing helpers: model cards for distilled students."""
+"""Publishing helpers: model cards for distilled students (one builder for the workflow and the trainers)."""
 
-from .model_card import build_model_card
+from .model_card import (
+    build_model_card,
+    card_speed,
+    hub_id,
+    task_type,
+    trainer_model_card,
+    training_hyperparameters,
+)
 
-__all__ = ["build_model_card"]
+__all__ = [
+    "build_model_card",
+    "card_speed",
+    "hub_id",
+    "task_type",
+    "trainer_model_card",
+    "training_hyperparameters",
+]

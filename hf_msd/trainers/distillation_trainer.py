@@ -16,6 +16,7 @@ Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through three h
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -247,6 +248,8 @@ class DistillationTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
     _tag_names = ["hf_msd", "distillation"]
+    #: The method named in the model card (:meth:`create_model_card`).
+    card_method = "kd"
     #: Batch columns starting with one of these prefixes are kept past ``remove_unused_columns`` and removed
     #: before the student's forward. Subclasses may extend it.
     extra_column_prefixes: tuple[str, ...] = (TEACHER_CACHE_PREFIX, TEACHER_INPUT_PREFIX)
@@ -886,6 +889,18 @@ class DistillationTrainer(Trainer):
             f"'{TEACHER_CACHE_PREFIX}*' columns (recompute them), the inputs of that batch, and the "
             "learning rate / mixed precision settings; nothing of this batch was applied to the student."
         )
+
+    # ---- Model card ----------------------------------------------------------------------------------
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write hf_msd's model card of this run to ``<output_dir>/README.md`` (``push_to_hub`` calls this
+        and uploads it): teacher, method and its weights, sizes, the last evaluation, the saliency plot and
+        citations; see :func:`hf_msd.hub.trainer_model_card` for what is read and which keywords it takes
+        (those of `Trainer.create_model_card`, plus ``evaluation`` with per-modality results)."""
+        from ..hub import trainer_model_card
+
+        if self.is_world_process_zero():
+            trainer_model_card(self, **kwargs).save(os.path.join(self.args.output_dir, "README.md"))
 
     # ---- Logging and evaluation ------------------------------------------------------------------------
 

@@ -116,6 +116,7 @@ class MSDTrainer(DistillationTrainer):
     """
 
     _tag_names = ["hf_msd", "distillation", "msd"]
+    card_method = "msd"
 
     def __init__(
         self,

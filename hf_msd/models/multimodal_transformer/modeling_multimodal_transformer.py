@@ -45,6 +45,7 @@ TEXT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 IMAGE_INPUT_NAMES = ("pixel_values",)
 MAIN_INPUT_NAMES = {"text": "input_ids", "image": "pixel_values"}  # the input that makes a modality present
 PROCESSING_FILE = "processing_multimodal_transformer.py"
+PIPELINE_FILE = "multimodal_classification.py"  # hf_msd's pipeline module, when it sits next to this file
 #: The pipeline task written to `config.custom_pipelines` on save when it is registered.
 PIPELINE_TASK = "multimodal-classification"
 
@@ -224,7 +225,10 @@ def add_remote_code(config: MultimodalTransformerConfig, save_directory) -> None
       `AutoProcessor`, and the processing file is copied next to the modeling one.
     - If a pipeline task `PIPELINE_TASK` is registered in transformers' `PIPELINE_REGISTRY` (importing hf_msd
       registers `multimodal-classification`), it is written to `config.custom_pipelines` and its module file
-      is copied, so `pipeline(model=folder_or_repo, trust_remote_code=True)` builds it.
+      is copied, so `pipeline(model=folder_or_repo, trust_remote_code=True)` builds it. A model loaded as
+      remote code keeps the entry if its pipeline file sits next to this one (it was downloaded).
+
+    An entry whose file cannot be copied is removed rather than left pointing to a missing file.
     """
     from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -234,19 +238,38 @@ def add_remote_code(config: MultimodalTransformerConfig, save_directory) -> None
         if cls._auto_class is not None:
             auto_map[cls._auto_class] = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
     processing_file = Path(__file__).with_name(PROCESSING_FILE)
-    if processing_file.is_file():
-        shutil.copyfile(processing_file, Path(save_directory) / PROCESSING_FILE)
+    if _copy_code(processing_file, save_directory):
         auto_map["AutoProcessor"] = f"{processing_file.stem}.MultimodalTransformerProcessor"
+    else:
+        auto_map.pop("AutoProcessor", None)
     config.auto_map = auto_map
+    pipelines = dict(getattr(config, "custom_pipelines", None) or {})
     task = PIPELINE_REGISTRY.supported_tasks.get(PIPELINE_TASK)
+    pipeline_file = Path(__file__).with_name(PIPELINE_FILE)
     if task is not None:
-        impl = task["impl"]
-        module_file = Path(inspect.getfile(impl))
-        shutil.copyfile(module_file, Path(save_directory) / module_file.name)
-        entry = {"impl": f"{module_file.stem}.{impl.__name__}", "pt": [c.__name__ for c in task["pt"]]}
-        if "type" in task:
-            entry["type"] = task["type"]
-        config.custom_pipelines = {**(getattr(config, "custom_pipelines", None) or {}), PIPELINE_TASK: entry}
+        pipeline_file = Path(inspect.getfile(task["impl"]))
+        entry = {
+            "impl": f"{pipeline_file.stem}.{task['impl'].__name__}",
+            "pt": [c.__name__ for c in task["pt"]],
+        }
+        pipelines[PIPELINE_TASK] = {**entry, **({"type": task["type"]} if "type" in task else {})}
+    if PIPELINE_TASK in pipelines and not _copy_code(pipeline_file, save_directory):
+        logger.warning(
+            f"{pipeline_file.name} not found: the saved config names no {PIPELINE_TASK!r} pipeline."
+        )
+        pipelines.pop(PIPELINE_TASK)
+    if pipelines or getattr(config, "custom_pipelines", None) is not None:
+        config.custom_pipelines = pipelines
+
+
+def _copy_code(source: Path, save_directory) -> bool:
+    """Copy `source` into `save_directory` (unless it is already there); False when it does not exist."""
+    if not source.is_file():
+        return False
+    target = Path(save_directory) / source.name
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+    return True
 
 
 def _refuse_foreign_pipeline(modalities: list[str], depth: int = 8) -> None:
