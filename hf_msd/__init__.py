@@ -12,6 +12,8 @@
 - :class:`MultimodalClassificationPipeline`: the `multimodal-classification` pipeline (registered on import).
 - :mod:`hf_msd.data`: easy-VQA, the user's own files, the collator and :class:`PairedCollator` (a teacher
   and a student with different processors).
+- :func:`precompute_teacher_outputs`: the frozen teacher's logits on x and every x_m as cached dataset
+  columns the trainers read instead of running the teacher (:mod:`hf_msd.teacher_cache`).
 """
 
 from .data import (
@@ -34,6 +36,7 @@ from .models import (
 )
 from .pipelines import MultimodalClassificationPipeline
 from .saliency import SaliencyReport, compute_saliency, plot_saliency
+from .teacher_cache import precompute_teacher_outputs
 from .trainers import (
     DistillationTrainer,
     DistillationTrainingArguments,
@@ -68,6 +71,7 @@ __all__ = [
     "load_local_dataset",
     "make_student",
     "plot_saliency",
+    "precompute_teacher_outputs",
     "register_model_preset",
     "restrict",
 ]

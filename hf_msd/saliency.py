@@ -23,7 +23,6 @@ can replace it. The population saliency of ``m`` is ``S_m = mean_x s_m(x)`` over
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -34,9 +33,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from hf_msd.fingerprint import (
+    combine_fingerprints,
+    dataset_fingerprint,
+    model_fingerprint,
+    object_fingerprint,
+)
 from hf_msd.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL, resolve_problem_type, soft_target_loss
 from hf_msd.modality import Modality, model_inputs, remove, restrict
 from hf_msd.modality_presets import get_logits
+from hf_msd.teacher_cache import cached_logits, has_cached_column, teacher_column, teacher_columns
 
 SaliencyFn = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
 FULL = "full"
@@ -281,31 +287,57 @@ def compute_saliency(
     )
 
 
-def saliency_fingerprint(teacher, dataset, modalities: Sequence[Modality], **extra: Any) -> str:
-    """A hash that changes when the teacher's weights or config, the dataset or the modality spec change.
+def saliency_fingerprint(
+    teacher, dataset, modalities: Sequence[Modality], data_collator: Callable | None = None, **extra: Any
+) -> str:
+    """A hash that changes when the teacher's weights or config, the dataset, the collator (with its
+    processor settings), the modality spec or any ``extra`` value change (:mod:`hf_msd.fingerprint`).
 
-    Teacher: its config JSON plus, per parameter, name, shape, sum and sum of squares. Dataset:
-    ``datasets.Dataset._fingerprint`` when available, else its length and the repr of its first and last
-    examples. ``extra`` (e.g. the saliency function's name, the problem type) is included too.
+    Teacher: its config and the exact bytes of every tensor of its state dict. Dataset: a
+    `datasets.Dataset`'s ``_fingerprint``, else the content of every example. Collator, modalities and
+    ``extra`` values (e.g. the saliency function, hashed by its code, not its name): `datasets`' hasher.
     """
-    digest = hashlib.sha256()
-    config = getattr(teacher, "config", None)
-    digest.update((config.to_json_string() if hasattr(config, "to_json_string") else repr(config)).encode())
-    with torch.no_grad():
-        for name, parameter in teacher.named_parameters():
-            value = parameter.detach().double()
-            digest.update(
-                f"{name}{tuple(value.shape)}{value.sum().item():.10e}{value.square().sum().item():.10e}".encode()
-            )
-    dataset_id = getattr(dataset, "_fingerprint", None)
-    if dataset_id is None:
-        dataset_id = (
-            f"{len(dataset)}|{dataset[0]!r}|{dataset[len(dataset) - 1]!r}" if len(dataset) else "empty"
-        )
-    digest.update(str(dataset_id).encode())
-    digest.update(repr(list(modalities)).encode())
-    digest.update(repr(sorted(extra.items())).encode())
-    return digest.hexdigest()
+    return combine_fingerprints(
+        teacher=model_fingerprint(teacher),
+        dataset=dataset_fingerprint(dataset),
+        modalities=object_fingerprint(list(modalities)),
+        data_collator=object_fingerprint(data_collator),
+        extra=extra,
+    )
+
+
+def saliency_from_cache(
+    dataset,
+    modalities: Sequence[Modality],
+    problem_type: str,
+    num_labels: int,
+    saliency_fn: SaliencyFn | None = None,
+) -> SaliencyReport:
+    """The :class:`SaliencyReport` of a dataset that carries cached teacher outputs
+    (:func:`hf_msd.teacher_cache.precompute_teacher_outputs`): the same values as :func:`compute_saliency`,
+    read from the ``teacher_logits`` / ``teacher_logits_<m>`` (/ ``teacher_logits_without_<m>``) columns
+    without running the teacher."""
+    names = [modality.name for modality in modalities]
+    full = cached_logits(dataset, teacher_column(), num_labels)
+    only = {name: cached_logits(dataset, teacher_column(name), num_labels) for name in names}
+    if len(names) == 2:
+        without = [only[names[1]], only[names[0]]]
+    else:
+        without = [cached_logits(dataset, teacher_column(name, without=True), num_labels) for name in names]
+    return SaliencyReport(
+        modality_names=names,
+        problem_type=problem_type,
+        saliency=modality_saliency(full, without, problem_type, saliency_fn).float(),
+        teacher_confidence={
+            key: _confidence(logits, full, problem_type) for key, logits in ((FULL, full), *only.items())
+        },
+    )
+
+
+def has_cached_saliency_columns(dataset, modalities: Sequence[Modality]) -> bool:
+    """Whether ``dataset`` carries every teacher column :func:`saliency_from_cache` needs."""
+    names = getattr(dataset, "column_names", None)
+    return names is not None and all(has_cached_column(names, c) for c in teacher_columns(modalities))
 
 
 def plot_saliency(report: SaliencyReport, path: str | os.PathLike, bins: int = 30) -> str:

@@ -32,12 +32,13 @@ from ..data.paired import TEACHER_INPUT_PREFIX
 from ..modality import Modality, default_modalities
 from ..modality_presets import classifier_output, get_model_preset
 from ..modality_presets import num_labels as preset_num_labels
+from ..teacher_cache import TEACHER_LOGITS, expand_topk_columns
 from .distillation_config import DistillationTrainingArguments
 from .training_state import TrainingState, resolve_checkpoint
 
 logger = logging.get_logger(__name__)
 
-TEACHER_CACHE_PREFIX = "teacher_logits"
+TEACHER_CACHE_PREFIX = TEACHER_LOGITS
 
 
 def _is_peft_model(model: nn.Module) -> bool:
@@ -457,6 +458,14 @@ class DistillationTrainer(Trainer):
         return {
             k: v for k, v in self._shared_inputs(inputs).items() if k not in self._keys_hidden_from_student
         }
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The Trainer's device placement, plus dense ``teacher_logits*`` (B, num_labels) from top-k cache
+        columns (:func:`hf_msd.teacher_cache.expand_topk_columns`)."""
+        inputs = super()._prepare_inputs(inputs)
+        if not any(key.startswith(TEACHER_LOGITS) for key in inputs):
+            return inputs
+        return expand_topk_columns(inputs, preset_num_labels(self.teacher_model))
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()

@@ -30,13 +30,17 @@ from transformers.utils import logging
 from .. import losses
 from ..modality import Modality, remove, restrict, validate_modalities
 from ..modality_presets import get_logits
+from ..modality_presets import num_labels as preset_num_labels
 from ..saliency import (
     SaliencyFn,
     SaliencyReport,
     compute_saliency,
+    has_cached_saliency_columns,
     modality_saliency,
     saliency_fingerprint,
+    saliency_from_cache,
 )
+from ..teacher_cache import teacher_column
 from ..weighting import build_weighting
 from .distillation_trainer import TEACHER_CACHE_PREFIX, DistillationTrainer
 from .meta_validation import MetaValidationBatches
@@ -190,6 +194,7 @@ class MSDTrainer(DistillationTrainer):
         names = [m.name for m in self.teacher_modalities]
         only: dict[str, torch.Tensor] = {}
         pending: list[tuple[str, dict]] = []
+        results_cached: dict[str, torch.Tensor] = {}
         for name in names:
             cached = inputs.get(f"{TEACHER_CACHE_PREFIX}_{name}")
             if cached is not None:
@@ -200,12 +205,18 @@ class MSDTrainer(DistillationTrainer):
         if inputs.get(TEACHER_CACHE_PREFIX) is None and not (need_hidden or need_attentions):
             pending.append(("full", model_batch))
         if needs_without and len(self.teacher_modalities) > 2:
-            pending += [(f"without:{n}", remove(model_batch, self.teacher_modalities, n)) for n in names]
+            for n in names:
+                cached = inputs.get(teacher_column(n, without=True))
+                if cached is not None:
+                    results_cached[f"without:{n}"] = cached.to(self.args.device)
+                else:
+                    pending.append((f"without:{n}", remove(model_batch, self.teacher_modalities, n)))
 
         def run(batch):
             return self.teacher_forward(batch, cache_key="", output_intermediates=False).logits
 
         results = dict(zip([key for key, _ in pending], batched_logits(run, [b for _, b in pending])))
+        results.update(results_cached)
         only.update({key[len("only:") :]: value for key, value in results.items() if key.startswith("only:")})
         for name, logits in only.items():
             self.check_finite(f"The teacher logits on the {name}-only input", logits)
@@ -407,11 +418,25 @@ class MSDTrainer(DistillationTrainer):
 
     def _set_population_saliency(self) -> None:
         dataset = self._saliency_dataset()
+        if has_cached_saliency_columns(
+            dataset, self.teacher_modalities
+        ):  # precompute_teacher_outputs' columns
+            report = saliency_from_cache(
+                dataset,
+                self.teacher_modalities,
+                self.problem_type,
+                preset_num_labels(self.teacher_model),
+                self.saliency_fn,
+            )
+            logger.info(f"Population saliency from the cached teacher outputs: {report.population()}")
+            self.weighting.set_population_saliency(report.mean)
+            return
         fingerprint = saliency_fingerprint(
             self.teacher_model,
             dataset,
             self.teacher_modalities,
-            saliency_fn=getattr(self.saliency_fn, "__qualname__", None),
+            data_collator=self.data_collator,
+            saliency_fn=self.saliency_fn,
             problem_type=self.problem_type,
         )
         cache = os.path.join(self.args.output_dir, SALIENCY_CACHE_NAME)

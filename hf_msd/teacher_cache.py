@@ -1,0 +1,382 @@
+"""Offline teacher outputs: the frozen teacher's logits on ``x`` and on every ``x_m``, as dataset columns.
+
+The teacher does not change during distillation, so its outputs on the training data can be computed once
+(:func:`precompute_teacher_outputs`) and read back by :class:`~hf_msd.trainers.DistillationTrainer` and
+:class:`~hf_msd.trainers.MSDTrainer` instead of running it every step. Columns (for modalities ``m``):
+
+- ``teacher_logits``: the teacher on the full input ``x``, (num_labels,) per example;
+- ``teacher_logits_<m>``: the teacher on ``x_m`` (:func:`hf_msd.modality.restrict`, only ``m`` kept);
+- ``teacher_logits_without_<m>``: with more than two modalities, the teacher on ``x`` without ``m``
+  (:func:`hf_msd.modality.remove`), for saliency; with two, ``x without m`` is the other ``x_m``.
+
+The result is a `datasets.Dataset` made by ``Dataset.map(batched=True)``: Arrow, memory-mapped, written
+atomically by `datasets` to ``<cache_dir>/teacher-outputs-<fingerprint>.arrow`` and loaded from there when
+the fingerprint matches. The fingerprint (:mod:`hf_msd.fingerprint`) covers the dataset, the teacher's
+config and weights (exact bytes), the collator with its processor settings, the modality specs, the
+storage format and the problem type: any change computes a new file, the old one is left untouched.
+
+Storage (``storage_dtype``): float32 (default) or float16. With ``top_k=k`` (large label spaces) each
+column ``c`` becomes three: ``c__topk_logits`` (k,), ``c__topk_indices`` (k,) and ``c__rest_logit`` (),
+expanded back to dense logits ``(num_labels,)`` by :func:`expand_topk` when batches are prepared:
+
+- single-label: the stored values are the top-k log-probabilities ``log p_i`` (``p = softmax(t)``) and the
+  other ``C - k`` classes share the remaining mass uniformly, ``rest = log((1 - sum_topk p_i) / (C - k))``.
+  The reconstruction ``t_hat`` satisfies ``softmax(t_hat) = q`` with ``q_i = p_i`` on the top k and
+  ``q_j = (1 - sum_topk p) / (C - k)`` elsewhere, exactly at temperature 1; at temperature ``T`` the
+  trainers use ``softmax(t_hat / T)`` (proportional to ``q ** (1 / T)``).
+- multi-label: the top-k logits are kept as they are and every other label gets
+  ``rest = logit(mean_{j not in top k} sigmoid(t_j))`` (the remaining sigmoid mass, spread uniformly).
+- regression: not supported (every output matters).
+
+Several processes (``accelerate`` / torchrun): the main process computes and writes the file while the
+others wait (``PartialState().main_process_first()``), then they load it; each example is computed once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import datasets
+import torch
+from accelerate import PartialState
+from datasets import Features, Value
+from datasets import Sequence as SequenceFeature
+from transformers.utils import logging
+
+from .fingerprint import combine_fingerprints, dataset_fingerprint, model_fingerprint, object_fingerprint
+from .losses import REGRESSION, SINGLE_LABEL, resolve_problem_type
+from .modality import Modality, default_modalities, model_inputs, remove, restrict
+
+logger = logging.get_logger(__name__)
+
+#: Column of the teacher's logits on the full input; modality columns add ``_<name>`` / ``_without_<name>``.
+TEACHER_LOGITS = "teacher_logits"
+TOPK_LOGITS, TOPK_INDICES, REST_LOGIT = "__topk_logits", "__topk_indices", "__rest_logit"
+STORAGE_DTYPES = ("float32", "float16")
+#: Bumped when the meaning of the stored columns changes, so old cache files are not reused.
+CACHE_FORMAT_VERSION = 1
+
+
+def teacher_column(modality: str | None = None, without: bool = False) -> str:
+    """Column name: ``teacher_logits``, ``teacher_logits_<modality>`` or
+    ``teacher_logits_without_<modality>``."""
+    if modality is None:
+        return TEACHER_LOGITS
+    return f"{TEACHER_LOGITS}_{'without_' if without else ''}{modality}"
+
+
+def teacher_columns(modalities: Sequence[Modality]) -> list[str]:
+    """The logical columns :func:`precompute_teacher_outputs` writes for ``modalities``."""
+    names = [modality.name for modality in modalities]
+    columns = [teacher_column(), *(teacher_column(name) for name in names)]
+    if len(names) > 2:
+        columns += [teacher_column(name, without=True) for name in names]
+    return columns
+
+
+# ---- top-k storage -------------------------------------------------------------------------------------
+
+
+def compress_topk(
+    logits: torch.Tensor, k: int, problem_type: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k storage of teacher logits (B, C) -> ``(values (B, k), indices (B, k) int64, rest (B,))``.
+
+    See the module docstring for the definition; :func:`expand_topk` inverts it into dense logits.
+    """
+    if problem_type == REGRESSION:
+        raise ValueError("top_k storage is for classification teachers; a regression teacher has no top k.")
+    num_labels = logits.shape[-1]
+    if not 1 <= k < num_labels:
+        raise ValueError(f"top_k must be in [1, num_labels - 1] = [1, {num_labels - 1}], got {k}.")
+    logits = logits.double()
+    if problem_type == SINGLE_LABEL:
+        log_probs = logits.log_softmax(-1)
+        values, indices = log_probs.topk(k, dim=-1)
+        rest = log_probs.scatter(1, indices, float("-inf")).logsumexp(-1) - math.log(num_labels - k)
+    else:
+        values, indices = logits.topk(k, dim=-1)
+        probs = logits.sigmoid().scatter(1, indices, 0.0)
+        mean_rest = (probs.sum(-1) / (num_labels - k)).clamp(1e-300, 1 - 1e-16)
+        rest = mean_rest.log() - (-mean_rest).log1p()
+    return values.float(), indices, rest.float()
+
+
+def expand_topk(
+    values: torch.Tensor, indices: torch.Tensor, rest: torch.Tensor, num_labels: int
+) -> torch.Tensor:
+    """Dense logits (B, num_labels) from top-k storage: ``rest`` everywhere, ``values`` at ``indices``."""
+    dense = rest.float().reshape(-1, 1).expand(values.shape[0], num_labels).clone()
+    return dense.scatter(1, indices.long(), values.float())
+
+
+def expand_topk_columns(batch: Mapping[str, Any], num_labels: int) -> Mapping[str, Any]:
+    """``batch`` with every top-k column triple (``c__topk_logits``...) replaced by the dense ``c``
+    (B, num_labels); returned unchanged when it has none."""
+    prefixes = [key[: -len(TOPK_LOGITS)] for key in batch if key.endswith(TOPK_LOGITS)]
+    if not prefixes:
+        return batch
+    out = dict(batch)
+    for prefix in prefixes:
+        parts = [out.pop(prefix + suffix, None) for suffix in (TOPK_LOGITS, TOPK_INDICES, REST_LOGIT)]
+        if any(part is None for part in parts):
+            raise KeyError(
+                f"Top-k teacher column {prefix!r} is incomplete: it needs {prefix}{TOPK_LOGITS}, "
+                f"{prefix}{TOPK_INDICES} and {prefix}{REST_LOGIT}; keep all three columns."
+            )
+        out[prefix] = expand_topk(*parts, num_labels=num_labels).to(parts[0].device)
+    return out
+
+
+def has_cached_column(column_names: Sequence[str], column: str) -> bool:
+    """Whether ``column`` is stored, densely or as top-k."""
+    return column in column_names or column + TOPK_LOGITS in column_names
+
+
+def cached_logits(dataset: datasets.Dataset, column: str, num_labels: int) -> torch.Tensor:
+    """The whole cached ``column`` of ``dataset`` as dense float32 logits (N, num_labels)."""
+    if column in dataset.column_names:
+        return dataset.with_format("torch", columns=[column])[:][column].float()
+    names = [column + suffix for suffix in (TOPK_LOGITS, TOPK_INDICES, REST_LOGIT)]
+    table = dataset.with_format("torch", columns=names)[:]
+    return expand_topk(*(table[name] for name in names), num_labels=num_labels)
+
+
+# ---- the cache -----------------------------------------------------------------------------------------
+
+
+def _differing_keys(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(first) | set(second))
+    differ = []
+    for key in keys:
+        a, b = first.get(key), second.get(key)
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            same = a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+        else:
+            same = type(a) is type(b) and a == b
+        if not same:
+            differ.append(key)
+    return differ
+
+
+def check_deterministic_inputs(
+    dataset: datasets.Dataset, data_collator: Callable, num_examples: int = 4
+) -> None:
+    """Raise a ValueError if reading and collating the same examples twice gives different batches (a random
+    dataset transform or collator, e.g. augmentation): cached teacher outputs would not match the inputs the
+    student sees."""
+    indices = range(min(num_examples, len(dataset)))
+    batches = [data_collator([dataset[i] for i in indices]) for _ in range(2)]
+    differ = _differing_keys(dict(batches[0]), dict(batches[1]))
+    if differ:
+        raise ValueError(
+            f"The data collator / dataset transform is random: collating the same {len(indices)} examples "
+            f"twice gave different {differ}. Cached teacher outputs would not match the student's inputs "
+            "(augmentation). Run the teacher online (no cache), make the inputs deterministic, or pass "
+            "deterministic_inputs=True if the difference does not reach the model."
+        )
+
+
+def _cache_file(
+    dataset: datasets.Dataset, fingerprint: str, cache_dir: str | os.PathLike | None
+) -> str | None:
+    """Where the cached dataset lives: ``cache_dir``, else next to the dataset's own cache files, else in
+    `datasets`' cache directory; None (in memory only) when `datasets` caching is disabled."""
+    name = f"teacher-outputs-{fingerprint}.arrow"
+    if cache_dir is not None:
+        directory = os.fspath(cache_dir)
+    elif not datasets.is_caching_enabled():
+        return None
+    elif dataset.cache_files:
+        directory = os.path.dirname(dataset.cache_files[0]["filename"])
+    else:
+        directory = os.path.join(datasets.config.HF_DATASETS_CACHE, "hf_msd_teacher_outputs")
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, name)
+
+
+def _storage_features(
+    features: Features, columns: Sequence[str], num_labels: int, storage_dtype: str, top_k: int | None
+) -> Features:
+    features = features.copy()
+    for column in columns:
+        if top_k is None:
+            features[column] = SequenceFeature(Value(storage_dtype), length=num_labels)
+        else:
+            features[column + TOPK_LOGITS] = SequenceFeature(Value(storage_dtype), length=top_k)
+            features[column + TOPK_INDICES] = SequenceFeature(Value("int32"), length=top_k)
+            features[column + REST_LOGIT] = Value(storage_dtype)
+    return features
+
+
+def teacher_outputs_fingerprint(
+    teacher: torch.nn.Module,
+    dataset: datasets.Dataset,
+    modalities: Sequence[Modality],
+    data_collator: Callable,
+    storage_dtype: str = "float32",
+    top_k: int | None = None,
+    problem_type: str | None = None,
+) -> str:
+    """The cache key of :func:`precompute_teacher_outputs` (64 hex characters)."""
+    return combine_fingerprints(
+        format_version=CACHE_FORMAT_VERSION,
+        dataset=dataset_fingerprint(dataset),
+        teacher=model_fingerprint(teacher),
+        data_collator=object_fingerprint(data_collator),
+        modalities=object_fingerprint(list(modalities)),
+        storage_dtype=storage_dtype,
+        top_k=top_k,
+        problem_type=problem_type,
+    )
+
+
+def precompute_teacher_outputs(
+    teacher: torch.nn.Module,
+    dataset: datasets.Dataset,
+    modalities: Sequence[Modality] | None = None,
+    data_collator: Callable | None = None,
+    *,
+    batch_size: int = 64,
+    storage_dtype: str = "float32",
+    top_k: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    deterministic_inputs: bool = False,
+    device: str | torch.device | None = None,
+    problem_type: str | None = None,
+) -> datasets.Dataset:
+    """``dataset`` plus the teacher's logits on ``x``, each ``x_m`` (and, with more than two modalities, each
+    ``x without m``) as columns (see the module docstring), computed in one batched no-grad pass or loaded
+    from the cache file with the same fingerprint.
+
+    Pass the result as ``train_dataset`` (or ``eval_dataset``) of
+    :class:`~hf_msd.trainers.DistillationTrainer` / :class:`~hf_msd.trainers.MSDTrainer` with the same
+    ``data_collator``: the trainers then read the teacher's logits from the batch (hidden-state and
+    attention losses still run the teacher), and MSDTrainer's population and per-example saliency come
+    from the same columns. `datasets` shows the pass's progress bar.
+
+    Args:
+        teacher: the frozen teacher; run in eval mode under ``torch.no_grad()`` (its mode is restored).
+        dataset: a `datasets.Dataset` of raw examples (the training set as the trainer will read it).
+        modalities: the modality spec; default :func:`~hf_msd.modality.default_modalities` of the teacher.
+        data_collator: turns a list of examples into a batch dict of tensors (the trainer's collator).
+        batch_size: examples per teacher pass.
+        storage_dtype: "float32" or "float16".
+        top_k: store only the top-k classes per example and spread the rest (see the module docstring).
+        cache_dir: folder of the cache file. Default: next to the dataset's own Arrow files, or
+            `datasets`' cache directory (``HF_DATASETS_CACHE/hf_msd_teacher_outputs``) for an in-memory
+            dataset; with `datasets` caching disabled and no ``cache_dir``, the outputs stay in memory
+            (one process only).
+        deterministic_inputs: skip the check that collating the same examples twice gives the same batch;
+            set it only when the randomness does not reach the model's inputs.
+        device: where the teacher runs (default: its own device).
+        problem_type: default :func:`~hf_msd.losses.resolve_problem_type` of the teacher's config.
+
+    Returns:
+        The dataset with the teacher columns; its ``_fingerprint`` is the cache fingerprint.
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(
+            f"precompute_teacher_outputs needs a datasets.Dataset, got {type(dataset).__name__}; convert it "
+            "with datasets.Dataset.from_list(examples) (or from_dict / from_generator)."
+        )
+    if data_collator is None:
+        raise ValueError("data_collator is required: pass the collator the trainer will use.")
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype={storage_dtype!r}: choose one of {STORAGE_DTYPES}.")
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty: there are no teacher outputs to compute.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    modalities = list(modalities) if modalities is not None else default_modalities(teacher)
+    problem_type = problem_type or resolve_problem_type(teacher.config)
+    num_labels = teacher.config.num_labels
+    if top_k is not None:
+        compress_topk(torch.zeros(1, num_labels), top_k, problem_type)  # validates top_k early
+    columns = teacher_columns(modalities)
+    stale = [name for name in dataset.column_names if name.startswith(TEACHER_LOGITS)]
+    if stale:
+        logger.warning(f"Replacing the dataset's existing teacher columns {stale} with new teacher outputs.")
+        dataset = dataset.remove_columns(stale)
+    if not deterministic_inputs:
+        check_deterministic_inputs(dataset, data_collator)
+
+    fingerprint = teacher_outputs_fingerprint(
+        teacher, dataset, modalities, data_collator, storage_dtype, top_k, problem_type
+    )
+    state = PartialState()
+    cache_file = _cache_file(dataset, fingerprint, cache_dir)
+    if cache_file is None and state.num_processes > 1:
+        raise ValueError(
+            "datasets caching is disabled and no cache_dir was given: with several processes the main "
+            "process must write the teacher outputs to a file the others read: pass cache_dir=<folder>."
+        )
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    names = [modality.name for modality in modalities]
+    computed = []
+
+    @torch.no_grad()
+    def teacher_batch(batch: dict[str, list]) -> dict[str, Any]:
+        examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        inputs = {
+            key: value.to(device) if isinstance(value, torch.Tensor) else value
+            for key, value in dict(data_collator(examples)).items()
+        }
+        inputs = model_inputs(teacher, inputs)
+        logits = {teacher_column(): teacher(**inputs).logits}
+        for name in names:
+            logits[teacher_column(name)] = teacher(**restrict(inputs, modalities, name)).logits
+        if len(names) > 2:
+            for name in names:
+                logits[teacher_column(name, without=True)] = teacher(
+                    **remove(inputs, modalities, name)
+                ).logits
+        computed.append(len(examples))
+        return _encode(logits, storage_dtype, top_k, problem_type)
+
+    features = _storage_features(dataset.features, columns, num_labels, storage_dtype, top_k)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with state.main_process_first():
+            result = dataset.map(
+                teacher_batch,
+                batched=True,
+                batch_size=batch_size,
+                features=features,
+                new_fingerprint=fingerprint,
+                cache_file_name=cache_file,
+                keep_in_memory=cache_file is None,
+                load_from_cache_file=True,
+                desc="Teacher outputs",
+            )
+    finally:
+        teacher.train(was_training)
+    if computed:
+        logger.info(
+            f"Computed the teacher outputs of {sum(computed)} examples ({cache_file or 'in memory'})."
+        )
+    else:
+        logger.info(f"Loaded cached teacher outputs from {cache_file}.")
+    return result
+
+
+def _encode(
+    logits: Mapping[str, torch.Tensor], storage_dtype: str, top_k: int | None, problem_type: str
+) -> dict[str, Any]:
+    """Teacher logits (B, C) per column -> the stored arrays (dense, or the top-k triple)."""
+    dtype = getattr(torch, storage_dtype)
+    out: dict[str, Any] = {}
+    for column, values in logits.items():
+        values = values.detach().float().cpu()
+        if top_k is None:
+            out[column] = values.to(dtype).numpy()
+            continue
+        top, indices, rest = compress_topk(values, top_k, problem_type)
+        out[column + TOPK_LOGITS] = top.to(dtype).numpy()
+        out[column + TOPK_INDICES] = indices.int().numpy()
+        out[column + REST_LOGIT] = rest.to(dtype).numpy()
+    return out
