@@ -51,6 +51,8 @@ def main() -> None:
             args.teacher,
             "--output_dir",
             str(out),
+            "--teacher_cache_dir",  # one teacher-output cache for every arm (files named by fingerprint)
+            str(Path(args.output_dir) / "teacher_outputs"),
         ]
         summary = run_experiment(*parse_arguments(argv))
         summaries[name] = summary

@@ -307,14 +307,16 @@ def precompute_teacher_outputs(
     fingerprint = teacher_outputs_fingerprint(
         teacher, dataset, modalities, data_collator, storage_dtype, top_k, problem_type
     )
-    state = PartialState()
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    # A CPU teacher under torchrun / accelerate: let accelerate find the CPU processes (gloo) if nothing set
+    # the distributed state up yet (otherwise this returns the existing state).
+    state = PartialState(cpu=device.type == "cpu")
     cache_file = _cache_file(dataset, fingerprint, cache_dir)
     if cache_file is None and state.num_processes > 1:
         raise ValueError(
             "datasets caching is disabled and no cache_dir was given: with several processes the main "
             "process must write the teacher outputs to a file the others read: pass cache_dir=<folder>."
         )
-    device = torch.device(device) if device is not None else next(teacher.parameters()).device
     names = [modality.name for modality in modalities]
     computed = []
 

@@ -86,6 +86,8 @@ def test_end_to_end_then_reuse_then_refuse_changed_settings(tmp_path):
     card = (student_dir / "README.md").read_text()
     assert "MSD: Saliency-aware Knowledge Distillation" in card
     assert summary["test_examples"] == 32 and "(32 examples)" in card
+    # MSD trained from the teacher-output cache: one Arrow file per split (train, validation).
+    assert len(list((out / "teacher_outputs").glob("teacher-outputs-*.arrow"))) == 2
 
     for model in ("teacher", "student"):
         assert set(summary["evaluation"][model]) == {"both", "text", "image"}
@@ -110,7 +112,19 @@ def test_end_to_end_then_reuse_then_refuse_changed_settings(tmp_path):
 
 def test_unimodal_text_student_with_kd(tmp_path):
     out = tmp_path / "kd_text"
-    check_ok(run("--output_dir", str(out), "--method", "kd", "--student_modalities", "text"))
+    check_ok(
+        run(
+            "--output_dir",
+            str(out),
+            "--method",
+            "kd",
+            "--student_modalities",
+            "text",
+            "--cache_teacher_outputs",
+            "false",
+        )
+    )
+    assert not (out / "teacher_outputs").exists()  # the teacher ran online
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["evaluation"]["student"]) == {"both", "text"}
     config = json.loads((out / "student" / "config.json").read_text())

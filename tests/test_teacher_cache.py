@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import os
 import random
+import subprocess
 
 import datasets
 import pytest
@@ -474,3 +476,18 @@ def test_saliency_fingerprint_sees_permutations_collator_settings_lambdas_and_li
     assert one.__qualname__ == other.__qualname__  # both "<lambda>": names cannot tell them apart
     first = saliency_fingerprint(teacher, examples, modalities, setup["collator"], saliency_fn=one)
     assert first != saliency_fingerprint(teacher, examples, modalities, setup["collator"], saliency_fn=other)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_compute_once_on_the_main_process_and_share_the_file(tmp_path):
+    from tests.launch_utils import two_process_launch
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command, env = two_process_launch(os.path.join(root, "tests", "teacher_cache_script.py"), str(tmp_path))
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["teacher_examples"] == 3 * 12 and ranks[1]["teacher_examples"] == 0
+    assert ranks[0]["teacher_logits"] == ranks[1]["teacher_logits"]
+    assert os.listdir(tmp_path / "cache") == [f"teacher-outputs-{ranks[0]['fingerprint']}.arrow"]

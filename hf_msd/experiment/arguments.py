@@ -235,6 +235,20 @@ class ExperimentArguments:
         default=False,
         metadata={"help": "Redo stages whose saved output was produced with different settings."},
     )
+    cache_teacher_outputs: bool = field(
+        default=True,
+        metadata={
+            "help": "kd / msd: compute the teacher's logits on x and each x_m once "
+            "(hf_msd.precompute_teacher_outputs) instead of at every step; false runs the teacher online."
+        },
+    )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the teacher-output cache files (shared safely: each file is named by its "
+            "fingerprint); default <output_dir>/teacher_outputs."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

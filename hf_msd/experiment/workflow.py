@@ -69,6 +69,7 @@ from ..models import (
 )
 from ..models.vocabulary import compact_vocabulary
 from ..saliency import compute_saliency, plot_saliency
+from ..teacher_cache import precompute_teacher_outputs
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from .arguments import MINILM, DataArguments, ExperimentArguments, ModelArguments, json_object, layer_list
 from .stages import STAGE_FILE, jsonable, mark_done, result_settings, stage_done
@@ -417,12 +418,14 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
     # The batches carry every modality the teacher needs; a unimodal student reads only its own.
     collator = _collator(run, teacher, processor)
     args = _student_args(run.training_args, run.exp_args.method)
+    train = _with_teacher_outputs(run, teacher, collator, training_split(run))
+    validation = _with_teacher_outputs(run, teacher, collator, run.dataset["validation"])
     common = {
         "model": student,
         "processing_class": processor,
         "args": args,
-        "train_dataset": training_split(run),
-        "eval_dataset": run.dataset["validation"],
+        "train_dataset": train,
+        "eval_dataset": validation,
         "data_collator": collator,
         "compute_metrics": make_compute_metrics(resolve_problem_type(student.config)),
     }
@@ -445,6 +448,23 @@ def _labelled_count(run: Run) -> dict[str, int]:
     train = training_split(run)
     labels = train.select_columns(["label"])[:]["label"]
     return {"train": len(train), "labelled": sum(label is not None for label in labels)}
+
+
+def _with_teacher_outputs(run: Run, teacher: PreTrainedModel, collator, dataset):
+    """``dataset`` (a split of the run), with the teacher's cached logits (:func:`hf_msd.precompute_teacher_outputs`)
+    for ``kd`` / ``msd`` unless ``cache_teacher_outputs`` is off."""
+    if run.exp_args.method == "none" or not run.exp_args.cache_teacher_outputs:
+        return dataset
+    cache_dir = run.exp_args.teacher_cache_dir or str(Path(run.training_args.output_dir) / "teacher_outputs")
+    return precompute_teacher_outputs(
+        teacher,
+        dataset,
+        default_modalities(teacher),
+        collator,
+        batch_size=run.training_args.per_device_eval_batch_size,
+        cache_dir=cache_dir,
+        device=run.training_args.device,
+    )
 
 
 def _parameters(model: PreTrainedModel) -> int:
