@@ -1,0 +1,555 @@
+"""Throughput and peak memory of fine-tuning, KD and MSD, with the teacher run online or read from the cache.
+
+    python benchmarks/throughput.py                      # the quick config's models, a few minutes
+    python benchmarks/throughput.py examples/configs/quick_easy_vqa.yaml --student_fusion_layers 0
+
+The teacher, the student and the data are those of a ``run_msd.py`` config (default
+``examples/configs/quick_easy_vqa.yaml``; any run_msd flag after it overrides the config, e.g. the model
+sizes ``--teacher_config`` / ``--student_fusion_layers``). Models are freshly initialised (speed does not
+depend on training). One optimizer step on one batch of ``per_device_train_batch_size`` easy-VQA
+examples, already collated, is timed for each variant:
+
+- ``F``: plain fine-tuning of the student (``transformers.Trainer``, cross-entropy on the labels);
+- ``KD online`` / ``KD cached``: :class:`~hf_msd.DistillationTrainer` running the teacher, or reading
+  ``teacher_logits`` from :func:`~hf_msd.precompute_teacher_outputs`' columns;
+- ``MSD <weighting> online`` / ``cached`` for ``uniform``, ``population`` and ``learned`` weights;
+- the student's own passes in isolation (forward + backward of the cross-entropy on ``x``, ``x_text``,
+  ``x_image``), the optimizer step alone, and the teacher's no-grad forward on ``x``, ``x_text``,
+  ``x_image``.
+
+Every variant first takes ``--warmup`` steps; then ``--rounds`` rounds each run ``--steps_per_round``
+steps of every variant in turn (interleaved, so that load from other processes hits all variants alike).
+Reported: the mean and the median time per step. ``learned`` runs a meta step every
+``meta_update_interval`` steps: it is timed on its own, interleaved like the rest, and its row is the
+training step plus 1 / ``meta_update_interval`` of the meta step. Separately, interleaved too:
+the caching pass (``precompute_teacher_outputs`` into a fresh folder: fingerprint, input check, teacher
+passes, Arrow write) against plain batched teacher inference (DataLoader + collator + the teacher on
+``x`` and each ``x_m``) over the same ``--cache_examples`` examples. Peak memory: each training variant
+again in its own process (``--memory``), reporting the process's max RSS (``resource.getrusage``) after
+warm-up and a few steps; the cache those processes read is written beforehand by this process.
+
+Writes ``benchmarks/results/throughput.json`` and ``throughput.md`` (``--output_name`` changes the name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+    Trainer,
+    TrainingArguments,
+)
+
+from hf_msd import (
+    DistillationTrainer,
+    DistillationTrainingArguments,
+    MSDTrainer,
+    MSDTrainingArguments,
+    MultimodalDataCollator,
+    make_student,
+    precompute_teacher_outputs,
+)
+from hf_msd.experiment import parse_arguments
+from hf_msd.experiment.arguments import layer_list
+from hf_msd.experiment.workflow import load_data, new_teacher
+from hf_msd.modality import default_modalities, model_inputs, restrict
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "examples" / "configs" / "quick_easy_vqa.yaml"
+RESULTS = ROOT / "benchmarks" / "results"
+TRAINER_VARIANTS = [
+    "F",
+    "KD online",
+    "KD cached",
+    *(f"MSD {w} {mode}" for w in ("uniform", "population", "learned") for mode in ("online", "cached")),
+]
+
+
+def _parse() -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="A run_msd.py config file.")
+    parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per variant first.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds.")
+    parser.add_argument("--steps_per_round", type=int, default=2, help="Timed steps per variant per round.")
+    parser.add_argument("--num_examples", type=int, default=96, help="Training examples (cache, saliency).")
+    parser.add_argument("--cache_examples", type=int, default=64, help="Examples of the caching-pass timing.")
+    parser.add_argument("--cache_rounds", type=int, default=2, help="Interleaved rounds of the caching pass.")
+    parser.add_argument("--memory", type=int, default=1, help="1: measure peak memory (subprocesses).")
+    parser.add_argument(
+        "--memory_variants",
+        default="F,KD cached,MSD uniform cached,MSD population cached,MSD learned cached,MSD uniform online",
+        help="Comma-separated training variants whose peak memory is measured (one process each).",
+    )
+    parser.add_argument("--memory_steps", type=int, default=2, help="Steps per memory process after warm-up.")
+    parser.add_argument(
+        "--output_name", default="throughput", help="Results file stem in benchmarks/results/."
+    )
+    parser.add_argument("--memory_variant", help=argparse.SUPPRESS)  # internal: one variant, print max RSS
+    parser.add_argument("--cache_dir", help=argparse.SUPPRESS)  # internal: the parent's cache folder
+    return parser.parse_known_args()
+
+
+# ---- setup: models, data, batches, trainers ------------------------------------------------------------
+
+
+class Setup:
+    """The config's teacher and student, the easy-VQA slice, its collator and the teacher-output cache.
+
+    The models are built once by the parent process and saved to ``<cache_dir>/models``; every process
+    (the parent and each memory subprocess) loads them from there, so the cache fingerprints match and a
+    fine-tuning process never holds a teacher.
+    """
+
+    def __init__(
+        self, config: str, overrides: list[str], num_examples: int, cache_dir: str, need_teacher: bool = True
+    ) -> None:
+        self.model_args, data_args, _, self.training_args = parse_arguments(
+            [
+                config,
+                *overrides,
+                "--output_dir",
+                tempfile.mkdtemp(),
+                "--report_to",
+                "none",
+                "--use_cpu",
+                "true",
+            ]
+        )
+        data_args.max_train_samples = num_examples
+        data_args.max_eval_samples = self.training_args.per_device_train_batch_size * 2
+        self.data = load_data(data_args, seed=self.training_args.seed)
+        models = Path(cache_dir) / "models"
+        if not (models / "student").is_dir():
+            self._build_models(models)
+        self.teacher = (
+            AutoModelForSequenceClassification.from_pretrained(models / "teacher").eval()
+            if need_teacher
+            else None
+        )
+        self.student = AutoModelForSequenceClassification.from_pretrained(models / "student")
+        self.processor = AutoProcessor.from_pretrained(models / "teacher")
+        reference = self.teacher if need_teacher else self.student
+        self.collator = MultimodalDataCollator.from_model(
+            reference, self.processor, max_length=self.model_args.max_length
+        )
+        self.modalities = default_modalities(reference)
+        self.cache_dir = cache_dir
+        self._cached: dict[str, Any] = {}
+        self.batch_size = self.training_args.per_device_train_batch_size
+
+    def _build_models(self, folder: Path) -> None:
+        """The config's new teacher (as run_msd.py builds it) and the student made from it, saved."""
+        torch.manual_seed(self.training_args.seed)
+        label_names = self.data["train"].features["label"].names
+        teacher, processor = new_teacher(self.model_args, label_names, "single_label_classification")
+        student = make_student(
+            teacher,
+            modalities=self.model_args.modalities(),
+            fusion_layers_to_keep=layer_list("student_fusion_layers", self.model_args.student_fusion_layers),
+            text_layers_to_keep=layer_list("student_text_layers", self.model_args.student_text_layers),
+            image_layers_to_keep=layer_list("student_image_layers", self.model_args.student_image_layers),
+        )
+        teacher.save_pretrained(folder / "teacher")
+        processor.save_pretrained(folder / "teacher")
+        student.save_pretrained(folder / "student")
+
+    def cached(self, split: str):
+        if split not in self._cached:
+            self._cached[split] = self._precompute(split)
+        return self._cached[split]
+
+    def _precompute(self, split: str):
+        return precompute_teacher_outputs(
+            self.teacher,
+            self.data[split],
+            self.modalities,
+            self.collator,
+            batch_size=self.training_args.per_device_eval_batch_size,
+            cache_dir=self.cache_dir,
+        )
+
+    def batches(self, dataset, count: int = 2) -> list[dict[str, Any]]:
+        return [
+            self.collator([dataset[i] for i in range(k * self.batch_size, (k + 1) * self.batch_size)])
+            for k in range(count)
+        ]
+
+    def args(self, cls, **overrides):
+        values = {
+            "output_dir": tempfile.mkdtemp(),
+            "per_device_train_batch_size": self.batch_size,
+            "learning_rate": self.training_args.learning_rate,
+            "remove_unused_columns": False,
+            "report_to": [],
+            "save_strategy": "no",
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "seed": self.training_args.seed,
+        }
+        if cls is not TrainingArguments:
+            values.update(
+                temperature=self.training_args.temperature,
+                hard_label_weight=self.training_args.hard_label_weight,
+                kd_loss_weight=self.training_args.kd_loss_weight,
+            )
+        if cls is MSDTrainingArguments:
+            for name in ("modality_loss_weight", "meta_update_interval", "meta_learning_rate"):
+                values[name] = getattr(self.training_args, name)
+        return cls(**values, **overrides)
+
+
+def build_trainer(setup: Setup, variant: str):
+    """The trainer of ``variant`` (sharing the student: its weights drift, its cost does not) and the
+    batches it trains on (collated from the cached dataset for ``cached`` variants)."""
+    cached = variant.endswith("cached")
+    train = setup.cached("train") if cached else setup.data["train"]
+    validation = setup.cached("validation") if cached else setup.data["validation"]
+    common = {"model": setup.student, "train_dataset": train, "data_collator": setup.collator}
+    if variant == "F":
+        trainer = Trainer(args=setup.args(TrainingArguments), **common)
+    elif variant.startswith("KD"):
+        trainer = DistillationTrainer(
+            teacher_model=setup.teacher, args=setup.args(DistillationTrainingArguments), **common
+        )
+    else:
+        weighting = variant.split()[1]
+        trainer = MSDTrainer(
+            teacher_model=setup.teacher,
+            args=setup.args(MSDTrainingArguments, modality_weighting=weighting),
+            modalities=setup.modalities,
+            eval_dataset=validation,
+            **common,
+        )
+        if weighting == "learned":
+            trainer._start_meta_batches()  # what train() does first: the held-out stream of the meta step
+            # The meta step runs every meta_update_interval steps: it is timed on its own (meta_step_runner)
+            # and amortized, so the timed training steps start off the interval.
+            trainer.state.global_step = 1
+        if weighting == "population":
+            started = time.perf_counter()
+            trainer._set_population_saliency()  # what train() does first: online pass or cached columns
+            trainer.population_setup_seconds = time.perf_counter() - started
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(), which this loop replaces
+    return trainer, setup.batches(train)
+
+
+def trainer_step(trainer, batch: dict[str, Any]) -> None:
+    """One optimizer step as ``Trainer.train`` takes it: forward, loss, backward, optimizer step."""
+    trainer.training_step(trainer.model, dict(batch))
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.state.global_step += 1
+
+
+def meta_step_runner(trainer):
+    """One meta step of a ``learned`` MSDTrainer (look-ahead + weight update) on a batch."""
+
+    def run(batch):
+        trainer._meta_step(trainer.model, trainer._prepare_inputs(dict(batch)))
+
+    return run
+
+
+def amortize_meta_steps(times: dict, interval: int) -> None:
+    """Adds ``MSD learned <mode>``: the training step plus 1 / ``interval`` of a meta step."""
+    for mode in ("online", "cached"):
+        step, meta = times.pop(f"MSD learned {mode} step"), times[f"MSD learned {mode} meta step"]
+        times[f"MSD learned {mode}"] = {
+            key: step[key] + meta[key] / interval for key in ("mean_s", "median_s")
+        }
+        times[f"MSD learned {mode}"].update(steps=step["steps"], meta_update_interval=interval)
+
+
+def component_steps(setup: Setup) -> dict[str, Any]:
+    """The student's passes on x and each x_m (forward + backward), the optimizer step alone, and the
+    teacher's no-grad forwards, each as a function of a collated raw batch."""
+    student, teacher = setup.student, setup.teacher
+    optimizer = torch.optim.AdamW(student.parameters(), lr=setup.training_args.learning_rate)
+    names = [m.name for m in setup.modalities]
+    views = {"x": lambda b: b, **{f"x_{n}": (lambda b, n=n: restrict(b, setup.modalities, n)) for n in names}}
+
+    def student_pass(view):
+        def run(batch):
+            student.train()
+            logits = student(**model_inputs(student, view(batch))).logits
+            torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
+            student.zero_grad(set_to_none=True)
+
+        return run
+
+    def optimizer_step(batch):
+        for p in student.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def teacher_pass(view):
+        def run(batch):
+            with torch.no_grad():
+                teacher(**model_inputs(teacher, view(batch)))
+
+        return run
+
+    steps = {f"student pass {key}": student_pass(view) for key, view in views.items()}
+    steps["optimizer step"] = optimizer_step
+    steps.update({f"teacher forward {key}": teacher_pass(view) for key, view in views.items()})
+    return steps
+
+
+# ---- timing ------------------------------------------------------------------------------------------
+
+
+def time_interleaved(runners: dict[str, tuple[Any, list]], warmup: int, rounds: int, steps: int) -> dict:
+    """``runners``: name -> (fn(batch), batches). Warm-up, then interleaved rounds; seconds per step."""
+    for fn, batches in runners.values():
+        for k in range(warmup):
+            fn(batches[k % len(batches)])
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, (fn, batches) in runners.items():
+            for k in range(steps):
+                started = time.perf_counter()
+                fn(batches[k % len(batches)])
+                times[name].append(time.perf_counter() - started)
+    return {
+        name: {
+            "mean_s": statistics.fmean(values),
+            "median_s": statistics.median(values),
+            "steps": len(values),
+        }
+        for name, values in times.items()
+    }
+
+
+def time_caching_pass(setup: Setup, examples: int, rounds: int) -> dict:
+    """Plain batched teacher inference vs the caching pass over the same examples, interleaved."""
+    dataset = setup.data["train"].select(range(min(examples, len(setup.data["train"]))))
+    batch_size = setup.training_args.per_device_eval_batch_size
+    names = [m.name for m in setup.modalities]
+    teacher = setup.teacher
+
+    @torch.no_grad()
+    def plain() -> None:
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=setup.collator):
+            inputs = model_inputs(teacher, batch)
+            teacher(**inputs)
+            for name in names:
+                teacher(**restrict(inputs, setup.modalities, name))
+
+    def caching() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            precompute_teacher_outputs(
+                teacher, dataset, setup.modalities, setup.collator, batch_size=batch_size, cache_dir=folder
+            )
+
+    runs = {"plain teacher inference": plain, "caching pass": caching}
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {
+        name: {"mean_s": statistics.fmean(v), "median_s": statistics.median(v), "examples": len(dataset)}
+        for name, v in times.items()
+    }
+
+
+# ---- memory: one process per variant --------------------------------------------------------------------
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def memory_child(args: argparse.Namespace, overrides: list[str]) -> None:
+    setup = Setup(
+        args.config, overrides, args.num_examples, args.cache_dir, need_teacher=args.memory_variant != "F"
+    )
+    trainer, batches = build_trainer(setup, args.memory_variant)
+    for k in range(args.warmup + args.memory_steps):
+        trainer_step(trainer, batches[k % len(batches)])
+    print(json.dumps({"max_rss_mb": max_rss_mb()}))
+
+
+def measure_memory(args: argparse.Namespace, overrides: list[str], cache_dir: str) -> dict[str, float]:
+    results = {}
+    for variant in args.memory_variants.split(","):
+        command = [
+            sys.executable,
+            __file__,
+            args.config,
+            *overrides,
+            "--memory_variant",
+            variant,
+            "--cache_dir",
+            cache_dir,
+            "--num_examples",
+            str(args.num_examples),
+            "--warmup",
+            str(args.warmup),
+            "--memory_steps",
+            str(args.memory_steps),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory run of {variant!r} failed:\n{done.stderr[-4000:]}")
+        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])["max_rss_mb"]
+    return results
+
+
+# ---- report ------------------------------------------------------------------------------------------
+
+
+def targets(times: dict, caching: dict, memory: dict | None) -> list[dict]:
+    mean = {name: value["mean_s"] for name, value in times.items()}
+    keys = [key for key in mean if key.startswith("student pass ")]
+    teacher_keys = [key for key in mean if key.startswith("teacher forward ")]
+    own = sum(mean[k] for k in keys) + mean["optimizer step"]
+    every = own + sum(mean[k] for k in teacher_keys)
+    rows = [
+        ("KD cached <= 1.05 x F", mean["KD cached"] / mean["F"], 1.05),
+        *(
+            (
+                f"MSD {w} cached <= 1.10 x student's own passes (x, each x_m) + optimizer step",
+                mean[f"MSD {w} cached"] / own,
+                1.10,
+            )
+            for w in ("uniform", "population", "learned")
+        ),
+        *(
+            (
+                f"MSD {w} online <= 1.10 x all its passes (student's + teacher's) + optimizer step",
+                mean[f"MSD {w} online"] / every,
+                1.10,
+            )
+            for w in ("uniform", "population", "learned")
+        ),
+        (
+            "caching pass <= 1.10 x plain batched teacher inference",
+            caching["caching pass"]["mean_s"] / caching["plain teacher inference"]["mean_s"],
+            1.10,
+        ),
+    ]
+    if memory:
+        rows += [
+            (f"peak memory MSD {w} cached <= 1.25 x F", memory[f"MSD {w} cached"] / memory["F"], 1.25)
+            for w in ("uniform", "population", "learned")
+            if f"MSD {w} cached" in memory and "F" in memory
+        ]
+    return [
+        {"target": name, "measured": round(value, 3), "limit": limit, "met": value <= limit}
+        for name, value, limit in rows
+    ]
+
+
+def markdown(report: dict) -> str:
+    times, memory = report["step_times"], report.get("peak_memory_mb") or {}
+    f_time, f_mem = times["F"]["mean_s"], memory.get("F")
+    lines = [
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}  ",
+        f"Models: teacher {report['parameters']['teacher']:,} parameters, student "
+        f"{report['parameters']['student']:,}; batch {report['batch_size']}; {report['rounds']} interleaved "
+        f"rounds x {report['steps_per_round']} steps after {report['warmup']} warm-up steps per variant.",
+        "",
+        "| variant | mean s/step | median s/step | / F | peak RSS (MB) | / F |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, value in times.items():
+        mem = memory.get(name)
+        mem_cells = f"{mem:,.0f} | {mem / f_mem:.2f}" if mem and f_mem else " | "
+        ratio = value["mean_s"] / f_time
+        lines.append(
+            f"| {name} | {value['mean_s']:.3f} | {value['median_s']:.3f} | {ratio:.2f} | {mem_cells} |"
+        )
+    caching = report["caching_pass"]
+    plain = caching["plain teacher inference"]["mean_s"]
+    lines += ["", "| teacher pass over the same examples | mean s | / plain |", "|---|---:|---:|"]
+    for name, value in caching.items():
+        label = f"{name} ({value['examples']} examples, x and each x_m)"
+        lines.append(f"| {label} | {value['mean_s']:.2f} | {value['mean_s'] / plain:.2f} |")
+    if report.get("population_setup_s"):
+        lines += [
+            "",
+            "Population-saliency setup before training (s): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in report["population_setup_s"].items()),
+        ]
+    lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
+    for row in report["targets"]:
+        lines.append(f"| {row['target']} | {row['measured']:.2f} | {'yes' if row['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args, overrides = _parse()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.memory_variant:
+        memory_child(args, overrides)
+        return
+    with tempfile.TemporaryDirectory() as cache_dir:
+        setup = Setup(args.config, overrides, args.num_examples, cache_dir)
+        runners, population = {}, {}
+        for variant in TRAINER_VARIANTS:
+            trainer, batches = build_trainer(setup, variant)
+            name = f"{variant} step" if "learned" in variant else variant
+            runners[name] = (lambda batch, trainer=trainer: trainer_step(trainer, batch), batches)
+            if "learned" in variant:
+                runners[f"{variant} meta step"] = (meta_step_runner(trainer), batches)
+            if hasattr(trainer, "population_setup_seconds"):
+                population[variant] = trainer.population_setup_seconds
+        raw_batches = setup.batches(setup.data["train"])
+        for name, fn in component_steps(setup).items():
+            runners[name] = (fn, raw_batches)
+        times = time_interleaved(runners, args.warmup, args.rounds, args.steps_per_round)
+        amortize_meta_steps(times, setup.training_args.meta_update_interval)
+        caching = time_caching_pass(setup, args.cache_examples, args.cache_rounds)
+        memory = measure_memory(args, overrides, cache_dir) if args.memory else None
+    report = {
+        "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads; shared with other users' jobs during the "
+        "run, so absolute times are noisy: compare the ratios (interleaved)",
+        "parameters": {
+            "teacher": sum(p.numel() for p in setup.teacher.parameters()),
+            "student": sum(p.numel() for p in setup.student.parameters()),
+        },
+        "batch_size": setup.batch_size,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round,
+        "step_times": times,
+        "caching_pass": caching,
+        "population_setup_s": population,
+        "peak_memory_mb": memory,
+    }
+    report["targets"] = targets(times, caching, memory)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.output_name}.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (RESULTS / f"{args.output_name}.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
