@@ -451,8 +451,9 @@ def _labelled_count(run: Run) -> dict[str, int]:
 
 
 def _with_teacher_outputs(run: Run, teacher: PreTrainedModel, collator, dataset):
-    """``dataset`` (a split of the run), with the teacher's cached logits (:func:`hf_msd.precompute_teacher_outputs`)
-    for ``kd`` / ``msd`` unless ``cache_teacher_outputs`` is off."""
+    """``dataset`` (a split of the run) with the teacher's cached logits
+    (:func:`hf_msd.precompute_teacher_outputs`) for ``kd`` / ``msd``, unless ``cache_teacher_outputs``
+    is off."""
     if run.exp_args.method == "none" or not run.exp_args.cache_teacher_outputs:
         return dataset
     cache_dir = run.exp_args.teacher_cache_dir or str(Path(run.training_args.output_dir) / "teacher_outputs")
