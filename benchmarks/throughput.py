@@ -1,11 +1,11 @@
 """Throughput and peak memory of fine-tuning, KD and MSD, with the teacher run online or read from the cache.
 
     python benchmarks/throughput.py                      # the quick config's models, a few minutes
-    python benchmarks/throughput.py examples/configs/quick_easy_vqa.yaml --student_fusion_layers 0
+    python benchmarks/throughput.py examples/configs/quick_easy_vqa.yaml --per_device_train_batch_size 32
 
 The teacher, the student and the data are those of a ``run_msd.py`` config (default
 ``examples/configs/quick_easy_vqa.yaml``; any run_msd flag after it overrides the config, e.g. the model
-sizes ``--teacher_config`` / ``--student_fusion_layers``). Models are freshly initialised (speed does not
+sizes ``--teacher_config`` / ``--student_config``). Models are freshly initialised (speed does not
 depend on training). One optimizer step on one batch of ``per_device_train_batch_size`` easy-VQA
 examples, already collated, is timed for each variant:
 
@@ -62,12 +62,10 @@ from hf_msd import (
     MSDTrainer,
     MSDTrainingArguments,
     MultimodalDataCollator,
-    make_student,
     precompute_teacher_outputs,
 )
 from hf_msd.experiment import parse_arguments
-from hf_msd.experiment.arguments import layer_list
-from hf_msd.experiment.workflow import load_data, new_teacher
+from hf_msd.experiment.workflow import load_data, new_student, new_teacher
 from hf_msd.modality import default_modalities, model_inputs, restrict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,17 +152,12 @@ class Setup:
         self.batch_size = self.training_args.per_device_train_batch_size
 
     def _build_models(self, folder: Path) -> None:
-        """The config's new teacher (as run_msd.py builds it) and the student made from it, saved."""
+        """The config's new teacher and student, built as run_msd.py builds them, saved."""
         torch.manual_seed(self.training_args.seed)
         label_names = self.data["train"].features["label"].names
-        teacher, processor = new_teacher(self.model_args, label_names, "single_label_classification")
-        student = make_student(
-            teacher,
-            modalities=self.model_args.modalities(),
-            fusion_layers_to_keep=layer_list("student_fusion_layers", self.model_args.student_fusion_layers),
-            text_layers_to_keep=layer_list("student_text_layers", self.model_args.student_text_layers),
-            image_layers_to_keep=layer_list("student_image_layers", self.model_args.student_image_layers),
-        )
+        texts = list(self.data["train"]["question"])
+        teacher, processor = new_teacher(self.model_args, label_names, "single_label_classification", texts)
+        student = new_student(self.model_args, teacher)
         teacher.save_pretrained(folder / "teacher")
         processor.save_pretrained(folder / "teacher")
         student.save_pretrained(folder / "student")
