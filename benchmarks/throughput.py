@@ -85,7 +85,7 @@ def _parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per variant first.")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds.")
     parser.add_argument("--steps_per_round", type=int, default=2, help="Timed steps per variant per round.")
-    parser.add_argument("--num_examples", type=int, default=96, help="Training examples (cache, saliency).")
+    parser.add_argument("--num_examples", type=int, default=128, help="Training examples (cache, saliency).")
     parser.add_argument("--cache_examples", type=int, default=64, help="Examples of the caching-pass timing.")
     parser.add_argument("--cache_rounds", type=int, default=2, help="Interleaved rounds of the caching pass.")
     parser.add_argument("--memory", type=int, default=1, help="1: measure peak memory (subprocesses).")
@@ -178,6 +178,7 @@ class Setup:
         )
 
     def batches(self, dataset, count: int = 2) -> list[dict[str, Any]]:
+        count = max(1, min(count, len(dataset) // self.batch_size))
         return [
             self.collator([dataset[i] for i in range(k * self.batch_size, (k + 1) * self.batch_size)])
             for k in range(count)
