@@ -19,14 +19,15 @@ examples, already collated, is timed for each variant:
 
 Every variant first takes ``--warmup`` steps; then ``--rounds`` rounds each run ``--steps_per_round``
 steps of every variant in turn (interleaved, so that load from other processes hits all variants alike).
-Reported: the mean and the median time per step. ``learned`` runs a meta step every
-``meta_update_interval`` steps: it is timed on its own, interleaved like the rest, and its row is the
-training step plus 1 / ``meta_update_interval`` of the meta step. Separately, interleaved too:
+Reported: the median (used for the ratios and targets) and the mean time per step. ``learned`` runs a
+meta step every ``meta_update_interval`` steps: it is timed on its own, interleaved like the rest, and
+its row is the training step plus 1 / ``meta_update_interval`` of the meta step. Separately, interleaved too:
 the caching pass (``precompute_teacher_outputs`` into a fresh folder: fingerprint, input check, teacher
 passes, Arrow write) against plain batched teacher inference (DataLoader + collator + the teacher on
 ``x`` and each ``x_m``) over the same ``--cache_examples`` examples. Peak memory: each training variant
 again in its own process (``--memory``), reporting the process's max RSS (``resource.getrusage``) after
-warm-up and a few steps; the cache those processes read is written beforehand by this process.
+warm-up and a few steps, and the peak during training alone (the kernel's peak mark reset after loading
+data and models); the cache those processes read is written beforehand by this process.
 
 Writes ``benchmarks/results/throughput.json`` and ``throughput.md`` (``--output_name`` changes the name).
 """
@@ -71,6 +72,8 @@ from hf_msd.modality import default_modalities, model_inputs, restrict
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "examples" / "configs" / "quick_easy_vqa.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
+#: The statistic the ratios and targets use.
+STAT = "median_s"
 TRAINER_VARIANTS = [
     "F",
     "KD online",
@@ -83,11 +86,13 @@ def _parse() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="A run_msd.py config file.")
     parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per variant first.")
-    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds.")
+    parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds.")
     parser.add_argument("--steps_per_round", type=int, default=2, help="Timed steps per variant per round.")
     parser.add_argument("--num_examples", type=int, default=128, help="Training examples (cache, saliency).")
-    parser.add_argument("--cache_examples", type=int, default=64, help="Examples of the caching-pass timing.")
-    parser.add_argument("--cache_rounds", type=int, default=2, help="Interleaved rounds of the caching pass.")
+    parser.add_argument(
+        "--cache_examples", type=int, default=512, help="Examples of the caching-pass timing."
+    )
+    parser.add_argument("--cache_rounds", type=int, default=3, help="Interleaved rounds of the caching pass.")
     parser.add_argument("--memory", type=int, default=1, help="1: measure peak memory (subprocesses).")
     parser.add_argument(
         "--memory_variants",
@@ -375,17 +380,30 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def memory_child(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Loads data and models, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), builds the
+    variant's trainer and trains; prints the process's max RSS (getrusage) and the peak since the reset."""
     setup = Setup(
         args.config, overrides, args.num_examples, args.cache_dir, need_teacher=args.memory_variant != "F"
     )
+    loaded = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     trainer, batches = build_trainer(setup, args.memory_variant)
     for k in range(args.warmup + args.memory_steps):
         trainer_step(trainer, batches[k % len(batches)])
-    print(json.dumps({"max_rss_mb": max_rss_mb()}))
+    print(
+        json.dumps({"max_rss_mb": max_rss_mb(), "loaded_mb": loaded, "training_peak_mb": _status_mb("VmHWM")})
+    )
 
 
-def measure_memory(args: argparse.Namespace, overrides: list[str], cache_dir: str) -> dict[str, float]:
+def measure_memory(args: argparse.Namespace, overrides: list[str], cache_dir: str) -> dict[str, dict]:
     results = {}
     for variant in args.memory_variants.split(","):
         command = [
@@ -407,7 +425,7 @@ def measure_memory(args: argparse.Namespace, overrides: list[str], cache_dir: st
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"memory run of {variant!r} failed:\n{done.stderr[-4000:]}")
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])["max_rss_mb"]
+        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
     return results
 
 
@@ -415,7 +433,7 @@ def measure_memory(args: argparse.Namespace, overrides: list[str], cache_dir: st
 
 
 def targets(times: dict, caching: dict, memory: dict | None) -> list[dict]:
-    mean = {name: value["mean_s"] for name, value in times.items()}
+    mean = {name: value[STAT] for name, value in times.items()}
     keys = [key for key in mean if key.startswith("student pass ")]
     teacher_keys = [key for key in mean if key.startswith("teacher forward ")]
     own = sum(mean[k] for k in keys) + mean["optimizer step"]
@@ -440,16 +458,24 @@ def targets(times: dict, caching: dict, memory: dict | None) -> list[dict]:
         ),
         (
             "caching pass <= 1.10 x plain batched teacher inference",
-            caching["caching pass"]["mean_s"] / caching["plain teacher inference"]["mean_s"],
+            caching["caching pass"][STAT] / caching["plain teacher inference"][STAT],
             1.10,
         ),
     ]
     if memory:
-        rows += [
-            (f"peak memory MSD {w} cached <= 1.25 x F", memory[f"MSD {w} cached"] / memory["F"], 1.25)
-            for w in ("uniform", "population", "learned")
-            if f"MSD {w} cached" in memory and "F" in memory
-        ]
+        for key, label in (
+            ("max_rss_mb", "process max RSS"),
+            ("training_peak_mb", "training-phase peak RSS"),
+        ):
+            rows += [
+                (
+                    f"{label} of MSD {w} cached <= 1.25 x F",
+                    memory[f"MSD {w} cached"][key] / memory["F"][key],
+                    1.25,
+                )
+                for w in ("uniform", "population", "learned")
+                if f"MSD {w} cached" in memory and "F" in memory
+            ]
     return [
         {"target": name, "measured": round(value, 3), "limit": limit, "met": value <= limit}
         for name, value, limit in rows
@@ -458,7 +484,7 @@ def targets(times: dict, caching: dict, memory: dict | None) -> list[dict]:
 
 def markdown(report: dict) -> str:
     times, memory = report["step_times"], report.get("peak_memory_mb") or {}
-    f_time, f_mem = times["F"]["mean_s"], memory.get("F")
+    f_time, f_mem = times["F"][STAT], memory.get("F")
     lines = [
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}  ",
@@ -466,22 +492,38 @@ def markdown(report: dict) -> str:
         f"{report['parameters']['student']:,}; batch {report['batch_size']}; {report['rounds']} interleaved "
         f"rounds x {report['steps_per_round']} steps after {report['warmup']} warm-up steps per variant.",
         "",
-        "| variant | mean s/step | median s/step | / F | peak RSS (MB) | / F |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Ratios use the median time per step (robust to bursts of load from other jobs); means shown too.",
+        "Memory: each variant in its own process; max RSS of the whole process (getrusage), and the peak",
+        "during training only (VmHWM reset after loading data and models; its start in brackets).",
+        "",
+        "| variant | median s/step | mean s/step | / F | max RSS MB | / F | training peak MB | / F |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, value in times.items():
         mem = memory.get(name)
-        mem_cells = f"{mem:,.0f} | {mem / f_mem:.2f}" if mem and f_mem else " | "
-        ratio = value["mean_s"] / f_time
+        mem_cells = (
+            f"{mem['max_rss_mb']:,.0f} | {mem['max_rss_mb'] / f_mem['max_rss_mb']:.2f} | "
+            f"{mem['training_peak_mb']:,.0f} ({mem['loaded_mb']:,.0f}) | "
+            f"{mem['training_peak_mb'] / f_mem['training_peak_mb']:.2f}"
+            if mem and f_mem
+            else " | | | "
+        )
+        ratio = value[STAT] / f_time
         lines.append(
-            f"| {name} | {value['mean_s']:.3f} | {value['median_s']:.3f} | {ratio:.2f} | {mem_cells} |"
+            f"| {name} | {value['median_s']:.3f} | {value['mean_s']:.3f} | {ratio:.2f} | {mem_cells} |"
         )
     caching = report["caching_pass"]
-    plain = caching["plain teacher inference"]["mean_s"]
-    lines += ["", "| teacher pass over the same examples | mean s | / plain |", "|---|---:|---:|"]
+    plain = caching["plain teacher inference"][STAT]
+    lines += [
+        "",
+        "| teacher pass over the same examples | median s | mean s | / plain |",
+        "|---|---:|---:|---:|",
+    ]
     for name, value in caching.items():
         label = f"{name} ({value['examples']} examples, x and each x_m)"
-        lines.append(f"| {label} | {value['mean_s']:.2f} | {value['mean_s'] / plain:.2f} |")
+        lines.append(
+            f"| {label} | {value['median_s']:.2f} | {value['mean_s']:.2f} | {value[STAT] / plain:.2f} |"
+        )
     if report.get("population_setup_s"):
         lines += [
             "",
