@@ -88,7 +88,7 @@ def _parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per variant first.")
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds.")
     parser.add_argument("--steps_per_round", type=int, default=2, help="Timed steps per variant per round.")
-    parser.add_argument("--num_examples", type=int, default=128, help="Training examples (cache, saliency).")
+    parser.add_argument("--num_examples", type=int, default=512, help="Training examples (cache, saliency).")
     parser.add_argument(
         "--cache_examples", type=int, default=512, help="Examples of the caching-pass timing."
     )
