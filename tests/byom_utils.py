@@ -229,3 +229,16 @@ class InputRecorder:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+def train_recording_inputs(
+    trainer, teacher: torch.nn.Module, student: torch.nn.Module
+) -> dict[str, InputRecorder]:
+    """Run ``trainer.train()`` while recording every forward input of the teacher and the student."""
+    recorders = {"teacher": InputRecorder(teacher), "student": InputRecorder(student)}
+    try:
+        trainer.train()
+    finally:
+        for recorder in recorders.values():
+            recorder.remove()
+    return recorders

@@ -18,6 +18,7 @@ from tests.byom_utils import (
     architecture_batch,
     expected_modality_inputs,
     tiny_architecture,
+    train_recording_inputs,
 )
 from tests.models_utils import tiny_batch, tiny_model
 
@@ -85,12 +86,7 @@ def test_msd_trainer_with_preset_teacher_and_student(tmp_path, name, weighting):
     )
     assert [m.name for m in trainer.teacher_modalities] == ["text", "image"]
     before = [p.detach().clone() for p in student.parameters()]
-    recorders = {"teacher": InputRecorder(teacher), "student": InputRecorder(student)}
-    try:
-        trainer.train()
-    finally:
-        for recorder in recorders.values():
-            recorder.remove()
+    recorders = train_recording_inputs(trainer, teacher, student)
     full = {k: v for k, v in batch.items() if k != "labels"}
     for role, recorder in recorders.items():  # each model saw x, x_text and x_image as written by hand
         assert recorder.saw(full), role

@@ -10,7 +10,7 @@ import torch
 from hf_msd.data import MultimodalDataCollator, PairedCollator
 from hf_msd.trainers.msd_config import MSDTrainingArguments
 from hf_msd.trainers.msd_trainer import MSDTrainer
-from tests.byom_utils import InputRecorder, tiny_architecture
+from tests.byom_utils import tiny_architecture, train_recording_inputs
 from tests.models_utils import TINY_WORDS, tiny_images, tiny_model, tiny_processor, tiny_vilt_processor
 
 QUESTIONS = [
@@ -83,12 +83,7 @@ def test_vilt_teacher_fusion_student_end_to_end(tmp_path, pair, weighting):
     # Each model keeps its own preset: ViLT masks / fills, the fusion model drops.
     assert [m.removal for m in trainer.teacher_modalities] == ["mask", "fill"]
     assert [m.removal for m in trainer.modalities] == ["drop", "drop"]
-    recorders = {"teacher": InputRecorder(teacher), "student": InputRecorder(student)}
-    try:
-        trainer.train()
-    finally:
-        for recorder in recorders.values():
-            recorder.remove()
+    recorders = train_recording_inputs(trainer, teacher, student)
     # The training batches are shuffled: build the expectation for every ordered pair of examples, each
     # collated by its model's own collator, and check the pairs each model was run on.
     seen_teacher = seen_student = 0
