@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from ..modality_dropout import check_modality_dropout
 from ..trainers import MSDTrainingArguments
 
 METHODS = ("none", "kd", "msd")
@@ -217,6 +218,15 @@ class ExperimentArguments:
             "(only the labelled examples of labeled_fraction / max_labeled_samples)."
         },
     )
+    teacher_modality_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Modality dropout p in [0, 1) for a new teacher (hf_msd.modality_dropout): each training "
+            "batch loses one modality drawn uniformly at random with probability p (removed by its removal "
+            "strategy), else stays whole; drawn from a generator seeded by --seed; never on evaluation "
+            "batches. 0 = off."
+        },
+    )
     saliency_max_samples: int = field(
         default=1000, metadata={"help": "Validation examples used for the saliency report and plot."}
     )
@@ -272,6 +282,7 @@ class ExperimentArguments:
             raise ValueError(f"teacher_train_labels={self.teacher_train_labels!r}: use 'all' or 'subset'.")
         if self.speed_rounds < 0 or self.speed_batches < 1:
             raise ValueError("speed_rounds must be >= 0 and speed_batches >= 1.")
+        check_modality_dropout("teacher_modality_dropout", self.teacher_modality_dropout)
         if self.saliency_max_samples < 1:
             raise ValueError(f"saliency_max_samples must be >= 1, got {self.saliency_max_samples}.")
 

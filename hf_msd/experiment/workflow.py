@@ -59,6 +59,7 @@ from ..inference_speed import compare_inference_speed
 from ..losses import resolve_problem_type
 from ..metrics import make_compute_metrics
 from ..modality import default_modalities
+from ..modality_dropout import ModalityDropoutCollator, ModalityDropoutTrainer
 from ..models import (
     MultimodalTransformerForSequenceClassification,
     MultimodalTransformerProcessor,
@@ -121,8 +122,9 @@ def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
     return limit_splits(dataset, limits, seed=seed)
 
 
-def training_split(run: Run, for_teacher: bool = False) -> Dataset:
-    """The train split with the labels a stage may use.
+def training_split(run: Run, for_teacher: bool = False, train: Dataset | None = None) -> Dataset:
+    """The train split (or ``train``, the same rows with added columns such as cached teacher outputs) with
+    the labels a stage may use.
 
     With ``labeled_fraction`` / ``max_labeled_samples`` only a deterministic subset keeps its labels
     (:func:`hf_msd.data.keep_labels_on_subset`, seeded by ``--seed``); the other examples have label ``None``
@@ -130,7 +132,7 @@ def training_split(run: Run, for_teacher: bool = False) -> Dataset:
     distillation terms) and on the labelled ones only with ``method='none'``. A new teacher trains on every
     label (``teacher_train_labels='all'``) or on the labelled examples only (``'subset'``).
     """
-    train = run.dataset["train"]
+    train = run.dataset["train"] if train is None else train
     if not run.data_args.has_unlabelled() or (for_teacher and run.exp_args.teacher_train_labels == "all"):
         return train
     train = keep_labels_on_subset(
@@ -221,6 +223,11 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
     is written to ``teacher/train_results.json``.
     """
     if run.model_args.teacher_name_or_path:
+        if run.exp_args.teacher_modality_dropout > 0:
+            raise ValueError(
+                "teacher_modality_dropout applies while a new teacher is trained, but teacher_name_or_path "
+                "loads a trained one: drop one or the other."
+            )
         teacher = AutoModelForSequenceClassification.from_pretrained(run.model_args.teacher_name_or_path)
         processor = AutoProcessor.from_pretrained(run.model_args.teacher_name_or_path)
         if run.model_args.compact_vocabulary:
@@ -268,9 +275,7 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         "model": model_settings,
         "data": _train_data_settings(run),
         "training": result_settings(args),
-        "teacher_training": {
-            f.name: getattr(exp, f.name) for f in dataclasses.fields(exp) if f.name.startswith("teacher_")
-        },
+        "teacher_training": _teacher_training_settings(exp),
     }
     if stage_done(directory, settings, exp.overwrite_output_dir):
         logger.info("Teacher found in %s; skipping its training.", directory)
@@ -285,7 +290,17 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         run.model_args, _label_names(run.dataset), problem_type, train[_text_column(run.data_args)]
     )
     collator = _collator(run, teacher, processor)
-    trainer = Trainer(
+    dropout = {}
+    if exp.teacher_modality_dropout > 0:
+        modalities = default_modalities(teacher)
+        seed = run.training_args.seed
+        dropout = {
+            "modality_dropout": ModalityDropoutCollator(
+                collator, modalities, exp.teacher_modality_dropout, seed
+            )
+        }
+    trainer = (ModalityDropoutTrainer if dropout else Trainer)(
+        **dropout,
         model=teacher,
         args=args,
         train_dataset=train,
@@ -308,6 +323,17 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         (directory / TRAIN_RESULTS).write_text(json.dumps(record, indent=2))
     mark_done(directory, settings)
     return teacher, processor, settings
+
+
+def _teacher_training_settings(exp: ExperimentArguments) -> dict[str, Any]:
+    """The ``teacher_*`` settings recorded by the teacher stage; ``teacher_modality_dropout`` only when on,
+    so teachers recorded before the option existed (trained without it) are still reused."""
+    settings = {
+        f.name: getattr(exp, f.name) for f in dataclasses.fields(exp) if f.name.startswith("teacher_")
+    }
+    if settings["teacher_modality_dropout"] == 0:
+        settings.pop("teacher_modality_dropout")
+    return settings
 
 
 def _data_settings(run: Run) -> dict[str, Any]:
@@ -418,7 +444,8 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
     # The batches carry every modality the teacher needs; a unimodal student reads only its own.
     collator = _collator(run, teacher, processor)
     args = _student_args(run.training_args, run.exp_args.method)
-    train = _with_teacher_outputs(run, teacher, collator, training_split(run))
+    # Teacher outputs first, labels removed after: one cache file serves every seed and labelled fraction.
+    train = training_split(run, train=_with_teacher_outputs(run, teacher, collator, run.dataset["train"]))
     validation = _with_teacher_outputs(run, teacher, collator, run.dataset["validation"])
     common = {
         "model": student,
