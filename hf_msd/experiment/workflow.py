@@ -441,8 +441,9 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         return AutoModelForSequenceClassification.from_pretrained(str(directory))
     set_seed(run.training_args.seed)  # a student from student_config starts from seeded random weights
     student = new_student(run.model_args, teacher)
-    # The batches carry every modality the teacher needs; a unimodal student reads only its own.
-    collator = _collator(run, teacher, processor)
+    # With a teacher, the batches carry every modality it needs (the trainers give a unimodal student only its
+    # own); labels only ('none', a plain Trainer) collates the student's own modalities.
+    collator = _collator(run, student if run.exp_args.method == "none" else teacher, processor)
     args = _student_args(run.training_args, run.exp_args.method)
     # Teacher outputs first, labels removed after: one cache file serves every seed and labelled fraction.
     train = training_split(run, train=_with_teacher_outputs(run, teacher, collator, run.dataset["train"]))
