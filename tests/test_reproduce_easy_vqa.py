@@ -67,6 +67,9 @@ def test_every_arm_is_in_the_json_with_the_same_step_budget(tiny_run):
                 assert "unsupported" in result or result["steps"] == MAX_STEPS
     assert set(report["teachers"]) == {"plain", "dropout"}
     assert report["teachers"]["plain"]["evaluation"]["both"]["accuracy"] >= 0
+    params = report["latency"]["parameters"]
+    ratio = params["teacher"] / params["MSD population student"]  # checked on an untrained student up front
+    assert report["settings"]["student_size_ratio"] == pytest.approx(ratio)
     latency = report["latency"]["by_batch_size"]
     assert set(latency) == {"1", "16"}  # batch 1 and the (capped) eval batch
     assert set(latency["1"]["models"]) == {
