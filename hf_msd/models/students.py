@@ -58,7 +58,8 @@ def make_student(
         fusion_layers_to_keep: indices of the teacher's fusion layers to keep, in order; default every other
             layer (0, 2, ...), as DistilBERT does. Student layer `i` is teacher layer
             `fusion_layers_to_keep[i]`.
-        text_layers_to_keep / image_layers_to_keep: the same for the text and image towers.
+        text_layers_to_keep / image_layers_to_keep: the same for the text and image towers. A tower without
+            a list of transformer layers (a convolutional image tower such as ResNet) is copied whole.
         modalities: the student's modalities, a subset of the teacher's (default: the teacher's).
             `["text"]` or `["image"]` gives a unimodal student built from that tower.
 
@@ -85,7 +86,16 @@ def make_student(
                     f"`{modality}_layers_to_keep` was given but {modality!r} is not in {modalities}."
                 )
             continue
-        num_layers = getattr(config, _TOWERS[modality][1]).num_hidden_layers
+        tower_config = getattr(config, _TOWERS[modality][1])
+        num_layers = getattr(tower_config, "num_hidden_layers", None)
+        if num_layers is None:  # e.g. a ResNet image tower: no list of transformer layers, copied whole
+            if requested is not None:
+                raise ValueError(
+                    f"`{modality}_layers_to_keep` was given but the teacher's {modality} tower "
+                    f"({tower_config.model_type}) has no transformer layers to select; drop it (the tower is "
+                    "copied whole) or build a narrower student with `student_from_config`."
+                )
+            continue
         tower_keep[modality] = _check_layers(
             f"{modality}_layers_to_keep",
             _every_other(num_layers) if requested is None else requested,
@@ -98,7 +108,7 @@ def make_student(
     for modality, (_, config_key) in _TOWERS.items():
         if modality in tower_keep:
             getattr(student_config, config_key).num_hidden_layers = len(tower_keep[modality])
-        else:
+        elif modality not in modalities:
             setattr(student_config, config_key, None)
     student_config.name_or_path = ""
     student = type(teacher)(student_config).to(teacher.dtype)

@@ -50,7 +50,7 @@ def _tower_property(name: str) -> property:
 
     def getter(self):
         sub_config = getattr(self, sub_config_name)
-        return None if sub_config is None else getattr(sub_config, field)
+        return None if sub_config is None else getattr(sub_config, field, None)
 
     def setter(self, value):
         sub_config = getattr(self, sub_config_name)
@@ -61,7 +61,9 @@ def _tower_property(name: str) -> property:
             )
         setattr(sub_config, field, value)
 
-    return property(getter, setter, doc=f"Alias of `{sub_config_name}.{field}` (None without that tower).")
+    return property(
+        getter, setter, doc=f"Alias of `{sub_config_name}.{field}` (None without that tower or field)."
+    )
 
 
 class MultimodalTransformerConfig(PreTrainedConfig):
@@ -69,8 +71,9 @@ class MultimodalTransformerConfig(PreTrainedConfig):
     Configuration of [`MultimodalTransformerModel`] and [`MultimodalTransformerForSequenceClassification`].
 
     The model is a text tower (any transformers encoder, BERT-style by default, built from `text_config`) and
-    an image tower (a ViT built from `vision_config`), each followed by a linear projection to `hidden_size`
-    when the widths differ, then `num_hidden_layers` fusion layers in which each stream runs self-attention,
+    an image tower (any transformers vision encoder built from `vision_config`, a ViT by default), each
+    followed by a linear projection to `hidden_size` when the widths differ, then `num_hidden_layers`
+    fusion layers in which each stream runs self-attention,
     cross-attention to the other stream (both directions) and a feed-forward block, then a pooled
     classification head. `modalities` decides which towers and streams exist: `["text", "image"]` is the
     multimodal teacher or student, `["text"]` or `["image"]` a unimodal student with the same API and outputs.
@@ -82,8 +85,14 @@ class MultimodalTransformerConfig(PreTrainedConfig):
             Config of the text tower (`model_type` defaults to `"bert"`). Required content only when
             `"text"` is in
             `modalities`; must be `None` otherwise.
-        vision_config (`dict` or `ViTConfig`, *optional*):
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
             Config of the image tower (`model_type` defaults to `"vit"`). Must be `None` without `"image"`.
+            A tower whose `last_hidden_state` is tokens (B, L, C), such as ViT or Swin, feeds its tokens to
+            the fusion layers; a convolutional backbone whose `last_hidden_state` is a feature map
+            (B, C, H, W), such as ResNet or ConvNeXt, feeds its H * W positions (row-major) as tokens. The
+            tower's width is its `hidden_size`, else the last of its `hidden_sizes`. `image_size` (the side
+            the processor resizes images to) is required; convolutional configs lack the field, so give it,
+            e.g. `{"model_type": "resnet", "image_size": 64, "hidden_sizes": [32, 64, 128], ...}`.
         hidden_size (`int`, defaults to 256):
             Width of the fusion layers, of `hidden_states` and of the pooled output.
         num_hidden_layers (`int`, defaults to 2):
@@ -161,6 +170,12 @@ class MultimodalTransformerConfig(PreTrainedConfig):
                     f"pass `{key}=None` or add {modality!r} to `modalities`."
                 )
         super().__post_init__(**kwargs)  # builds the sub-configs, then sets the flat aliases from kwargs
+        if "image" in self.modalities and getattr(self.vision_config, "image_size", None) is None:
+            raise ValueError(
+                f"`vision_config.image_size` is missing ({self.vision_config.model_type} config): the "
+                "processor resizes images to it. Add it to `vision_config`, e.g. "
+                f"{{'model_type': '{self.vision_config.model_type}', 'image_size': 64, ...}}."
+            )
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "

@@ -200,6 +200,19 @@ def _tower_kwargs(config) -> dict:
     )
 
 
+def _tower_width(config) -> int:
+    """The width of a tower's output tokens: `hidden_size` (BERT, ViT, Swin...), else the last stage of a
+    convolutional backbone's `hidden_sizes` (ResNet, ConvNeXt...)."""
+    width = getattr(config, "hidden_size", None)
+    return width if width is not None else config.hidden_sizes[-1]
+
+
+def _as_tokens(hidden: torch.Tensor) -> torch.Tensor:
+    """A tower's last hidden state as tokens (B, L, C): a convolutional feature map (B, C, H, W) becomes its
+    H * W positions in row-major order."""
+    return hidden.flatten(2).transpose(1, 2) if hidden.dim() == 4 else hidden
+
+
 def _projection(in_features: int, out_features: int) -> nn.Module:
     return nn.Linear(in_features, out_features) if in_features != out_features else nn.Identity()
 
@@ -381,10 +394,10 @@ class MultimodalTransformerModel(MultimodalTransformerPreTrainedModel):
         self.modalities = list(config.modalities)
         if "text" in self.modalities:
             self.text_encoder = _build_tower(config.text_config)
-            self.text_projection = _projection(config.text_config.hidden_size, config.hidden_size)
+            self.text_projection = _projection(_tower_width(config.text_config), config.hidden_size)
         if "image" in self.modalities:
             self.image_encoder = _build_tower(config.vision_config)
-            self.image_projection = _projection(config.vision_config.hidden_size, config.hidden_size)
+            self.image_projection = _projection(_tower_width(config.vision_config), config.hidden_size)
         self.fusion_layers = nn.ModuleList(
             [MultimodalTransformerFusionLayer(config) for _ in range(config.num_hidden_layers)]
         )
@@ -464,11 +477,11 @@ class MultimodalTransformerModel(MultimodalTransformerPreTrainedModel):
             states["text"] = self.text_projection(tower_outputs["text"].last_hidden_state)
             masks["text"] = attention_mask
         if pixel_values is not None:
-            dtype = self.image_encoder.embeddings.patch_embeddings.projection.weight.dtype
+            dtype = next(self.image_encoder.parameters()).dtype
             tower_outputs["image"] = self.image_encoder(
                 pixel_values=pixel_values.to(dtype), **tower_kwargs, return_dict=True
             )
-            states["image"] = self.image_projection(tower_outputs["image"].last_hidden_state)
+            states["image"] = self.image_projection(_as_tokens(tower_outputs["image"].last_hidden_state))
             masks["image"] = None
 
         lengths = {m: x.shape[1] for m, x in states.items()}
