@@ -58,6 +58,17 @@ def build_models(num_labels: int, config_file: str | None) -> dict[str, torch.nn
     return models
 
 
+def _image_tower(vision_config) -> tuple[str, str]:
+    """(layers, width) of an image tower for the table: a transformer's layer count and hidden size, or a
+    convolutional backbone's blocks per stage and channels per stage (e.g. "resnet 1+1+1", "32/64/128")."""
+    if vision_config is None:
+        return "-", "-"
+    if getattr(vision_config, "num_hidden_layers", None) is not None:
+        return str(vision_config.num_hidden_layers), str(vision_config.hidden_size)
+    depths = "+".join(str(d) for d in vision_config.depths)
+    return f"{vision_config.model_type} {depths}", "/".join(str(w) for w in vision_config.hidden_sizes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-labels", type=int, default=13, help="Classifier outputs (easy-VQA: 13).")
@@ -86,10 +97,10 @@ def main() -> None:
         config = model.config
         full, compact = counts[name]
         text_width = config.text_config.hidden_size if config.text_config else "-"
-        image_width = config.vision_config.hidden_size if config.vision_config else "-"
+        image_layers, image_width = _image_tower(config.vision_config)
         lines.append(
             f"| {name} | {', '.join(config.modalities)} | {config.num_text_layers or '-'} / "
-            f"{config.num_image_layers or '-'} / {config.num_hidden_layers} | {text_width} / {image_width} / "
+            f"{image_layers} / {config.num_hidden_layers} | {text_width} / {image_width} / "
             f"{config.hidden_size} | {full:,} | {full_teacher / full:.2f}x | {compact:,} | "
             f"{compact_teacher / compact:.2f}x |"
         )
