@@ -90,9 +90,12 @@ FULL = {"max_train_samples": None, "max_eval_samples": 1000, "max_test_samples":
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (n - 1 in the denominator); the std is None for one value."""
+    """Mean and sample standard deviation (n - 1 in the denominator); the std is None for one value. A NaN
+    among the values (a condition the model cannot take, e.g. images for a text-only student) gives NaN."""
     if not values:
         raise ValueError("mean_std needs at least one value.")
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan if len(values) > 1 else None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 

@@ -103,7 +103,7 @@ def test_markdown_means_and_stds_equal_the_json_recomputed(tiny_run):
     assert written == bench.render_markdown(report)  # the file is the JSON's rendering
     report = copy.deepcopy(report)
     extra = {"1": 0.25, "2": 0.75}
-    for arms in [*report["main"].values(), report["dropout"]]:
+    for arms in [*report["main"].values(), report["dropout"], *report["unimodal"].values()]:
         for arm in arms.values():
             for seed, accuracy in extra.items():
                 arm[seed] = copy.deepcopy(arm["0"])
@@ -162,6 +162,9 @@ def test_size_speed_verdict_and_step_budget_on_hand_made_numbers():
     assert bench.wallclock_steps(2, 0.01, 10.0) == 1  # at least one step
     assert bench.mean_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, ((16 + 1 + 25) / 9 / 2) ** 0.5))
     assert bench.mean_std([0.5]) == (0.5, None)
+    nan = float("nan")  # a condition the model cannot take: no mean, no std, and no crash in stdev
+    assert bench.fmt_mean_std([nan, nan, nan]) == "n/a ± n/a"
+    assert bench.fmt_mean_std([nan]) == "n/a ± n/a"
     with pytest.raises(ValueError, match="Paired"):
         bench.paired_verdict([0.1], [0.1, 0.2])
 
