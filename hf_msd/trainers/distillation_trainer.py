@@ -16,21 +16,29 @@ Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through three h
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import torch
+from accelerate.utils import is_peft_model
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+)
 from transformers.utils import logging
 
 from .. import losses
 from ..data.paired import TEACHER_INPUT_PREFIX
 from ..modality import Modality, default_modalities
-from ..modality_presets import classifier_output, get_model_preset
+from ..modality_presets import get_logits, get_model_preset
 from ..modality_presets import num_labels as preset_num_labels
 from ..teacher_cache import TEACHER_LOGITS, expand_topk_columns
 from .distillation_config import DistillationTrainingArguments
@@ -41,8 +49,52 @@ logger = logging.get_logger(__name__)
 TEACHER_CACHE_PREFIX = TEACHER_LOGITS
 
 
-def _is_peft_model(model: nn.Module) -> bool:
-    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+@dataclass
+class StudentOutput:
+    """The student's forward on a batch: its raw ``outputs`` (what `Trainer.prediction_step` reads), its
+    ``logits`` and, when the model's own loss is the task term, that loss as `Trainer.compute_loss` returns
+    it."""
+
+    outputs: Any
+    logits: torch.Tensor
+    task_loss: torch.Tensor | None = None
+
+
+def output_logits(model: nn.Module, outputs: Any, has_loss: bool) -> torch.Tensor:
+    """The logits in ``outputs``, in every form a `Trainer` model may return.
+
+    A tensor is the logits; a tuple is ``(loss, logits, ...)`` when the model computed a loss (``has_loss``),
+    else ``(logits, ...)``; a ``ModelOutput`` / dict gives the field named by the model
+    (:func:`~hf_msd.modality_presets.get_logits`: ``logits_key``, the preset, ``logits``), else its first
+    entry that is not the loss (Trainer's convention for predictions).
+    """
+    if torch.is_tensor(outputs):
+        return outputs
+    if isinstance(outputs, tuple) and not isinstance(outputs, Mapping):
+        return outputs[1] if has_loss else outputs[0]
+    if isinstance(outputs, Mapping):
+        key = getattr(model, "logits_key", None)
+        preset = get_model_preset(model) if key is None else None
+        key = key or (preset.logits_key if preset is not None else "logits")
+        if outputs.get(key) is not None:
+            return outputs[key]
+        values = [value for name, value in outputs.items() if name != "loss" and value is not None]
+        if values and key == "logits":
+            return values[0]
+    return get_logits(model, outputs)
+
+
+def as_classifier_output(model: nn.Module, outputs: Any, has_loss: bool = False) -> Any:
+    """``outputs`` if its ``logits`` field holds the logits (:func:`output_logits`), else a
+    ``SequenceClassifierOutput`` with the logits and the outputs' ``hidden_states`` / ``attentions``."""
+    logits = output_logits(model, outputs, has_loss)
+    if getattr(outputs, "logits", None) is logits:
+        return outputs
+    return SequenceClassifierOutput(
+        logits=logits,
+        hidden_states=getattr(outputs, "hidden_states", None),
+        attentions=getattr(outputs, "attentions", None),
+    )
 
 
 def _config_width(config) -> int:
@@ -247,7 +299,10 @@ class DistillationTrainer(Trainer):
     ``loss``; evaluation adds ``<prefix>_teacher_agreement``.
     """
 
+    #: compute_loss returns a loss already scaled for gradient accumulation (see compute_loss).
     loss_is_scaled_for_ga = True
+    #: The arguments class; ``args=None`` and a plain `TrainingArguments` are converted to it.
+    args_class: type[DistillationTrainingArguments] = DistillationTrainingArguments
     _tag_names = ["hf_msd", "distillation"]
     #: The method named in the model card (:meth:`create_model_card`).
     card_method = "kd"
@@ -264,18 +319,14 @@ class DistillationTrainer(Trainer):
         teacher_modalities: Sequence[Modality] | None = None,
         **trainer_kwargs: Any,
     ):
-        if not isinstance(args, DistillationTrainingArguments):
-            raise TypeError(
-                f"args must be a DistillationTrainingArguments, got {type(args).__name__}; build it with "
-                "DistillationTrainingArguments(output_dir=..., temperature=..., ...)."
-            )
+        args = self._distillation_args(args)
         if teacher_model is None:
             raise ValueError("teacher_model is required: pass a PreTrainedModel or a path to one.")
         if isinstance(teacher_model, str):
             teacher_model = AutoModelForSequenceClassification.from_pretrained(
                 teacher_model, **(args.teacher_model_init_kwargs or {})
             )
-        if teacher_model is model and _is_peft_model(model):
+        if teacher_model is model and is_peft_model(model):
             logger.warning(
                 "The PEFT model itself was passed as teacher_model: distilling from its adapter-free base "
                 "model (model.get_base_model()) into the adapters."
@@ -288,8 +339,6 @@ class DistillationTrainer(Trainer):
                 "teacher with its weights (from_pretrained without device_map='meta' / init_empty_weights)."
             )
         super().__init__(model=model, args=args, **trainer_kwargs)
-        # Our loss does not go through the model's own loss kwargs; num_items_in_batch is counted in examples.
-        self.model_accepts_loss_kwargs = False
         student = self._student_base()
         student_config = getattr(student, "config", None)  # None for a plain nn.Module student
         if student_config is not None and getattr(teacher_model, "config", None) is not None:
@@ -332,7 +381,6 @@ class DistillationTrainer(Trainer):
         self.problem_type = getattr(self._label_config, "problem_type", None)
         #: Owner of the state trained or tracked beside the student (checkpointed, restored on resume).
         self.training_state = TrainingState()
-        self.add_callback(self.training_state)
         self._restored_from: str | None = None
         self._checked_data: tuple | None = None
         self.training_modules = nn.ModuleDict()
@@ -351,16 +399,39 @@ class DistillationTrainer(Trainer):
             for role, network in (("student", student), ("teacher", teacher_model)):
                 _use_eager_attention(role, network)
         self._log_sums: dict[str, torch.Tensor] = {}
-        self._log_count = torch.zeros((), device=self.args.device)
-        self._log_labelled = torch.zeros((), device=self.args.device)
-        #: (examples, labelled examples) of the accumulated batch, as counted by get_batch_samples.
-        self._batch_counts: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._log_counts = torch.zeros(3, device=self.args.device)  # examples, labelled, labelled tokens
+        #: [examples, labelled examples, labelled tokens] of the accumulated batch (get_batch_samples).
+        self._batch_counts: torch.Tensor | None = None
         self._grad_step_of_modules = -1
         self._batches_seen = 0  # training micro-batches, named by check_finite's errors
         self._eval_agreement: list[torch.Tensor] | None = None
-        self._last_teacher_logits: torch.Tensor | None = None
         if not self._teacher_is_student_base:
             self.teacher_model = self._prepare_teacher(teacher_model)
+
+    @classmethod
+    def _distillation_args(cls, args: TrainingArguments | None) -> DistillationTrainingArguments:
+        """``args`` as this trainer's arguments class: its defaults for ``None`` (as `Trainer` does, with
+        ``output_dir="trainer_output"``), a `TrainingArguments` converted keeping every field
+        (:meth:`DistillationTrainingArguments.from_training_arguments`)."""
+        args_class = cls.args_class
+        if args is None:
+            return args_class(output_dir="trainer_output")
+        if isinstance(args, args_class):
+            return args
+        if not isinstance(args, TrainingArguments):
+            raise TypeError(
+                f"args must be a TrainingArguments (ideally a {args_class.__name__}), got "
+                f"{type(args).__name__}."
+            )
+        return args_class.from_training_arguments(args)
+
+    def register_state(self, name: str, part: Any) -> None:
+        """Add ``part`` (``state_dict()`` / ``load_state_dict()``) to the training-only state saved with every
+        checkpoint and restored on resume (:class:`TrainingState`); the state's callback joins the Trainer's
+        callbacks with the first part, so a run without training-only state has `Trainer`'s callbacks."""
+        if not self.training_state.parts:
+            self.add_callback(self.training_state)
+        self.training_state.register(name, part)
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         """Place the frozen teacher as accelerate prescribes for a model that is only evaluated.
@@ -380,7 +451,7 @@ class DistillationTrainer(Trainer):
     # ---- Teacher -------------------------------------------------------------------------------------
 
     def _student_base(self) -> nn.Module:
-        return self.model.get_base_model() if _is_peft_model(self.model) else self.model
+        return self.model.get_base_model() if is_peft_model(self.model) else self.model
 
     @contextlib.contextmanager
     def _teacher_context(self) -> Iterator[None]:
@@ -423,7 +494,7 @@ class DistillationTrainer(Trainer):
         if need_attentions:
             teacher_inputs["output_attentions"] = True
         with self._teacher_context():
-            return classifier_output(self.teacher_model, self.teacher_model(**teacher_inputs))
+            return as_classifier_output(self.teacher_model, self.teacher_model(**teacher_inputs))
 
     def _needs_intermediates(self, output_intermediates: bool | None) -> tuple[bool, bool]:
         if output_intermediates is False:
@@ -439,8 +510,9 @@ class DistillationTrainer(Trainer):
         """``inputs`` without the extra columns (cached teacher outputs...), ready for ``model(**...)``."""
         return {k: v for k, v in inputs.items() if not self._is_extra_column(k)}
 
-    def _shared_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in self.model_inputs(inputs).items() if k not in ("labels", "return_loss")}
+    def _shared_inputs(self, inputs: dict[str, Any], keep_labels: bool = False) -> dict[str, Any]:
+        dropped = () if keep_labels else ("labels", "return_loss", *self.label_names)
+        return {k: v for k, v in self.model_inputs(inputs).items() if k not in dropped}
 
     def teacher_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The teacher's view of a batch (every modality, no labels): the ``teacher_<key>`` entries renamed
@@ -452,11 +524,14 @@ class DistillationTrainer(Trainer):
         }
         return own or self._shared_inputs(inputs)
 
-    def student_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The student's view of a batch: the model inputs (no labels, no ``teacher_*`` entries) without the
-        keys of the modalities the student does not take (a unimodal student sees only its own modality)."""
+    def student_inputs(self, inputs: dict[str, Any], keep_labels: bool = False) -> dict[str, Any]:
+        """The student's view of a batch: the model inputs (no ``teacher_*`` entries; labels only with
+        ``keep_labels``) without the keys of the modalities the student does not take (a unimodal student sees
+        only its own modality)."""
         return {
-            k: v for k, v in self._shared_inputs(inputs).items() if k not in self._keys_hidden_from_student
+            k: v
+            for k, v in self._shared_inputs(inputs, keep_labels).items()
+            if k not in self._keys_hidden_from_student
         }
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -466,18 +541,6 @@ class DistillationTrainer(Trainer):
         if not any(key.startswith(TEACHER_LOGITS) for key in inputs):
             return inputs
         return expand_topk_columns(inputs, preset_num_labels(self.teacher_model))
-
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        if TEACHER_CACHE_PREFIX not in self._signature_columns:
-            self._signature_columns.append(TEACHER_CACHE_PREFIX)
-
-    def _remove_unused_columns(self, dataset, description: str | None = None):
-        if self.args.remove_unused_columns and hasattr(dataset, "column_names"):
-            self._set_signature_columns_if_needed()
-            extra = [c for c in dataset.column_names if self._is_extra_column(c)]
-            self._signature_columns += [c for c in extra if c not in self._signature_columns]
-        return super()._remove_unused_columns(dataset, description)
 
     # ---- Training-only modules (projections, learned weights) ----------------------------------------
 
@@ -497,7 +560,7 @@ class DistillationTrainer(Trainer):
         if name in self.training_modules:
             raise ValueError(f"A training module named {name!r} is already registered.")
         if not len(self.training_modules):
-            self.training_state.register("training_modules", self.training_modules)
+            self.register_state("training_modules", self.training_modules)
         self.training_modules[name] = module.to(self.args.device)
 
     def _build_projections(self, student: nn.Module, teacher: nn.Module) -> nn.ModuleDict:
@@ -599,6 +662,13 @@ class DistillationTrainer(Trainer):
             return
         num_labels = preset_num_labels(self._label_config)  # e.g. LXMERT's num_qa_labels
         for name, dataset in datasets_.items():
+            extra = [c for c in getattr(dataset, "column_names", None) or [] if self._is_extra_column(c)]
+            if extra and self.args.remove_unused_columns:
+                raise ValueError(
+                    f"{name} has the columns {extra} (cached teacher outputs / teacher inputs), which "
+                    "remove_unused_columns=True drops before they reach the trainer: set "
+                    "remove_unused_columns=False (the default of the distillation arguments)."
+                )
             if dataset is None or not hasattr(dataset, "__len__"):
                 continue
             if len(dataset) == 0:
@@ -627,7 +697,7 @@ class DistillationTrainer(Trainer):
             self.training_state.load(checkpoint)
             self._restored_from = checkpoint
 
-    # ---- Batch size counting for exact gradient accumulation ----------------------------------------
+    # ---- Batch counting for exact gradient accumulation ----------------------------------------------
 
     @staticmethod
     def _batch_size(batch: dict[str, Any]) -> int:
@@ -636,35 +706,89 @@ class DistillationTrainer(Trainer):
         return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
 
     def _num_labelled(self, batch: dict[str, Any]) -> int:
-        """Examples of ``batch`` with a label (:func:`hf_msd.losses.labelled_mask`); 0 without labels."""
+        """Labelled examples of ``batch`` (:func:`hf_msd.losses.labelled_mask`) when the library computes the
+        task term of a sequence-level model; 0 otherwise (no labels, or the model's own loss is the task)."""
         labels = batch.get("labels")
-        if not torch.is_tensor(labels):
+        if not torch.is_tensor(labels) or self.token_level or self._model_computes_task_loss(batch):
             return 0
         return int(losses.labelled_mask(labels, self._problem_type(labels)).sum())
 
-    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
-        """The next ``num_batches`` micro-batches and the number of EXAMPLES in them (summed over processes
-        when ``average_tokens_across_devices``), the divisor of :meth:`compute_loss`. The number of LABELLED
-        examples among them (counted the same way) is kept for the task term."""
-        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if not batch_samples:
-            return batch_samples, None
-        counts = torch.tensor(
-            [
-                sum(self._batch_size(b) for b in batch_samples),
-                sum(self._num_labelled(b) for b in batch_samples),
-            ],
-            device=device,
+    def _num_labelled_tokens(self, batch: dict[str, Any]) -> int:
+        """Labelled target tokens of a token-level model's batch (label != -100, after the causal shift)."""
+        labels = batch.get("labels")
+        if not self.token_level or not torch.is_tensor(labels):
+            return 0
+        return int(losses.token_targets(labels, causal=self.token_level == "causal").ne(-100).sum())
+
+    def _counts(self, batch: dict[str, Any]) -> torch.Tensor:
+        """``[examples, labelled examples, labelled tokens]`` of one micro-batch."""
+        return torch.tensor(
+            [self._batch_size(batch), self._num_labelled(batch), self._num_labelled_tokens(batch)],
+            dtype=torch.float32,
         )
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            counts = self.accelerator.gather(counts).reshape(-1, 2).sum(dim=0)
-        count = counts[0]
-        self._batch_counts = (count, counts[1])
-        return batch_samples, count
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """The Trainer's micro-batches and ``num_items_in_batch`` (unchanged: it is what the model's own loss
+        and ``compute_loss_func`` receive), plus this library's counts of the whole accumulated batch, summed
+        over processes when ``average_tokens_across_devices``: examples, labelled examples and labelled
+        tokens, the divisors of the terms the library computes (see :meth:`compute_loss`)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._batch_counts = None
+        if batch_samples:
+            counts = sum(self._counts(b) for b in batch_samples).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                counts = self.accelerator.gather(counts).reshape(-1, 3).sum(dim=0)
+            self._batch_counts = counts
+        return batch_samples, num_items_in_batch
 
     # ---- Loss ----------------------------------------------------------------------------------------
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether a teacher-dependent term is on; if not, the teacher never runs (training or evaluation)."""
+        args = self.args
+        return args.kd_loss_weight > 0 or args.hidden_loss_weight > 0 or args.attention_loss_weight > 0
+
+    @property
+    def token_level(self) -> str | None:
+        """``"causal"`` for a causal LM student (its logits at position t predict the label at t + 1),
+        ``"tokens"`` for a token classifier, ``None`` for a sequence-level model (logits (B, C))."""
+        student = self._student_base()
+        name = type(student).__name__
+        if self._loss_shifts_labels or name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+            return "causal"
+        if name in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES.values():
+            return "tokens"
+        return None
+
+    def _model_computes_task_loss(self, inputs: dict[str, Any]) -> bool:
+        """Whether the task term is the model's own loss, computed as `Trainer.compute_loss` does.
+
+        Yes with ``compute_loss_func`` or label smoothing, with custom ``label_names``, and for any model that
+        takes labels (a ``labels`` argument or ``**kwargs``) unless the library computes it: sequence
+        classifiers it knows (a model preset, e.g. hf_msd's models and ViLT, or a transformers
+        ``*ForSequenceClassification``), whose per-micro-batch mean the library replaces by the mean over the
+        labelled examples of the whole accumulated batch.
+        """
+        if self.args.hard_label_weight == 0:
+            return False
+        if self.compute_loss_func is not None or self.label_smoother is not None:
+            return True
+        if list(self.label_names) not in ([], ["labels"]):
+            return any(name in inputs for name in self.label_names)
+        if not torch.is_tensor(inputs.get("labels")):
+            return False
+        student = self._student_base()
+        if get_model_preset(student) is not None or (
+            type(student).__name__ in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
+        ):
+            return False
+        parameters = inspect.signature(student.forward).parameters
+        return "labels" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
     def _problem_type(self, labels: torch.Tensor | None) -> str:
+        if self.token_level:
+            return losses.SINGLE_LABEL
         if self.problem_type is None:
             self.problem_type = losses.resolve_problem_type(self._label_config, labels)
         if self.problem_type == losses.MULTI_LABEL and labels is not None and labels.dim() == 1:
@@ -676,57 +800,120 @@ class DistillationTrainer(Trainer):
             )
         return self.problem_type
 
-    def loss_components(
-        self, model: nn.Module, inputs: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], Any]:
-        """Weighted per-example loss components and the student's outputs on the full input.
+    def student_forward(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> StudentOutput:
+        """The student's forward on its view of the batch (:meth:`student_inputs`).
 
-        Returns ``({"task": (B,), "kd": (B,), ...}, student_outputs)``: each value is a float32 ``(B,)``
-        tensor already multiplied by its weight; components whose weight is 0 are left out (and "task" when
-        the batch has no labels). Subclasses call ``super().loss_components(model, inputs)`` and add their
-        own entries; the teacher's logits on the full input are then in ``self._last_teacher_logits``.
+        When the model's own loss is the task term (:meth:`_model_computes_task_loss`) this is exactly
+        `Trainer.compute_loss` (labels passed, ``num_items_in_batch`` when the model accepts loss kwargs,
+        ``compute_loss_func``, label smoothing, the multi-process scale); otherwise the labels are left out.
         """
-        args = self.args
-        labels = inputs.get("labels")
+        model_loss = self._model_computes_task_loss(inputs)
+        student_inputs = self.student_inputs(inputs, keep_labels=model_loss)
         need_hidden, need_attentions = self._needs_intermediates(None)
-        student_inputs = self.student_inputs(inputs)
         if need_hidden:
             student_inputs["output_hidden_states"] = True
         if need_attentions:
             student_inputs["output_attentions"] = True
-        outputs = classifier_output(self._student_base(), model(**student_inputs))
+        if not model_loss:
+            outputs = model(**student_inputs)
+            return StudentOutput(outputs, output_logits(self._student_base(), outputs, has_loss=False))
+        task, outputs = super().compute_loss(
+            model, student_inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        labels_reached_model = self.label_smoother is None and self.compute_loss_func is None
+        logits = output_logits(self._student_base(), outputs, has_loss=labels_reached_model)
+        return StudentOutput(outputs, logits, task_loss=task)
+
+    def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The teacher's outputs the terms need: ``{"full": outputs on the whole input}`` (cached logits when
+        the batch has them). Subclasses add entries (e.g. the teacher's logits on each modality)."""
         teacher = self.teacher_forward(inputs)
-        if outputs.logits.shape != teacher.logits.shape:
-            raise ValueError(
-                f"Student logits {tuple(outputs.logits.shape)} and teacher logits "
-                f"{tuple(teacher.logits.shape)} differ in shape: both models must predict the same labels."
-            )
         cached = "cached " if inputs.get(TEACHER_CACHE_PREFIX) is not None else ""
         self.check_finite(f"The {cached}teacher logits", teacher.logits)
-        self._last_teacher_logits = teacher.logits.detach()
-        problem_type = self._problem_type(labels)
+        return {"full": teacher}
+
+    def loss_components(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        student: StudentOutput | None = None,
+        teacher: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], StudentOutput]:
+        """Weighted per-example loss components computed by the library, and the student's output.
+
+        Returns ``({"task": (B,), "kd": (B,), ...}, student)``: each value is a float32 ``(B,)`` tensor
+        already multiplied by its weight; components whose weight is 0 are left out, and so is "task" when
+        the batch has no labels or the model's own loss is the task term (``student.task_loss``). For a
+        token-level model, "task" and "kd" hold each example's SUM over its labelled tokens. ``student``
+        and ``teacher`` (:meth:`student_forward`, :meth:`teacher_outputs`) are computed when not given.
+        Subclasses call ``super().loss_components(model, inputs, student, teacher)`` and add their own
+        entries.
+        """
+        args = self.args
+        if student is None:
+            student = self.student_forward(model, inputs)
+        if teacher is None and self.uses_teacher:
+            teacher = self.teacher_outputs(inputs)
+        labels = inputs.get("labels")
         components: dict[str, torch.Tensor] = {}
-        if args.hard_label_weight > 0 and labels is not None:
-            components["task"] = args.hard_label_weight * losses.task_loss(
-                outputs.logits, labels, problem_type
+        if args.hard_label_weight > 0 and student.task_loss is None and torch.is_tensor(labels):
+            if self.token_level:
+                task = losses.token_task_loss(student.logits, labels, causal=self.token_level == "causal")
+            else:
+                task = losses.task_loss(student.logits, labels, self._problem_type(labels))
+            components["task"] = args.hard_label_weight * task
+        if teacher is None:
+            return components, student
+        full = teacher["full"]
+        if student.logits.shape != full.logits.shape:
+            raise ValueError(
+                f"Student logits {tuple(student.logits.shape)} and teacher logits "
+                f"{tuple(full.logits.shape)} differ in shape: both models must predict the same labels."
             )
         if args.kd_loss_weight > 0:
-            kd = losses.soft_target_loss(
-                outputs.logits,
-                teacher.logits,
-                problem_type=problem_type,
-                temperature=args.temperature,
-                loss_type=args.kd_loss_type,
-            )
-            components["kd"] = args.kd_loss_weight * kd
+            components["kd"] = args.kd_loss_weight * self._soft_target(student.logits, full.logits, inputs)
         mask = inputs.get("attention_mask")
-        if need_hidden:
-            components["hidden"] = args.hidden_loss_weight * self._hidden_loss(outputs, teacher, mask)
-        if need_attentions:
+        if args.hidden_loss_weight > 0:
+            components["hidden"] = args.hidden_loss_weight * self._hidden_loss(student.outputs, full, mask)
+        if args.attention_loss_weight > 0:
             components["attention"] = args.attention_loss_weight * self._attention_loss(
-                outputs, teacher, mask
+                student.outputs, full, mask
             )
-        return components, outputs
+        return components, student
+
+    def _soft_target(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, inputs: dict
+    ) -> torch.Tensor:
+        """The soft-target loss per example: (B, C) logits, or, for a token-level model, the sum over each
+        example's labelled tokens of the per-token divergence (:func:`~hf_msd.losses.token_soft_target_loss`).
+        """
+        if student_logits.dim() == 3 and not self.token_level:
+            raise ValueError(
+                f"{type(self._student_base()).__name__} returns token-level logits "
+                f"{tuple(student_logits.shape)} "
+                "but is neither a causal LM nor a token classifier of transformers' auto classes, so which "
+                "tokens are targets is unknown: register it with AutoModelForCausalLM / "
+                "AutoModelForTokenClassification, or distil a sequence-level head."
+            )
+        if self.token_level:
+            return losses.token_soft_target_loss(
+                student_logits,
+                teacher_logits,
+                labels=inputs.get("labels"),
+                attention_mask=inputs.get("attention_mask"),
+                causal=self.token_level == "causal",
+                temperature=self.args.temperature,
+                loss_type=self.args.kd_loss_type,
+            )
+        return losses.soft_target_loss(
+            student_logits,
+            teacher_logits,
+            problem_type=self._problem_type(inputs.get("labels")),
+            temperature=self.args.temperature,
+            loss_type=self.args.kd_loss_type,
+        )
 
     def _student_tokens(self, teacher_length: int, student_length: int) -> slice:
         """The positions of the teacher's fused sequence that hold the student's modalities.
@@ -814,16 +1001,30 @@ class DistillationTrainer(Trainer):
             )
         return torch.stack(per_layer).mean(dim=0)
 
-    @staticmethod
     def combine_components(
-        components: dict[str, torch.Tensor], examples: torch.Tensor | float, labelled: torch.Tensor | float
+        self,
+        components: dict[str, torch.Tensor],
+        examples: torch.Tensor | float,
+        labelled: torch.Tensor | float,
+        tokens: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
-        """``sum(task) / max(labelled, 1) + sum over the other components of sum(c) / examples``: the
-        scalar loss from per-example components (each (B,)); see :meth:`compute_loss`."""
-        terms = [c.sum() / examples for name, c in components.items() if name != "task"]
-        if "task" in components:
-            divisor = labelled.clamp_min(1) if torch.is_tensor(labelled) else max(labelled, 1)
-            terms.append(components["task"].sum() / divisor)
+        """The scalar loss from the library's per-example components (each (B,)); see :meth:`compute_loss`.
+
+        ``sum(task) / max(labelled, 1) + sum over the other components of sum(c) / examples``; for a
+        token-level model ``task`` and ``kd`` (sums over labelled tokens) are divided by ``max(tokens, 1)``.
+        """
+
+        def divisor(count):
+            return count.clamp_min(1) if torch.is_tensor(count) else max(count, 1)
+
+        terms = []
+        for name, value in components.items():
+            if self.token_level and name in ("task", "kd"):
+                terms.append(value.sum() / divisor(tokens))
+            elif name == "task":
+                terms.append(value.sum() / divisor(labelled))
+            else:
+                terms.append(value.sum() / examples)
         return torch.stack(terms).sum()
 
     def compute_loss(
@@ -833,51 +1034,81 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        """The training loss of one micro-batch:
+        """The loss of one micro-batch: student forward, teacher outputs, the terms, their reduction.
 
-            loss = sum_{i labelled} task_i / N_labelled + sum_{c != task} sum_i c_i / N
+        The task term comes from one of two places:
 
-        where ``c_i`` are the weighted per-example :meth:`loss_components`, ``N`` is ``num_items_in_batch``
-        (the examples of the whole accumulated batch, over every process, from :meth:`get_batch_samples`)
-        and ``N_labelled`` the labelled examples among them (label != -100; ``max(N_labelled, 1)``, so an
-        accumulated batch without any label contributes no task term). Summed over the micro-batches of an
-        optimizer step this is exactly the large-batch loss ``mean over labelled examples of task + mean
-        over all examples of the other terms``, however the batch is split (a micro-batch without labelled
-        examples adds only its distillation terms). Without ``num_items_in_batch`` (evaluation, direct
-        calls) ``N`` and ``N_labelled`` are this batch's counts.
+        - **The model's own loss** (a model that takes labels and returns a loss, or ``compute_loss_func``,
+          label smoothing, custom ``label_names``; see :meth:`_model_computes_task_loss`): exactly what
+          `Trainer.compute_loss` returns, with the Trainer's gradient-accumulation contract (divided by the
+          accumulation steps unless the model receives ``num_items_in_batch`` or ``compute_loss_func`` is
+          set), times ``hard_label_weight``.
+        - **The library** (hf_msd's models and other models with a preset, transformers'
+          ``*ForSequenceClassification``, models that return no loss): the per-example task loss summed over
+          the labelled examples (label != -100) and divided by their number in the whole accumulated batch,
+          over every process.
 
-        With several processes and a global count, the loss is multiplied by the number of processes to undo
-        DDP's gradient averaging, as transformers' default loss does.
+        Every other term ``c`` (``kd``, ``hidden``, ``attention``, modality terms) is summed over the examples
+        and divided by the number of examples ``N`` of the whole accumulated batch (over every process, from
+        :meth:`get_batch_samples`). For a token-level model (causal LM, token classifier) the ``kd`` term
+        (and a library-computed ``task``) is the per-token divergence summed over the labelled tokens and
+        divided by the labelled tokens of the accumulated batch (after the causal shift). Summed over the
+        micro-batches of an optimizer step this is the large-batch loss however the batch is split. Outside
+        training (evaluation, direct calls) the counts are this batch's. With several processes the library's
+        terms are
+        multiplied by the number of processes to undo DDP's gradient averaging, as transformers' default loss
+        does. With every teacher-dependent weight at 0 the teacher does not run.
         """
         if model.training:
             self._batches_seen += 1
-        components, outputs = self.loss_components(model, inputs)
-        if not components:
-            raise ValueError(
-                "No loss component to train on: the batch has no 'labels' and every distillation weight "
-                "is 0. Set kd_loss_weight (or another weight) > 0, or provide labels."
-            )
-        batch_size = next(iter(components.values())).shape[0]
-        labelled = self._num_labelled(inputs)
-        if num_items_in_batch is None:
-            examples, all_labelled = batch_size, labelled
-        elif self._batch_counts is not None and num_items_in_batch is self._batch_counts[0]:
-            examples, all_labelled = self._batch_counts
-        else:  # a caller's own example count: assume this batch's labelled fraction
-            examples, all_labelled = num_items_in_batch, num_items_in_batch * labelled / batch_size
-        loss = self.combine_components(components, examples, all_labelled)
-        if (
-            num_items_in_batch is not None
-            and self.args.average_tokens_across_devices
-            and self.args.world_size > 1
-        ):
-            loss = loss * self.accelerator.num_processes
+        student = self.student_forward(model, inputs, num_items_in_batch)
+        teacher = self.teacher_outputs(inputs) if self.uses_teacher else None
+        components, _ = self.loss_components(model, inputs, student, teacher)
+        loss = self.reduce_loss(components, student, inputs, num_items_in_batch, training=model.training)
         self.check_finite("The training loss" if model.training else "The evaluation loss", loss)
         if model.training:
-            self._accumulate_logs(components, batch_size, labelled)
-        elif self._eval_agreement is not None:
-            self._record_agreement(outputs.logits, self._last_teacher_logits)
-        return (loss, outputs) if return_outputs else loss
+            self._accumulate_logs(components, inputs)
+        elif self._eval_agreement is not None and teacher is not None:
+            self._record_agreement(student.logits, teacher["full"].logits)
+        if not return_outputs:
+            return loss
+        outputs = student.outputs
+        if student.task_loss is None and isinstance(outputs, tuple):
+            outputs = (loss, *outputs)  # Trainer's convention: a tuple's first entry is the loss
+        return loss, outputs
+
+    def reduce_loss(
+        self,
+        components: dict[str, torch.Tensor],
+        student: StudentOutput,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None,
+        training: bool,
+    ) -> torch.Tensor:
+        """The scalar loss of :meth:`compute_loss`: the library's components and the model's own task loss."""
+        if not components and student.task_loss is None:
+            raise ValueError(
+                "No loss component to train on: the batch has no labels and every distillation weight "
+                "is 0. Set kd_loss_weight (or another weight) > 0, or provide labels."
+            )
+        loss = None
+        if student.task_loss is not None:
+            loss = student.task_loss
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                self.compute_loss_func is not None
+            )
+            if training and not scaled:
+                loss = loss / self.current_gradient_accumulation_steps
+            if self.args.hard_label_weight != 1:
+                loss = self.args.hard_label_weight * loss
+        if components:
+            accumulated = training and self._batch_counts is not None
+            counts = self._batch_counts if accumulated else self._counts(inputs)
+            library = self.combine_components(components, *counts.to(self.args.device))
+            if accumulated and self.args.average_tokens_across_devices and self.args.world_size > 1:
+                library = library * self.accelerator.num_processes
+            loss = library if loss is None else loss + library
+        return loss
 
     def check_finite(self, what: str, tensor: torch.Tensor) -> None:
         """Raise a FloatingPointError naming the batch and step if ``tensor`` holds NaN or inf.
@@ -913,27 +1144,33 @@ class DistillationTrainer(Trainer):
 
     # ---- Logging and evaluation ------------------------------------------------------------------------
 
-    def _accumulate_logs(self, components: dict[str, torch.Tensor], batch_size: int, labelled: int) -> None:
+    def _accumulate_logs(self, components: dict[str, torch.Tensor], inputs: dict[str, Any]) -> None:
+        """Add this micro-batch's component sums and counts to the logging window (only when a teacher term is
+        on: without one the loss is the task term alone and the logs are the Trainer's)."""
+        if not self.uses_teacher:
+            return
         for name, value in components.items():
             value = value.detach().sum()
             self._log_sums[name] = self._log_sums.get(name, torch.zeros_like(value)) + value
-        self._log_count = self._log_count + batch_size
-        self._log_labelled = self._log_labelled + labelled
+        self._log_counts = self._log_counts + self._counts(inputs).to(self._log_counts.device)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss component over the logging window (``<name>_loss``) to training logs:
-        ``task_loss`` over the labelled examples, the others over all examples."""
+        """Add the mean of each library-computed loss component over the logging window (``<name>_loss``) to
+        training logs: ``task_loss`` over the labelled examples, the others over all examples (over the
+        labelled tokens for a token-level model's ``task`` and ``kd``)."""
         if "loss" in logs and self._log_sums:
             names = sorted(self._log_sums)
-            counts = [self._log_count.float(), self._log_labelled.float()]
-            sums = torch.stack([self._log_sums[name] for name in names] + counts)
+            sums = torch.cat([torch.stack([self._log_sums[name] for name in names]), self._log_counts])
             sums = self.accelerator.reduce(sums, reduction="sum")
-            for name, value in zip(names, sums[:-2]):
-                count = sums[-1] if name == "task" else sums[-2]
+            examples, labelled, tokens = sums[-3:]
+            for name, value in zip(names, sums[:-3]):
+                if self.token_level and name in ("task", "kd"):
+                    count = tokens
+                else:
+                    count = labelled if name == "task" else examples
                 logs[f"{name}_loss"] = (value / count.clamp_min(1)).item()
             self._log_sums = {}
-            self._log_count = torch.zeros_like(self._log_count)
-            self._log_labelled = torch.zeros_like(self._log_labelled)
+            self._log_counts = torch.zeros_like(self._log_counts)
         super().log(logs, start_time)
 
     def _record_agreement(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
