@@ -44,6 +44,17 @@ _Args = TypeVar("_Args", bound="DistillationTrainingArguments")
 _COMBINED: dict[tuple[type, type], type] = {}
 
 
+def _combined_class(cls: type, other: type) -> type:
+    """A dataclass deriving from ``cls`` and ``other``, a module attribute so that pickling finds it (the
+    Trainer saves its arguments with every checkpoint)."""
+    name = f"{cls.__name__}With{other.__name__}"
+    while name in globals():
+        name += "_"
+    combined = dataclass(type(name, (cls, other), {"__module__": __name__, "__qualname__": name}))
+    globals()[name] = combined
+    return combined
+
+
 def check_weight(name: str, value: float) -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a finite number >= 0 (NaN compares False with
     everything, so ``value < 0`` alone would let it through and silently switch a loss term off)."""
@@ -154,13 +165,7 @@ class DistillationTrainingArguments(TrainingArguments):
         if type(args) is not TrainingArguments:
             key = (cls, type(args))
             if key not in _COMBINED:
-                _COMBINED[key] = dataclass(
-                    type(
-                        f"{cls.__name__}With{type(args).__name__}",
-                        (cls, type(args)),
-                        {"__module__": __name__},
-                    )
-                )
+                _COMBINED[key] = _combined_class(cls, type(args))
             target = _COMBINED[key]
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
         return target(**{**values, **overrides})

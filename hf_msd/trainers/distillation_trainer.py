@@ -1065,7 +1065,10 @@ class DistillationTrainer(Trainer):
         teacher = self.teacher_outputs(inputs) if self.uses_teacher else None
         components, _ = self.loss_components(model, inputs, student, teacher)
         loss = self.reduce_loss(components, student, inputs, num_items_in_batch, training=model.training)
-        self.check_finite("The training loss" if model.training else "The evaluation loss", loss)
+        if (
+            self.uses_teacher
+        ):  # a NaN teacher must not reach the student; otherwise the Trainer's NaN handling
+            self.check_finite("The training loss" if model.training else "The evaluation loss", loss)
         if model.training:
             self._accumulate_logs(components, inputs)
         elif self._eval_agreement is not None and teacher is not None:

@@ -142,11 +142,11 @@ class MSDTrainer(DistillationTrainer):
             **trainer_kwargs,
         )
         args = self.args
-        if not self.modalities:
+        if not self.modalities and args.modality_loss_weight > 0:
             raise ValueError(
                 "modalities is empty and neither model has a preset: pass modalities=[Modality(...), ...]."
             )
-        if self.token_level:
+        if self.token_level and args.modality_loss_weight > 0:
             raise ValueError(
                 f"MSDTrainer does not support token-level students ({type(self._student_base()).__name__}: "
                 "causal LM / token classification): its modality-only passes change the token sequence. "
@@ -387,6 +387,8 @@ class MSDTrainer(DistillationTrainer):
         loads) the population saliency, then trains as :meth:`transformers.Trainer.train`."""
         if self.train_dataset is None:
             raise ValueError("MSDTrainer.train() needs a train_dataset.")
+        if self.args.modality_loss_weight == 0:  # no modality terms: nothing to check or compute first
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
         self.check_data()
         if self.weighting.learned and self.args.meta_validation_fraction > 0 and self._meta_dataset is None:
             self._split_meta_validation()
