@@ -198,23 +198,18 @@ def token_targets(labels: torch.Tensor, causal: bool) -> torch.Tensor:
     return labels[:, 1:] if causal else labels
 
 
-def _token_positions(
-    logits: torch.Tensor,
-    labels: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    causal: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scored logits (B, T', V), mask (B, T'))``: the positions that have a target (label != -100; without
-    labels, the real tokens of ``attention_mask``, else every position), after the causal shift."""
-    if causal:
-        logits = logits[:, :-1]
+def scored_token_mask(
+    labels: torch.Tensor | None, attention_mask: torch.Tensor | None, shape: torch.Size, causal: bool
+) -> torch.Tensor:
+    """The (B, T') bool mask of the positions a token-level term scores, for logits of ``shape`` (B, T, V);
+    T' = T - 1 for a causal LM (its logits at t predict the token at t + 1), else T. Scored are the positions
+    with a label (``labels`` (B, T) != -100); without labels the real tokens of ``attention_mask`` (B, T);
+    without either, every position."""
     if labels is not None:
-        mask = token_targets(labels, causal) != IGNORE_INDEX
-    elif attention_mask is not None:
-        mask = token_targets(attention_mask, causal).bool()
-    else:
-        mask = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
-    return logits, mask
+        return token_targets(labels, causal) != IGNORE_INDEX
+    if attention_mask is not None:
+        return token_targets(attention_mask, causal).bool()
+    return torch.ones(shape[0], shape[1] - 1 if causal else shape[1], dtype=torch.bool)
 
 
 def token_soft_target_loss(
@@ -231,21 +226,22 @@ def token_soft_target_loss(
 
     Each scored position's divergence is :func:`soft_target_loss` (single-label, softmax over the vocabulary
     ``V``) between ``student_logits`` and ``teacher_logits`` (B, T, V); the result is, for each example, the
-    SUM over its scored positions: those with a label (``labels`` (B, T) != -100, or the real tokens of
-    ``attention_mask`` without labels), at t < T - 1 compared with the label at t + 1 when ``causal``. Divide
-    the batch's sum by the number of scored positions for the mean over labelled tokens. Returns float32 (B,).
+    SUM over its scored positions (:func:`scored_token_mask`: label != -100, after the causal shift when
+    ``causal``). Divide the batch's sum by the number of scored positions for the mean over labelled tokens.
+    Returns float32 (B,).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
             "differ in shape: teacher and student must share one vocabulary and tokenisation."
         )
-    student, mask = _token_positions(student_logits, labels, attention_mask, causal)
-    teacher, _ = _token_positions(teacher_logits, labels, attention_mask, causal)
-    batch, length, vocab = student.shape
+    mask = scored_token_mask(labels, attention_mask, student_logits.shape, causal).to(student_logits.device)
+    if causal:
+        student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
+    batch, length, vocab = student_logits.shape
     per_token = soft_target_loss(
-        student.reshape(-1, vocab),
-        teacher.reshape(-1, vocab),
+        student_logits.reshape(-1, vocab),
+        teacher_logits.reshape(-1, vocab),
         problem_type=SINGLE_LABEL,
         temperature=temperature,
         loss_type=loss_type,
@@ -256,7 +252,8 @@ def token_soft_target_loss(
 def token_task_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """Cross-entropy of token-level ``logits`` (B, T, V) against ``labels`` (B, T), summed per example over
     the labelled positions (-100 ignored; shifted by one for a causal LM). Returns float32 (B,)."""
-    logits, _ = _token_positions(logits, labels, None, causal)
+    if causal:
+        logits = logits[:, :-1]
     targets = token_targets(labels, causal)
     per_token = F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),

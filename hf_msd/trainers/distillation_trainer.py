@@ -714,11 +714,25 @@ class DistillationTrainer(Trainer):
         return int(losses.labelled_mask(labels, self._problem_type(labels)).sum())
 
     def _num_labelled_tokens(self, batch: dict[str, Any]) -> int:
-        """Labelled target tokens of a token-level model's batch (label != -100, after the causal shift)."""
-        labels = batch.get("labels")
-        if not self.token_level or not torch.is_tensor(labels):
+        """The positions a token-level model's terms score in ``batch``
+        (:func:`hf_msd.losses.scored_token_mask`: label != -100 after the causal shift; without labels, the
+        real tokens); 0 for a sequence-level model."""
+        if not self.token_level:
             return 0
-        return int(losses.token_targets(labels, causal=self.token_level == "causal").ne(-100).sum())
+        labels = batch.get("labels")
+        mask = losses.scored_token_mask(
+            labels if torch.is_tensor(labels) else None,
+            batch.get("attention_mask"),
+            self._token_shape(batch),
+            causal=self.token_level == "causal",
+        )
+        return int(mask.sum())
+
+    @staticmethod
+    def _token_shape(batch: dict[str, Any]) -> torch.Size:
+        """(B, T) of a token-level batch, from its ``input_ids`` (or ``inputs_embeds``)."""
+        tokens = batch.get("input_ids")
+        return tokens.shape if tokens is not None else batch["inputs_embeds"].shape[:2]
 
     def _counts(self, batch: dict[str, Any]) -> torch.Tensor:
         """``[examples, labelled examples, labelled tokens]`` of one micro-batch."""
