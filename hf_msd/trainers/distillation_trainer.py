@@ -35,7 +35,7 @@ from transformers.models.auto.modeling_auto import (
 )
 from transformers.utils import logging
 
-from .. import losses
+from .. import intermediate_losses, losses
 from ..data.paired import TEACHER_INPUT_PREFIX
 from ..modality import Modality, default_modalities
 from ..modality_presets import get_logits, get_model_preset
@@ -95,38 +95,6 @@ def as_classifier_output(model: nn.Module, outputs: Any, has_loss: bool = False)
         hidden_states=getattr(outputs, "hidden_states", None),
         attentions=getattr(outputs, "attentions", None),
     )
-
-
-def _config_width(config) -> int:
-    for name in ("hidden_size", "d_model", "dim"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    raise ValueError(
-        f"Cannot read the hidden width of {type(config).__name__} (no hidden_size / d_model / dim) for "
-        "hidden-state distillation."
-    )
-
-
-def _num_layers(config) -> int:
-    for name in ("num_hidden_layers", "num_layers", "n_layers"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    raise ValueError(
-        f"Cannot read the number of layers of {type(config).__name__}; set hidden_layer_map / "
-        "attention_layer_map explicitly."
-    )
-
-
-def evenly_spaced_layer_map(num_student: int, num_teacher: int, offset: int) -> dict[int, int]:
-    """Map each student layer to the teacher layer at the same relative depth, last to last.
-
-    ``offset`` is 1 for ``outputs.hidden_states`` (index 0 is the embeddings, not mapped by default) and 0
-    for ``outputs.attentions``. Returns ``{student_index: teacher_index}``.
-    """
-    return {
-        layer - 1 + offset: round(layer * num_teacher / num_student) - 1 + offset
-        for layer in range(1, num_student + 1)
-    }
 
 
 def _preset_modalities(teacher: nn.Module, student: nn.Module) -> list[Modality]:
@@ -224,21 +192,6 @@ def _use_eager_attention(role: str, model: nn.Module) -> None:
         model.set_attn_implementation("eager")
 
 
-def token_mask(outputs: Any, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
-    """The (B, ``length``) mask of real tokens of a model's ``hidden_states`` / ``attentions``.
-
-    A fused multimodal model returns ``outputs.hidden_states_mask`` (text ``attention_mask`` then ones for
-    image tokens); a text model's sequence is its input, so the batch's ``attention_mask`` is used when it
-    has ``length`` positions. ``None`` (every token counts) when neither fits.
-    """
-    mask = getattr(outputs, "hidden_states_mask", None)
-    if mask is not None and mask.shape[1] == length:
-        return mask
-    if attention_mask is not None and attention_mask.shape[1] == length:
-        return attention_mask
-    return None
-
-
 def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
     """``model`` as a DeepSpeed engine for evaluation only, from the student's DeepSpeed config: ZeRO-3
     partitions its parameters over the processes, other stages keep a full copy (stage 0); no optimizer."""
@@ -254,18 +207,6 @@ def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
     config.pop("scheduler", None)
     engine, *_ = deepspeed.initialize(model=model, config=config)
     return engine.eval()
-
-
-def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """(B, L, H) -> (B, H) for pooling "mean" (masked) or "first"; unchanged for "none"."""
-    if pooling == "first":
-        return hidden[:, 0]
-    if pooling == "mean":
-        if attention_mask is None or attention_mask.shape[:2] != hidden.shape[:2]:
-            return hidden.mean(dim=1)
-        mask = attention_mask[..., None].to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-    return hidden
 
 
 class DistillationTrainer(Trainer):
@@ -565,36 +506,30 @@ class DistillationTrainer(Trainer):
 
     def _build_projections(self, student: nn.Module, teacher: nn.Module) -> nn.ModuleDict:
         purpose = "hidden_loss_weight > 0 (projection widths)"
-        student_width = _config_width(_config_of(student, purpose))
-        teacher_width = _config_width(_config_of(teacher, purpose))
-        projections = nn.ModuleDict()
-        if student_width != teacher_width:
-            for student_index, teacher_index in self._hidden_map.items():
-                projections[f"{student_index}_to_{teacher_index}"] = nn.Linear(student_width, teacher_width)
-        return projections
+        return intermediate_losses.build_projections(
+            intermediate_losses.config_width(_config_of(student, purpose)),
+            intermediate_losses.config_width(_config_of(teacher, purpose)),
+            self._hidden_map,
+        )
 
     def _resolve_layer_map(self, layer_map: dict[int, int] | None, offset: int, name: str) -> dict[int, int]:
         """``layer_map``, checked against both models' layer counts, or the evenly spaced default."""
+        student, teacher = self._student_base(), self.teacher_model
         if layer_map is None:
             purpose = "the default layer map of hidden_loss_weight > 0 or attention_loss_weight > 0"
-            student_layers = _num_layers(_config_of(self._student_base(), purpose))
-            teacher_layers = _num_layers(_config_of(self.teacher_model, purpose))
-            return evenly_spaced_layer_map(student_layers, teacher_layers, offset)
-        for role, config, indices in (
-            ("student", getattr(self._student_base(), "config", None), layer_map.keys()),
-            ("teacher", getattr(self.teacher_model, "config", None), layer_map.values()),
-        ):
+            return intermediate_losses.evenly_spaced_layer_map(
+                intermediate_losses.num_layers(_config_of(student, purpose)),
+                intermediate_losses.num_layers(_config_of(teacher, purpose)),
+                offset,
+            )
+
+        def layers(model: nn.Module) -> int | None:
             try:
-                last = _num_layers(config) - 1 + offset
+                return intermediate_losses.num_layers(getattr(model, "config", None))
             except ValueError:
-                continue  # unknown layer count: the model's outputs will tell
-            outside = sorted(i for i in indices if i > last)
-            if outside:
-                what = "hidden_states (0 = embeddings)" if offset else "attentions"
-                raise ValueError(
-                    f"{name}={layer_map}: {role} index {outside} is out of range; the {role}'s "
-                    f"outputs.{what} has indices 0..{last}."
-                )
+                return None  # unknown layer count: the model's outputs will tell
+
+        intermediate_losses.check_layer_map(layer_map, name, offset, layers(student), layers(teacher))
         return dict(layer_map)
 
     def _training_parameters(self) -> list[nn.Parameter]:
@@ -929,91 +864,42 @@ class DistillationTrainer(Trainer):
             loss_type=self.args.kd_loss_type,
         )
 
-    def _student_tokens(self, teacher_length: int, student_length: int) -> slice:
-        """The positions of the teacher's fused sequence that hold the student's modalities.
-
-        A student that takes every modality (or whose sequence is as long as the teacher's) is compared with
-        every teacher token. A student that takes fewer modalities (multimodal to unimodal) is compared with
-        the teacher's tokens of its own modalities: the fused sequence holds the modalities' tokens in the
-        order of ``modalities`` (text first in our model and in ViLT), so the student's tokens are the first
-        ``student_length`` positions when its modalities come first, the last ones when they come last.
-        """
-        if teacher_length == student_length or not self._keys_hidden_from_student:
+    def _student_span(self, teacher_length: int, student_length: int) -> slice:
+        """The teacher's tokens of the student's modalities
+        (:func:`~hf_msd.intermediate_losses.student_token_span`); every token when it takes them all."""
+        if not self._keys_hidden_from_student:
             return slice(None)
-        names, kept = [m.name for m in self.modalities], self.student_modality_names
-        if names[: len(kept)] == kept:
-            return slice(0, student_length)
-        if names[-len(kept) :] == kept:
-            return slice(teacher_length - student_length, teacher_length)
-        raise ValueError(
-            f"Cannot locate the student's modalities {kept} in the teacher's sequence (modalities {names}): "
-            "they must be the first or the last ones."
+        return intermediate_losses.student_token_span(
+            teacher_length,
+            student_length,
+            [m.name for m in self.modalities],
+            self.student_modality_names,
         )
 
     def _hidden_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
-        """Mean over mapped layers of the hidden-state loss, (B,). Student and teacher states are compared
-        on the teacher's tokens of the student's modalities (:meth:`_student_tokens`), padding left out
-        (:func:`token_mask`), token by token or pooled (``hidden_state_pooling``)."""
-        pooling = self.args.hidden_state_pooling
-        projections = self.training_modules["hidden_projections"]
-        per_layer = []
-        for student_index, teacher_index in self._hidden_map.items():
-            student_hidden = student_outputs.hidden_states[student_index]
-            teacher_hidden = teacher_outputs.hidden_states[teacher_index]
-            student_mask = token_mask(student_outputs, mask, student_hidden.shape[1])
-            teacher_mask = token_mask(teacher_outputs, mask, teacher_hidden.shape[1])
-            span = self._student_tokens(teacher_hidden.shape[1], student_hidden.shape[1])
-            teacher_hidden = teacher_hidden[:, span]
-            teacher_mask = None if teacher_mask is None else teacher_mask[:, span]
-            if pooling == "none" and student_hidden.shape[1] != teacher_hidden.shape[1]:
-                raise ValueError(
-                    f"Student hidden states ({student_hidden.shape[1]} positions) and teacher hidden "
-                    f"states ({teacher_hidden.shape[1]}) differ in length: set hidden_state_pooling='mean' "
-                    "or 'first'."
-                )
-            key = f"{student_index}_to_{teacher_index}"
-            if key in projections:
-                student_hidden = projections[key](student_hidden.to(projections[key].weight.dtype))
-            student_hidden = _pool(student_hidden, student_mask, pooling)
-            teacher_hidden = _pool(teacher_hidden, teacher_mask, pooling)
-            per_layer.append(
-                losses.hidden_state_loss(
-                    student_hidden,
-                    teacher_hidden,
-                    attention_mask=student_mask,
-                    loss_type=self.args.hidden_loss_type,
-                )
-            )
-        return torch.stack(per_layer).mean(dim=0)
+        """:func:`~hf_msd.intermediate_losses.hidden_states_loss` with this run's layers and projections."""
+        return intermediate_losses.hidden_states_loss(
+            student_outputs,
+            teacher_outputs,
+            self._hidden_map,
+            self.training_modules["hidden_projections"],
+            mask,
+            self._student_span,
+            pooling=self.args.hidden_state_pooling,
+            loss_type=self.args.hidden_loss_type,
+        )
 
     def _attention_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
-        """Mean over mapped layers of the attention-map loss, (B,): the teacher's map restricted to the
-        student's modalities' tokens (rows and columns, rows renormalised to sum to 1), padded query rows
-        left out."""
-        per_layer = []
-        for outputs, role in ((student_outputs, "student"), (teacher_outputs, "teacher")):
-            if not getattr(outputs, "attentions", None):
-                raise ValueError(
-                    f"The {role} returned no attention maps for attention_loss_weight > 0; load it with "
-                    "attn_implementation='eager' (fused kernels cannot return attention probabilities)."
-                )
-        for student_index, teacher_index in self._attention_map.items():
-            student_attn = student_outputs.attentions[student_index]
-            teacher_attn = teacher_outputs.attentions[teacher_index]
-            span = self._student_tokens(teacher_attn.shape[-1], student_attn.shape[-1])
-            if span != slice(None):
-                teacher_attn = teacher_attn[..., span, span].float()
-                teacher_attn = teacher_attn / teacher_attn.sum(-1, keepdim=True).clamp_min(1e-12)
-            per_layer.append(
-                losses.attention_map_loss(
-                    student_attn,
-                    teacher_attn,
-                    loss_type=self.args.attention_loss_type,
-                    head_reduction=self.args.attention_head_reduction,
-                    attention_mask=token_mask(student_outputs, mask, student_attn.shape[-1]),
-                )
-            )
-        return torch.stack(per_layer).mean(dim=0)
+        """:func:`~hf_msd.intermediate_losses.attention_maps_loss` with this run's layer map."""
+        return intermediate_losses.attention_maps_loss(
+            student_outputs,
+            teacher_outputs,
+            self._attention_map,
+            mask,
+            self._student_span,
+            loss_type=self.args.attention_loss_type,
+            head_reduction=self.args.attention_head_reduction,
+        )
 
     def combine_components(
         self,
