@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from transformers.utils import logging
 from .. import intermediate_losses, losses
 from ..data.paired import TEACHER_INPUT_PREFIX
 from ..modality import Modality, default_modalities
-from ..modality_presets import get_logits, get_model_preset
+from ..modality_presets import classifier_output, get_logits, get_model_preset
 from ..modality_presets import num_labels as preset_num_labels
 from ..teacher_cache import TEACHER_LOGITS, expand_topk_columns
 from .distillation_config import DistillationTrainingArguments
@@ -58,43 +58,6 @@ class StudentOutput:
     outputs: Any
     logits: torch.Tensor
     task_loss: torch.Tensor | None = None
-
-
-def output_logits(model: nn.Module, outputs: Any, has_loss: bool) -> torch.Tensor:
-    """The logits in ``outputs``, in every form a `Trainer` model may return.
-
-    A tensor is the logits; a tuple is ``(loss, logits, ...)`` when the model computed a loss (``has_loss``),
-    else ``(logits, ...)``; a ``ModelOutput`` / dict gives the field named by the model
-    (:func:`~hf_msd.modality_presets.get_logits`: ``logits_key``, the preset, ``logits``), else its first
-    entry that is not the loss (Trainer's convention for predictions).
-    """
-    if torch.is_tensor(outputs):
-        return outputs
-    if isinstance(outputs, tuple) and not isinstance(outputs, Mapping):
-        return outputs[1] if has_loss else outputs[0]
-    if isinstance(outputs, Mapping):
-        key = getattr(model, "logits_key", None)
-        preset = get_model_preset(model) if key is None else None
-        key = key or (preset.logits_key if preset is not None else "logits")
-        if outputs.get(key) is not None:
-            return outputs[key]
-        values = [value for name, value in outputs.items() if name != "loss" and value is not None]
-        if values and key == "logits":
-            return values[0]
-    return get_logits(model, outputs)
-
-
-def as_classifier_output(model: nn.Module, outputs: Any, has_loss: bool = False) -> Any:
-    """``outputs`` if its ``logits`` field holds the logits (:func:`output_logits`), else a
-    ``SequenceClassifierOutput`` with the logits and the outputs' ``hidden_states`` / ``attentions``."""
-    logits = output_logits(model, outputs, has_loss)
-    if getattr(outputs, "logits", None) is logits:
-        return outputs
-    return SequenceClassifierOutput(
-        logits=logits,
-        hidden_states=getattr(outputs, "hidden_states", None),
-        attentions=getattr(outputs, "attentions", None),
-    )
 
 
 def _preset_modalities(teacher: nn.Module, student: nn.Module) -> list[Modality]:
@@ -435,7 +398,7 @@ class DistillationTrainer(Trainer):
         if need_attentions:
             teacher_inputs["output_attentions"] = True
         with self._teacher_context():
-            return as_classifier_output(self.teacher_model, self.teacher_model(**teacher_inputs))
+            return classifier_output(self.teacher_model, self.teacher_model(**teacher_inputs))
 
     def _needs_intermediates(self, output_intermediates: bool | None) -> tuple[bool, bool]:
         if output_intermediates is False:
@@ -767,12 +730,12 @@ class DistillationTrainer(Trainer):
             student_inputs["output_attentions"] = True
         if not model_loss:
             outputs = model(**student_inputs)
-            return StudentOutput(outputs, output_logits(self._student_base(), outputs, has_loss=False))
+            return StudentOutput(outputs, get_logits(self._student_base(), outputs))
         task, outputs = super().compute_loss(
             model, student_inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
         labels_reached_model = self.label_smoother is None and self.compute_loss_func is None
-        logits = output_logits(self._student_base(), outputs, has_loss=labels_reached_model)
+        logits = get_logits(self._student_base(), outputs, has_loss=labels_reached_model)
         return StudentOutput(outputs, logits, task_loss=task)
 
     def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from transformers.utils import logging
 
 from .. import losses
 from ..modality import Modality, remove, restrict, validate_modalities
+from ..modality_presets import get_logits
 from ..modality_presets import num_labels as preset_num_labels
 from ..saliency import (
     SaliencyFn,
@@ -42,7 +43,7 @@ from ..saliency import (
 )
 from ..teacher_cache import teacher_column
 from ..weighting import build_weighting
-from .distillation_trainer import TEACHER_CACHE_PREFIX, DistillationTrainer, StudentOutput, output_logits
+from .distillation_trainer import TEACHER_CACHE_PREFIX, DistillationTrainer, StudentOutput
 from .meta_validation import MetaValidationBatches
 from .msd_config import MSDTrainingArguments
 from .training_state import average_across_processes, resolve_checkpoint
@@ -280,9 +281,7 @@ class MSDTrainer(DistillationTrainer):
             # bare module; autograd sums their gradients into the same parameters before DDP's reducer
             # all-reduces them, so the update is the same as on one process.
             bare = self.accelerator.unwrap_model(model)
-            student_logits = batched_logits(
-                lambda batch: output_logits(bare, bare(**batch), has_loss=False), student_batches
-            )
+            student_logits = batched_logits(lambda batch: get_logits(bare, bare(**batch)), student_batches)
         batch_size = student.logits.shape[0]
         saliency = None
         if self.weighting.needs_instance_saliency:
@@ -369,7 +368,7 @@ class MSDTrainer(DistillationTrainer):
 
         def val_loss(lookahead: dict[str, torch.Tensor]) -> torch.Tensor:
             outputs = torch.func.functional_call(student, lookahead, args=(), kwargs=val_inputs)
-            logits = output_logits(student, outputs, has_loss=False)
+            logits = get_logits(student, outputs)
             task = losses.task_loss(logits, held_out["labels"], problem_type)
             return task.sum() / max(self._num_labelled(held_out), 1)  # mean over labelled examples
 
