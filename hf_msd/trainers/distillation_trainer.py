@@ -40,7 +40,7 @@ from ..data.paired import TEACHER_INPUT_PREFIX
 from ..modality import Modality, default_modalities
 from ..modality_presets import classifier_output, get_logits, get_model_preset
 from ..modality_presets import num_labels as preset_num_labels
-from ..teacher_cache import TEACHER_LOGITS, expand_topk_columns
+from ..teacher_cache import TEACHER_LOGITS, batch_cached_logits
 from .distillation_config import DistillationTrainingArguments
 from .training_state import TrainingState, resolve_checkpoint
 
@@ -374,24 +374,12 @@ class DistillationTrainer(Trainer):
                 if shared:  # eval() on the shared base also switched the student's modules
                     self.teacher_model.train(was_training)
 
-    def teacher_forward(
-        self,
-        inputs: dict[str, Any],
-        cache_key: str = TEACHER_CACHE_PREFIX,
-        output_intermediates: bool | None = None,
-    ):
-        """The teacher's outputs on ``inputs``.
-
-        Uses ``inputs[cache_key]`` (cached logits, (B, num_labels)) when present and no hidden states or
-        attentions are needed, returning a `SequenceClassifierOutput` with ``logits`` only. Otherwise runs the
-        teacher on the model inputs (labels and cached columns removed) under ``torch.no_grad()`` and the
-        student's autocast. ``output_intermediates`` (default: whether the hidden/attention losses are on)
-        asks for ``hidden_states`` / ``attentions``.
-        """
+    def teacher_forward(self, inputs: dict[str, Any], output_intermediates: bool | None = None):
+        """The teacher's outputs on ``inputs``: the teacher run on its view of the batch (labels and cached
+        columns removed, :meth:`teacher_inputs`) under ``torch.no_grad()`` and the student's autocast.
+        ``output_intermediates`` (default: whether the hidden/attention losses are on) asks for
+        ``hidden_states`` / ``attentions``."""
         need_hidden, need_attentions = self._needs_intermediates(output_intermediates)
-        cached = inputs.get(cache_key)
-        if cached is not None and not (need_hidden or need_attentions):
-            return SequenceClassifierOutput(logits=cached.to(self.args.device))
         teacher_inputs = self.teacher_inputs(inputs)
         if need_hidden:
             teacher_inputs["output_hidden_states"] = True
@@ -438,13 +426,13 @@ class DistillationTrainer(Trainer):
             if k not in self._keys_hidden_from_student
         }
 
-    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The Trainer's device placement, plus dense ``teacher_logits*`` (B, num_labels) from top-k cache
-        columns (:func:`hf_msd.teacher_cache.expand_topk_columns`)."""
-        inputs = super()._prepare_inputs(inputs)
-        if not any(key.startswith(TEACHER_LOGITS) for key in inputs):
-            return inputs
-        return expand_topk_columns(inputs, preset_num_labels(self.teacher_model))
+    def cached_teacher_logits(
+        self, inputs: dict[str, Any], column: str = TEACHER_CACHE_PREFIX
+    ) -> torch.Tensor | None:
+        """The batch's cached teacher logits ``column`` (dense (B, num_labels), top-k columns expanded by
+        :func:`~hf_msd.teacher_cache.batch_cached_logits`) on the trainer's device; ``None`` if not cached."""
+        logits = batch_cached_logits(inputs, column, preset_num_labels(self.teacher_model))
+        return None if logits is None else logits.to(self.args.device)
 
     # ---- Training-only modules (projections, learned weights) ----------------------------------------
 
@@ -739,11 +727,14 @@ class DistillationTrainer(Trainer):
         return StudentOutput(outputs, logits, task_loss=task)
 
     def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The teacher's outputs the terms need: ``{"full": outputs on the whole input}`` (cached logits when
-        the batch has them). Subclasses add entries (e.g. the teacher's logits on each modality)."""
-        teacher = self.teacher_forward(inputs)
-        cached = "cached " if inputs.get(TEACHER_CACHE_PREFIX) is not None else ""
-        self.check_finite(f"The {cached}teacher logits", teacher.logits)
+        """The teacher's outputs the terms need: ``{"full": outputs on the whole input}``, read from the
+        batch's cached ``teacher_logits`` when it has them and no hidden states or attentions are needed, else from
+        :meth:`teacher_forward`. Subclasses add entries (e.g. the teacher's logits on each modality)."""
+        cached = None if any(self._needs_intermediates(None)) else self.cached_teacher_logits(inputs)
+        teacher = (
+            SequenceClassifierOutput(logits=cached) if cached is not None else self.teacher_forward(inputs)
+        )
+        self.check_finite(f"The {'cached ' if cached is not None else ''}teacher logits", teacher.logits)
         return {"full": teacher}
 
     def loss_components(

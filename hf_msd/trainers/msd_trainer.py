@@ -43,7 +43,7 @@ from ..saliency import (
 )
 from ..teacher_cache import teacher_column
 from ..weighting import build_weighting
-from .distillation_trainer import TEACHER_CACHE_PREFIX, DistillationTrainer, StudentOutput
+from .distillation_trainer import DistillationTrainer, StudentOutput
 from .meta_validation import MetaValidationBatches
 from .msd_config import MSDTrainingArguments
 from .training_state import average_across_processes, resolve_checkpoint
@@ -200,24 +200,24 @@ class MSDTrainer(DistillationTrainer):
         pending: list[tuple[str, dict]] = []
         results_cached: dict[str, torch.Tensor] = {}
         for name in names:
-            cached = inputs.get(f"{TEACHER_CACHE_PREFIX}_{name}")
+            cached = self.cached_teacher_logits(inputs, teacher_column(name))
             if cached is not None:
-                only[name] = cached.to(self.args.device)
+                only[name] = cached
             else:
                 pending.append((f"only:{name}", restrict(model_batch, self.teacher_modalities, name)))
         need_hidden, need_attentions = self._needs_intermediates(None)
-        if inputs.get(TEACHER_CACHE_PREFIX) is None and not (need_hidden or need_attentions):
+        if self.cached_teacher_logits(inputs) is None and not (need_hidden or need_attentions):
             pending.append(("full", model_batch))
         if needs_without and len(self.teacher_modalities) > 2:
             for n in names:
-                cached = inputs.get(teacher_column(n, without=True))
+                cached = self.cached_teacher_logits(inputs, teacher_column(n, without=True))
                 if cached is not None:
-                    results_cached[f"without:{n}"] = cached.to(self.args.device)
+                    results_cached[f"without:{n}"] = cached
                 else:
                     pending.append((f"without:{n}", remove(model_batch, self.teacher_modalities, n)))
 
         def run(batch):
-            return self.teacher_forward(batch, cache_key="", output_intermediates=False).logits
+            return self.teacher_forward(batch, output_intermediates=False).logits
 
         results = dict(zip([key for key, _ in pending], batched_logits(run, [b for _, b in pending])))
         results.update(results_cached)
