@@ -728,8 +728,9 @@ class DistillationTrainer(Trainer):
 
     def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The teacher's outputs the terms need: ``{"full": outputs on the whole input}``, read from the
-        batch's cached ``teacher_logits`` when it has them and no hidden states or attentions are needed, else from
-        :meth:`teacher_forward`. Subclasses add entries (e.g. the teacher's logits on each modality)."""
+        batch's cached ``teacher_logits`` when it has them and no hidden states or attentions are needed,
+        else from :meth:`teacher_forward`. Subclasses add entries (e.g. the teacher's logits on each
+        modality)."""
         cached = None if any(self._needs_intermediates(None)) else self.cached_teacher_logits(inputs)
         teacher = (
             SequenceClassifierOutput(logits=cached) if cached is not None else self.teacher_forward(inputs)
