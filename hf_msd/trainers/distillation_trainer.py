@@ -1,15 +1,19 @@
 """`DistillationTrainer`: a `transformers.Trainer` that distils a frozen teacher into a student.
 
-The loss per example is a weighted sum of components (see :meth:`DistillationTrainer.loss_components`):
-``task`` (gold labels), ``kd`` (soft targets), ``hidden`` (hidden states, through learned projections)
-and ``attention`` (attention maps). The ``task`` term is summed over the LABELLED examples of the whole
-accumulated batch (all processes) and divided by their number; every other term is summed over all its
-examples and divided by their number (see :meth:`DistillationTrainer.compute_loss`), so gradient
-accumulation and several processes give the same update as one large batch, with or without unlabelled
-examples (label -100) in it.
+The loss of a micro-batch reads as :meth:`DistillationTrainer.compute_loss`: the student's forward
+(:meth:`~DistillationTrainer.student_forward`), the teacher's outputs
+(:meth:`~DistillationTrainer.teacher_outputs`: cached logits or a teacher pass), the weighted per-example
+terms (:meth:`~DistillationTrainer.loss_components`: ``task``, ``kd``, ``hidden``, ``attention``) and their
+reduction (:meth:`~DistillationTrainer.reduce_loss`).
+The task term is the model's own loss with `Trainer`'s semantics for models that compute one, else the
+library's mean over the LABELLED examples of the whole accumulated batch (all processes); every other term
+is summed over its examples (tokens, for token-level students) and divided by their number in the whole
+accumulated batch, so gradient accumulation and several processes give the same update as one large batch,
+with or without unlabelled examples (label -100) in it. With every teacher-dependent weight at 0 it behaves
+exactly like `Trainer` and the teacher never runs.
 
-Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through three hooks:
-:meth:`~DistillationTrainer.teacher_forward`, :meth:`~DistillationTrainer.loss_components` and
+Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through
+:meth:`~DistillationTrainer.teacher_outputs`, :meth:`~DistillationTrainer.loss_components` and
 :meth:`~DistillationTrainer.register_training_module`.
 """
 
