@@ -191,6 +191,79 @@ def soft_target_loss(
     )
 
 
+def token_targets(labels: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The target of each scored position of a token-level model: ``labels`` (B, T), or for a causal LM
+    ``labels[:, 1:]`` (the logits at position t predict the token at t + 1), as transformers' causal-LM
+    loss."""
+    return labels[:, 1:] if causal else labels
+
+
+def scored_token_mask(
+    labels: torch.Tensor | None, attention_mask: torch.Tensor | None, shape: torch.Size, causal: bool
+) -> torch.Tensor:
+    """The (B, T') bool mask of the positions a token-level term scores, for logits of ``shape`` (B, T, V);
+    T' = T - 1 for a causal LM (its logits at t predict the token at t + 1), else T. Scored are the positions
+    with a label (``labels`` (B, T) != -100); without labels the real tokens of ``attention_mask`` (B, T);
+    without either, every position."""
+    if labels is not None:
+        return token_targets(labels, causal) != IGNORE_INDEX
+    if attention_mask is not None:
+        return token_targets(attention_mask, causal).bool()
+    return torch.ones(shape[0], shape[1] - 1 if causal else shape[1], dtype=torch.bool)
+
+
+def token_soft_target_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    causal: bool = False,
+    temperature: float = 1.0,
+    loss_type: str = "kl",
+) -> torch.Tensor:
+    """Knowledge distillation on token-level logits (causal LM, token classification), per example.
+
+    Each scored position's divergence is :func:`soft_target_loss` (single-label, softmax over the vocabulary
+    ``V``) between ``student_logits`` and ``teacher_logits`` (B, T, V); the result is, for each example, the
+    SUM over its scored positions (:func:`scored_token_mask`: label != -100, after the causal shift when
+    ``causal``). Divide the batch's sum by the number of scored positions for the mean over labelled tokens.
+    Returns float32 (B,).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "differ in shape: teacher and student must share one vocabulary and tokenisation."
+        )
+    mask = scored_token_mask(labels, attention_mask, student_logits.shape, causal).to(student_logits.device)
+    if causal:
+        student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
+    batch, length, vocab = student_logits.shape
+    per_token = soft_target_loss(
+        student_logits.reshape(-1, vocab),
+        teacher_logits.reshape(-1, vocab),
+        problem_type=SINGLE_LABEL,
+        temperature=temperature,
+        loss_type=loss_type,
+    ).reshape(batch, length)
+    return (per_token * mask).sum(dim=-1)
+
+
+def token_task_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """Cross-entropy of token-level ``logits`` (B, T, V) against ``labels`` (B, T), summed per example over
+    the labelled positions (-100 ignored; shifted by one for a causal LM). Returns float32 (B,)."""
+    if causal:
+        logits = logits[:, :-1]
+    targets = token_targets(labels, causal)
+    per_token = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1).long(),
+        reduction="none",
+        ignore_index=IGNORE_INDEX,
+    )
+    return per_token.reshape(targets.shape).sum(dim=-1)
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``values`` (B, L) over positions where ``mask`` (B, L) is nonzero -> (B,)."""
     if mask is None:

@@ -91,19 +91,29 @@ def preset_modalities(model) -> list[Modality]:
     return preset.modalities(config)
 
 
-def get_logits(model, outputs: Any) -> torch.Tensor:
-    """The classification logits (B, num_labels) in ``model``'s ``outputs``.
+def get_logits(model, outputs: Any, has_loss: bool = False) -> torch.Tensor:
+    """The logits in ``model``'s ``outputs``, in every form a `transformers.Trainer` model may return.
 
-    Read from, in order: the field named by ``model.logits_key`` (an attribute a plain module may set), by
-    the model's preset (:class:`ModelPreset`), else ``logits``. A bare tensor output is the logits.
+    A bare tensor is the logits. A tuple is ``(loss, logits, ...)`` when the model computed a loss
+    (``has_loss``), else ``(logits, ...)``. A ``ModelOutput`` / dict gives the field named by
+    ``model.logits_key`` (an attribute a plain module may set), by the model's preset (:class:`ModelPreset`),
+    else ``logits``; without a ``logits`` field, its first entry that is not the loss (the Trainer's
+    convention for predictions).
     """
     if isinstance(outputs, torch.Tensor):
         return outputs
+    if isinstance(outputs, tuple) and not isinstance(outputs, Mapping):
+        return outputs[1] if has_loss else outputs[0]
     key = getattr(model, "logits_key", None)
     if key is None:
         preset = get_model_preset(model)
         key = preset.logits_key if preset is not None else "logits"
-    value = outputs.get(key) if isinstance(outputs, Mapping) else getattr(outputs, key, None)
+    if isinstance(outputs, Mapping):
+        value = outputs.get(key)
+        if value is None and key == "logits":
+            value = next((v for name, v in outputs.items() if name != "loss" and v is not None), None)
+    else:
+        value = getattr(outputs, key, None)
     if value is None:
         fields = list(outputs.keys()) if isinstance(outputs, Mapping) else sorted(vars(outputs))
         raise ValueError(
@@ -117,7 +127,7 @@ def get_logits(model, outputs: Any) -> torch.Tensor:
 def classifier_output(model, outputs: Any) -> Any:
     """``outputs`` if its ``logits`` are the model's logits; otherwise a ``SequenceClassifierOutput`` with the
     logits (:func:`get_logits`) and the outputs' ``hidden_states`` / ``attentions``, so that code written for
-    ``outputs.logits`` (the Trainer's prediction step, the distillation losses) reads the right field."""
+    ``outputs.logits`` (the distillation losses) reads the right field."""
     logits = get_logits(model, outputs)
     if getattr(outputs, "logits", None) is logits:
         return outputs

@@ -113,22 +113,21 @@ def expand_topk(
     return dense.scatter(1, indices.long(), values.float())
 
 
-def expand_topk_columns(batch: Mapping[str, Any], num_labels: int) -> Mapping[str, Any]:
-    """``batch`` with every top-k column triple (``c__topk_logits``...) replaced by the dense ``c``
-    (B, num_labels); returned unchanged when it has none."""
-    prefixes = [key[: -len(TOPK_LOGITS)] for key in batch if key.endswith(TOPK_LOGITS)]
-    if not prefixes:
-        return batch
-    out = dict(batch)
-    for prefix in prefixes:
-        parts = [out.pop(prefix + suffix, None) for suffix in (TOPK_LOGITS, TOPK_INDICES, REST_LOGIT)]
-        if any(part is None for part in parts):
-            raise KeyError(
-                f"Top-k teacher column {prefix!r} is incomplete: it needs {prefix}{TOPK_LOGITS}, "
-                f"{prefix}{TOPK_INDICES} and {prefix}{REST_LOGIT}; keep all three columns."
-            )
-        out[prefix] = expand_topk(*parts, num_labels=num_labels).to(parts[0].device)
-    return out
+def batch_cached_logits(batch: Mapping[str, Any], column: str, num_labels: int) -> torch.Tensor | None:
+    """The cached teacher logits ``column`` of a collated ``batch`` as dense (B, num_labels): the column
+    itself, or its top-k triple (``column__topk_logits``, ``__topk_indices``, ``__rest_logit``) expanded
+    (:func:`expand_topk`); ``None`` when the batch has neither."""
+    if batch.get(column) is not None:
+        return batch[column]
+    parts = [batch.get(column + suffix) for suffix in (TOPK_LOGITS, TOPK_INDICES, REST_LOGIT)]
+    if all(part is None for part in parts):
+        return None
+    if any(part is None for part in parts):
+        raise KeyError(
+            f"Top-k teacher column {column!r} is incomplete: it needs {column}{TOPK_LOGITS}, "
+            f"{column}{TOPK_INDICES} and {column}{REST_LOGIT}; keep all three columns."
+        )
+    return expand_topk(*parts, num_labels=num_labels).to(parts[0].device)
 
 
 def has_cached_column(column_names: Sequence[str], column: str) -> bool:

@@ -157,7 +157,7 @@ class ExplodingTeacher(torch.nn.Module):
         raise AssertionError("the teacher was run although cached teacher_logits were given")
 
 
-def test_cached_teacher_logits_survive_column_removal_and_replace_the_teacher(tmp_path):
+def test_cached_teacher_logits_reach_the_trainer_and_replace_the_teacher(tmp_path):
     student = tiny_bert(seed=2)
     dataset = token_dataset(16)
     cached = torch.randn(16, NUM_LABELS, generator=torch.Generator().manual_seed(3))
@@ -169,7 +169,7 @@ def test_cached_teacher_logits_survive_column_removal_and_replace_the_teacher(tm
         model=student, teacher_model=ExplodingTeacher(student.config), args=args, train_dataset=dataset
     )
     batch = next(iter(trainer.get_train_dataloader()))
-    assert {"teacher_logits", "teacher_logits_text"} <= set(batch) and "unused" not in batch
+    assert {"teacher_logits", "teacher_logits_text"} <= set(batch)  # remove_unused_columns=False by default
     loss = trainer.compute_loss(student, dict(batch))
     with torch.no_grad():
         s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -177,6 +177,13 @@ def test_cached_teacher_logits_survive_column_removal_and_replace_the_teacher(tm
     expected = (p_t * (p_t.log() - torch.log_softmax(s, -1))).sum(-1).mean()
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
     trainer.train()  # the student never receives the cached columns, the teacher never runs
+    # remove_unused_columns=True would drop the cached columns silently: refused before training, by name.
+    args = make_args(tmp_path, max_steps=2, kd_loss_weight=1.0, remove_unused_columns=True)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=ExplodingTeacher(student.config), args=args, train_dataset=dataset
+    )
+    with pytest.raises(ValueError, match=r"teacher_logits.*remove_unused_columns=False"):
+        trainer.train()
 
 
 # ---- Training --------------------------------------------------------------------------------------------

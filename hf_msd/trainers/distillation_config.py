@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from transformers import TrainingArguments
 
@@ -39,6 +40,21 @@ def _layer_map(name: str, value: Any) -> dict[int, int] | None:
     return mapping
 
 
+_Args = TypeVar("_Args", bound="DistillationTrainingArguments")
+_COMBINED: dict[tuple[type, type], type] = {}
+
+
+def _combined_class(cls: type, other: type) -> type:
+    """A dataclass deriving from ``cls`` and ``other``, a module attribute so that pickling finds it (the
+    Trainer saves its arguments with every checkpoint)."""
+    name = f"{cls.__name__}With{other.__name__}"
+    while name in globals():
+        name += "_"
+    combined = dataclass(type(name, (cls, other), {"__module__": __name__, "__qualname__": name}))
+    globals()[name] = combined
+    return combined
+
+
 def check_weight(name: str, value: float) -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a finite number >= 0 (NaN compares False with
     everything, so ``value < 0`` alone would let it through and silently switch a loss term off)."""
@@ -63,6 +79,13 @@ class DistillationTrainingArguments(TrainingArguments):
         "attention_layer_map",
     ]
 
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop the dataset columns the student's forward does not take. Off by default (as in "
+            "TRL's configs): cached teacher outputs, teacher inputs and modality keys must reach the trainer."
+        },
+    )
     temperature: float = field(
         default=2.0,
         metadata={"help": "Temperature T (> 0) of the soft-target loss; the KL term is scaled by T^2."},
@@ -126,6 +149,26 @@ class DistillationTrainingArguments(TrainingArguments):
             "teacher is given as a path."
         },
     )
+
+    @classmethod
+    def from_training_arguments(cls: type[_Args], args: TrainingArguments, **overrides: Any) -> _Args:
+        """``args`` (any `TrainingArguments`) as ``cls``, keeping every field it has, plus ``overrides``.
+
+        A plain `TrainingArguments` becomes ``cls``; a subclass with its own fields becomes a class deriving
+        from both (so ``isinstance(result, type(args))`` holds and its extra fields are kept). The
+        distillation fields take their defaults unless given in ``overrides``. This is how the trainers
+        accept the arguments of a project that trained with `transformers.Trainer`.
+        """
+        if isinstance(args, cls):
+            return dataclasses.replace(args, **overrides) if overrides else args
+        target = cls
+        if type(args) is not TrainingArguments:
+            key = (cls, type(args))
+            if key not in _COMBINED:
+                _COMBINED[key] = _combined_class(cls, type(args))
+            target = _COMBINED[key]
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+        return target(**{**values, **overrides})
 
     def __post_init__(self):
         super().__post_init__()

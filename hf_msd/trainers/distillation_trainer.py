@@ -1,38 +1,50 @@
 """`DistillationTrainer`: a `transformers.Trainer` that distils a frozen teacher into a student.
 
-The loss per example is a weighted sum of components (see :meth:`DistillationTrainer.loss_components`):
-``task`` (gold labels), ``kd`` (soft targets), ``hidden`` (hidden states, through learned projections)
-and ``attention`` (attention maps). The ``task`` term is summed over the LABELLED examples of the whole
-accumulated batch (all processes) and divided by their number; every other term is summed over all its
-examples and divided by their number (see :meth:`DistillationTrainer.compute_loss`), so gradient
-accumulation and several processes give the same update as one large batch, with or without unlabelled
-examples (label -100) in it.
+The loss of a micro-batch reads as :meth:`DistillationTrainer.compute_loss`: the student's forward
+(:meth:`~DistillationTrainer.student_forward`), the teacher's outputs
+(:meth:`~DistillationTrainer.teacher_outputs`: cached logits or a teacher pass), the weighted per-example
+terms (:meth:`~DistillationTrainer.loss_components`: ``task``, ``kd``, ``hidden``, ``attention``) and their
+reduction (:meth:`~DistillationTrainer.reduce_loss`).
+The task term is the model's own loss with `Trainer`'s semantics for models that compute one, else the
+library's mean over the LABELLED examples of the whole accumulated batch (all processes); every other term
+is summed over its examples (tokens, for token-level students) and divided by their number in the whole
+accumulated batch, so gradient accumulation and several processes give the same update as one large batch,
+with or without unlabelled examples (label -100) in it. With every teacher-dependent weight at 0 it behaves
+exactly like `Trainer` and the teacher never runs.
 
-Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through three hooks:
-:meth:`~DistillationTrainer.teacher_forward`, :meth:`~DistillationTrainer.loss_components` and
+Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through
+:meth:`~DistillationTrainer.teacher_outputs`, :meth:`~DistillationTrainer.loss_components` and
 :meth:`~DistillationTrainer.register_training_module`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import torch
+from accelerate.utils import is_peft_model
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+)
 from transformers.utils import logging
 
-from .. import losses
+from .. import intermediate_losses, losses
 from ..data.paired import TEACHER_INPUT_PREFIX
 from ..modality import Modality, default_modalities
-from ..modality_presets import classifier_output, get_model_preset
+from ..modality_presets import classifier_output, get_logits, get_model_preset
 from ..modality_presets import num_labels as preset_num_labels
-from ..teacher_cache import TEACHER_LOGITS, expand_topk_columns
+from ..teacher_cache import TEACHER_LOGITS, batch_cached_logits
 from .distillation_config import DistillationTrainingArguments
 from .training_state import TrainingState, resolve_checkpoint
 
@@ -41,40 +53,15 @@ logger = logging.get_logger(__name__)
 TEACHER_CACHE_PREFIX = TEACHER_LOGITS
 
 
-def _is_peft_model(model: nn.Module) -> bool:
-    return hasattr(model, "get_base_model") and hasattr(model, "peft_config")
+@dataclass
+class StudentOutput:
+    """The student's forward on a batch: its raw ``outputs`` (what `Trainer.prediction_step` reads), its
+    ``logits`` and, when the model's own loss is the task term, that loss as `Trainer.compute_loss` returns
+    it."""
 
-
-def _config_width(config) -> int:
-    for name in ("hidden_size", "d_model", "dim"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    raise ValueError(
-        f"Cannot read the hidden width of {type(config).__name__} (no hidden_size / d_model / dim) for "
-        "hidden-state distillation."
-    )
-
-
-def _num_layers(config) -> int:
-    for name in ("num_hidden_layers", "num_layers", "n_layers"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    raise ValueError(
-        f"Cannot read the number of layers of {type(config).__name__}; set hidden_layer_map / "
-        "attention_layer_map explicitly."
-    )
-
-
-def evenly_spaced_layer_map(num_student: int, num_teacher: int, offset: int) -> dict[int, int]:
-    """Map each student layer to the teacher layer at the same relative depth, last to last.
-
-    ``offset`` is 1 for ``outputs.hidden_states`` (index 0 is the embeddings, not mapped by default) and 0
-    for ``outputs.attentions``. Returns ``{student_index: teacher_index}``.
-    """
-    return {
-        layer - 1 + offset: round(layer * num_teacher / num_student) - 1 + offset
-        for layer in range(1, num_student + 1)
-    }
+    outputs: Any
+    logits: torch.Tensor
+    task_loss: torch.Tensor | None = None
 
 
 def _preset_modalities(teacher: nn.Module, student: nn.Module) -> list[Modality]:
@@ -172,21 +159,6 @@ def _use_eager_attention(role: str, model: nn.Module) -> None:
         model.set_attn_implementation("eager")
 
 
-def token_mask(outputs: Any, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
-    """The (B, ``length``) mask of real tokens of a model's ``hidden_states`` / ``attentions``.
-
-    A fused multimodal model returns ``outputs.hidden_states_mask`` (text ``attention_mask`` then ones for
-    image tokens); a text model's sequence is its input, so the batch's ``attention_mask`` is used when it
-    has ``length`` positions. ``None`` (every token counts) when neither fits.
-    """
-    mask = getattr(outputs, "hidden_states_mask", None)
-    if mask is not None and mask.shape[1] == length:
-        return mask
-    if attention_mask is not None and attention_mask.shape[1] == length:
-        return attention_mask
-    return None
-
-
 def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
     """``model`` as a DeepSpeed engine for evaluation only, from the student's DeepSpeed config: ZeRO-3
     partitions its parameters over the processes, other stages keep a full copy (stage 0); no optimizer."""
@@ -202,18 +174,6 @@ def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
     config.pop("scheduler", None)
     engine, *_ = deepspeed.initialize(model=model, config=config)
     return engine.eval()
-
-
-def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """(B, L, H) -> (B, H) for pooling "mean" (masked) or "first"; unchanged for "none"."""
-    if pooling == "first":
-        return hidden[:, 0]
-    if pooling == "mean":
-        if attention_mask is None or attention_mask.shape[:2] != hidden.shape[:2]:
-            return hidden.mean(dim=1)
-        mask = attention_mask[..., None].to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-    return hidden
 
 
 class DistillationTrainer(Trainer):
@@ -247,7 +207,10 @@ class DistillationTrainer(Trainer):
     ``loss``; evaluation adds ``<prefix>_teacher_agreement``.
     """
 
+    #: compute_loss returns a loss already scaled for gradient accumulation (see compute_loss).
     loss_is_scaled_for_ga = True
+    #: The arguments class; ``args=None`` and a plain `TrainingArguments` are converted to it.
+    args_class: type[DistillationTrainingArguments] = DistillationTrainingArguments
     _tag_names = ["hf_msd", "distillation"]
     #: The method named in the model card (:meth:`create_model_card`).
     card_method = "kd"
@@ -264,18 +227,14 @@ class DistillationTrainer(Trainer):
         teacher_modalities: Sequence[Modality] | None = None,
         **trainer_kwargs: Any,
     ):
-        if not isinstance(args, DistillationTrainingArguments):
-            raise TypeError(
-                f"args must be a DistillationTrainingArguments, got {type(args).__name__}; build it with "
-                "DistillationTrainingArguments(output_dir=..., temperature=..., ...)."
-            )
+        args = self._distillation_args(args)
         if teacher_model is None:
             raise ValueError("teacher_model is required: pass a PreTrainedModel or a path to one.")
         if isinstance(teacher_model, str):
             teacher_model = AutoModelForSequenceClassification.from_pretrained(
                 teacher_model, **(args.teacher_model_init_kwargs or {})
             )
-        if teacher_model is model and _is_peft_model(model):
+        if teacher_model is model and is_peft_model(model):
             logger.warning(
                 "The PEFT model itself was passed as teacher_model: distilling from its adapter-free base "
                 "model (model.get_base_model()) into the adapters."
@@ -288,8 +247,6 @@ class DistillationTrainer(Trainer):
                 "teacher with its weights (from_pretrained without device_map='meta' / init_empty_weights)."
             )
         super().__init__(model=model, args=args, **trainer_kwargs)
-        # Our loss does not go through the model's own loss kwargs; num_items_in_batch is counted in examples.
-        self.model_accepts_loss_kwargs = False
         student = self._student_base()
         student_config = getattr(student, "config", None)  # None for a plain nn.Module student
         if student_config is not None and getattr(teacher_model, "config", None) is not None:
@@ -332,7 +289,6 @@ class DistillationTrainer(Trainer):
         self.problem_type = getattr(self._label_config, "problem_type", None)
         #: Owner of the state trained or tracked beside the student (checkpointed, restored on resume).
         self.training_state = TrainingState()
-        self.add_callback(self.training_state)
         self._restored_from: str | None = None
         self._checked_data: tuple | None = None
         self.training_modules = nn.ModuleDict()
@@ -351,16 +307,39 @@ class DistillationTrainer(Trainer):
             for role, network in (("student", student), ("teacher", teacher_model)):
                 _use_eager_attention(role, network)
         self._log_sums: dict[str, torch.Tensor] = {}
-        self._log_count = torch.zeros((), device=self.args.device)
-        self._log_labelled = torch.zeros((), device=self.args.device)
-        #: (examples, labelled examples) of the accumulated batch, as counted by get_batch_samples.
-        self._batch_counts: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._log_counts = torch.zeros(3, device=self.args.device)  # examples, labelled, labelled tokens
+        #: [examples, labelled examples, labelled tokens] of the accumulated batch (get_batch_samples).
+        self._batch_counts: torch.Tensor | None = None
         self._grad_step_of_modules = -1
         self._batches_seen = 0  # training micro-batches, named by check_finite's errors
         self._eval_agreement: list[torch.Tensor] | None = None
-        self._last_teacher_logits: torch.Tensor | None = None
         if not self._teacher_is_student_base:
             self.teacher_model = self._prepare_teacher(teacher_model)
+
+    @classmethod
+    def _distillation_args(cls, args: TrainingArguments | None) -> DistillationTrainingArguments:
+        """``args`` as this trainer's arguments class: its defaults for ``None`` (as `Trainer` does, with
+        ``output_dir="trainer_output"``), a `TrainingArguments` converted keeping every field
+        (:meth:`DistillationTrainingArguments.from_training_arguments`)."""
+        args_class = cls.args_class
+        if args is None:
+            return args_class(output_dir="trainer_output")
+        if isinstance(args, args_class):
+            return args
+        if not isinstance(args, TrainingArguments):
+            raise TypeError(
+                f"args must be a TrainingArguments (ideally a {args_class.__name__}), got "
+                f"{type(args).__name__}."
+            )
+        return args_class.from_training_arguments(args)
+
+    def register_state(self, name: str, part: Any) -> None:
+        """Add ``part`` (``state_dict()`` / ``load_state_dict()``) to the training-only state saved with every
+        checkpoint and restored on resume (:class:`TrainingState`); the state's callback joins the Trainer's
+        callbacks with the first part, so a run without training-only state has `Trainer`'s callbacks."""
+        if not self.training_state.parts:
+            self.add_callback(self.training_state)
+        self.training_state.register(name, part)
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         """Place the frozen teacher as accelerate prescribes for a model that is only evaluated.
@@ -380,7 +359,7 @@ class DistillationTrainer(Trainer):
     # ---- Teacher -------------------------------------------------------------------------------------
 
     def _student_base(self) -> nn.Module:
-        return self.model.get_base_model() if _is_peft_model(self.model) else self.model
+        return self.model.get_base_model() if is_peft_model(self.model) else self.model
 
     @contextlib.contextmanager
     def _teacher_context(self) -> Iterator[None]:
@@ -399,24 +378,12 @@ class DistillationTrainer(Trainer):
                 if shared:  # eval() on the shared base also switched the student's modules
                     self.teacher_model.train(was_training)
 
-    def teacher_forward(
-        self,
-        inputs: dict[str, Any],
-        cache_key: str = TEACHER_CACHE_PREFIX,
-        output_intermediates: bool | None = None,
-    ):
-        """The teacher's outputs on ``inputs``.
-
-        Uses ``inputs[cache_key]`` (cached logits, (B, num_labels)) when present and no hidden states or
-        attentions are needed, returning a `SequenceClassifierOutput` with ``logits`` only. Otherwise runs the
-        teacher on the model inputs (labels and cached columns removed) under ``torch.no_grad()`` and the
-        student's autocast. ``output_intermediates`` (default: whether the hidden/attention losses are on)
-        asks for ``hidden_states`` / ``attentions``.
-        """
+    def teacher_forward(self, inputs: dict[str, Any], output_intermediates: bool | None = None):
+        """The teacher's outputs on ``inputs``: the teacher run on its view of the batch (labels and cached
+        columns removed, :meth:`teacher_inputs`) under ``torch.no_grad()`` and the student's autocast.
+        ``output_intermediates`` (default: whether the hidden/attention losses are on) asks for
+        ``hidden_states`` / ``attentions``."""
         need_hidden, need_attentions = self._needs_intermediates(output_intermediates)
-        cached = inputs.get(cache_key)
-        if cached is not None and not (need_hidden or need_attentions):
-            return SequenceClassifierOutput(logits=cached.to(self.args.device))
         teacher_inputs = self.teacher_inputs(inputs)
         if need_hidden:
             teacher_inputs["output_hidden_states"] = True
@@ -439,8 +406,9 @@ class DistillationTrainer(Trainer):
         """``inputs`` without the extra columns (cached teacher outputs...), ready for ``model(**...)``."""
         return {k: v for k, v in inputs.items() if not self._is_extra_column(k)}
 
-    def _shared_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in self.model_inputs(inputs).items() if k not in ("labels", "return_loss")}
+    def _shared_inputs(self, inputs: dict[str, Any], keep_labels: bool = False) -> dict[str, Any]:
+        dropped = () if keep_labels else ("labels", "return_loss", *self.label_names)
+        return {k: v for k, v in self.model_inputs(inputs).items() if k not in dropped}
 
     def teacher_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The teacher's view of a batch (every modality, no labels): the ``teacher_<key>`` entries renamed
@@ -452,32 +420,23 @@ class DistillationTrainer(Trainer):
         }
         return own or self._shared_inputs(inputs)
 
-    def student_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The student's view of a batch: the model inputs (no labels, no ``teacher_*`` entries) without the
-        keys of the modalities the student does not take (a unimodal student sees only its own modality)."""
+    def student_inputs(self, inputs: dict[str, Any], keep_labels: bool = False) -> dict[str, Any]:
+        """The student's view of a batch: the model inputs (no ``teacher_*`` entries; labels only with
+        ``keep_labels``) without the keys of the modalities the student does not take (a unimodal student sees
+        only its own modality)."""
         return {
-            k: v for k, v in self._shared_inputs(inputs).items() if k not in self._keys_hidden_from_student
+            k: v
+            for k, v in self._shared_inputs(inputs, keep_labels).items()
+            if k not in self._keys_hidden_from_student
         }
 
-    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The Trainer's device placement, plus dense ``teacher_logits*`` (B, num_labels) from top-k cache
-        columns (:func:`hf_msd.teacher_cache.expand_topk_columns`)."""
-        inputs = super()._prepare_inputs(inputs)
-        if not any(key.startswith(TEACHER_LOGITS) for key in inputs):
-            return inputs
-        return expand_topk_columns(inputs, preset_num_labels(self.teacher_model))
-
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        if TEACHER_CACHE_PREFIX not in self._signature_columns:
-            self._signature_columns.append(TEACHER_CACHE_PREFIX)
-
-    def _remove_unused_columns(self, dataset, description: str | None = None):
-        if self.args.remove_unused_columns and hasattr(dataset, "column_names"):
-            self._set_signature_columns_if_needed()
-            extra = [c for c in dataset.column_names if self._is_extra_column(c)]
-            self._signature_columns += [c for c in extra if c not in self._signature_columns]
-        return super()._remove_unused_columns(dataset, description)
+    def cached_teacher_logits(
+        self, inputs: dict[str, Any], column: str = TEACHER_CACHE_PREFIX
+    ) -> torch.Tensor | None:
+        """The batch's cached teacher logits ``column`` (dense (B, num_labels), top-k columns expanded by
+        :func:`~hf_msd.teacher_cache.batch_cached_logits`) on the trainer's device; ``None`` if not cached."""
+        logits = batch_cached_logits(inputs, column, preset_num_labels(self.teacher_model))
+        return None if logits is None else logits.to(self.args.device)
 
     # ---- Training-only modules (projections, learned weights) ----------------------------------------
 
@@ -497,41 +456,35 @@ class DistillationTrainer(Trainer):
         if name in self.training_modules:
             raise ValueError(f"A training module named {name!r} is already registered.")
         if not len(self.training_modules):
-            self.training_state.register("training_modules", self.training_modules)
+            self.register_state("training_modules", self.training_modules)
         self.training_modules[name] = module.to(self.args.device)
 
     def _build_projections(self, student: nn.Module, teacher: nn.Module) -> nn.ModuleDict:
         purpose = "hidden_loss_weight > 0 (projection widths)"
-        student_width = _config_width(_config_of(student, purpose))
-        teacher_width = _config_width(_config_of(teacher, purpose))
-        projections = nn.ModuleDict()
-        if student_width != teacher_width:
-            for student_index, teacher_index in self._hidden_map.items():
-                projections[f"{student_index}_to_{teacher_index}"] = nn.Linear(student_width, teacher_width)
-        return projections
+        return intermediate_losses.build_projections(
+            intermediate_losses.config_width(_config_of(student, purpose)),
+            intermediate_losses.config_width(_config_of(teacher, purpose)),
+            self._hidden_map,
+        )
 
     def _resolve_layer_map(self, layer_map: dict[int, int] | None, offset: int, name: str) -> dict[int, int]:
         """``layer_map``, checked against both models' layer counts, or the evenly spaced default."""
+        student, teacher = self._student_base(), self.teacher_model
         if layer_map is None:
             purpose = "the default layer map of hidden_loss_weight > 0 or attention_loss_weight > 0"
-            student_layers = _num_layers(_config_of(self._student_base(), purpose))
-            teacher_layers = _num_layers(_config_of(self.teacher_model, purpose))
-            return evenly_spaced_layer_map(student_layers, teacher_layers, offset)
-        for role, config, indices in (
-            ("student", getattr(self._student_base(), "config", None), layer_map.keys()),
-            ("teacher", getattr(self.teacher_model, "config", None), layer_map.values()),
-        ):
+            return intermediate_losses.evenly_spaced_layer_map(
+                intermediate_losses.num_layers(_config_of(student, purpose)),
+                intermediate_losses.num_layers(_config_of(teacher, purpose)),
+                offset,
+            )
+
+        def layers(model: nn.Module) -> int | None:
             try:
-                last = _num_layers(config) - 1 + offset
+                return intermediate_losses.num_layers(getattr(model, "config", None))
             except ValueError:
-                continue  # unknown layer count: the model's outputs will tell
-            outside = sorted(i for i in indices if i > last)
-            if outside:
-                what = "hidden_states (0 = embeddings)" if offset else "attentions"
-                raise ValueError(
-                    f"{name}={layer_map}: {role} index {outside} is out of range; the {role}'s "
-                    f"outputs.{what} has indices 0..{last}."
-                )
+                return None  # unknown layer count: the model's outputs will tell
+
+        intermediate_losses.check_layer_map(layer_map, name, offset, layers(student), layers(teacher))
         return dict(layer_map)
 
     def _training_parameters(self) -> list[nn.Parameter]:
@@ -599,6 +552,13 @@ class DistillationTrainer(Trainer):
             return
         num_labels = preset_num_labels(self._label_config)  # e.g. LXMERT's num_qa_labels
         for name, dataset in datasets_.items():
+            extra = [c for c in getattr(dataset, "column_names", None) or [] if self._is_extra_column(c)]
+            if extra and self.args.remove_unused_columns:
+                raise ValueError(
+                    f"{name} has the columns {extra} (cached teacher outputs / teacher inputs), which "
+                    "remove_unused_columns=True drops before they reach the trainer: set "
+                    "remove_unused_columns=False (the default of the distillation arguments)."
+                )
             if dataset is None or not hasattr(dataset, "__len__"):
                 continue
             if len(dataset) == 0:
@@ -627,7 +587,7 @@ class DistillationTrainer(Trainer):
             self.training_state.load(checkpoint)
             self._restored_from = checkpoint
 
-    # ---- Batch size counting for exact gradient accumulation ----------------------------------------
+    # ---- Batch counting for exact gradient accumulation ----------------------------------------------
 
     @staticmethod
     def _batch_size(batch: dict[str, Any]) -> int:
@@ -636,35 +596,103 @@ class DistillationTrainer(Trainer):
         return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
 
     def _num_labelled(self, batch: dict[str, Any]) -> int:
-        """Examples of ``batch`` with a label (:func:`hf_msd.losses.labelled_mask`); 0 without labels."""
+        """Labelled examples of ``batch`` (:func:`hf_msd.losses.labelled_mask`) when the library computes the
+        task term of a sequence-level model; 0 otherwise (no labels, or the model's own loss is the task)."""
         labels = batch.get("labels")
-        if not torch.is_tensor(labels):
+        if not torch.is_tensor(labels) or self.token_level or self._model_computes_task_loss(batch):
             return 0
         return int(losses.labelled_mask(labels, self._problem_type(labels)).sum())
 
-    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
-        """The next ``num_batches`` micro-batches and the number of EXAMPLES in them (summed over processes
-        when ``average_tokens_across_devices``), the divisor of :meth:`compute_loss`. The number of LABELLED
-        examples among them (counted the same way) is kept for the task term."""
-        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if not batch_samples:
-            return batch_samples, None
-        counts = torch.tensor(
-            [
-                sum(self._batch_size(b) for b in batch_samples),
-                sum(self._num_labelled(b) for b in batch_samples),
-            ],
-            device=device,
+    def _num_labelled_tokens(self, batch: dict[str, Any]) -> int:
+        """The positions a token-level model's terms score in ``batch``
+        (:func:`hf_msd.losses.scored_token_mask`: label != -100 after the causal shift; without labels, the
+        real tokens); 0 for a sequence-level model."""
+        if not self.token_level:
+            return 0
+        labels = batch.get("labels")
+        mask = losses.scored_token_mask(
+            labels if torch.is_tensor(labels) else None,
+            batch.get("attention_mask"),
+            self._token_shape(batch),
+            causal=self.token_level == "causal",
         )
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            counts = self.accelerator.gather(counts).reshape(-1, 2).sum(dim=0)
-        count = counts[0]
-        self._batch_counts = (count, counts[1])
-        return batch_samples, count
+        return int(mask.sum())
+
+    @staticmethod
+    def _token_shape(batch: dict[str, Any]) -> torch.Size:
+        """(B, T) of a token-level batch, from its ``input_ids`` (or ``inputs_embeds``)."""
+        tokens = batch.get("input_ids")
+        return tokens.shape if tokens is not None else batch["inputs_embeds"].shape[:2]
+
+    def _counts(self, batch: dict[str, Any]) -> torch.Tensor:
+        """``[examples, labelled examples, labelled tokens]`` of one micro-batch."""
+        return torch.tensor(
+            [self._batch_size(batch), self._num_labelled(batch), self._num_labelled_tokens(batch)],
+            dtype=torch.float32,
+        )
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """The Trainer's micro-batches and ``num_items_in_batch`` (unchanged: it is what the model's own loss
+        and ``compute_loss_func`` receive), plus this library's counts of the whole accumulated batch, summed
+        over processes when ``average_tokens_across_devices``: examples, labelled examples and labelled
+        tokens, the divisors of the terms the library computes (see :meth:`compute_loss`)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._batch_counts = None
+        if batch_samples:
+            counts = sum(self._counts(b) for b in batch_samples).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                counts = self.accelerator.gather(counts).reshape(-1, 3).sum(dim=0)
+            self._batch_counts = counts
+        return batch_samples, num_items_in_batch
 
     # ---- Loss ----------------------------------------------------------------------------------------
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether a teacher-dependent term is on; if not, the teacher never runs (training or evaluation)."""
+        args = self.args
+        return args.kd_loss_weight > 0 or args.hidden_loss_weight > 0 or args.attention_loss_weight > 0
+
+    @property
+    def token_level(self) -> str | None:
+        """``"causal"`` for a causal LM student (its logits at position t predict the label at t + 1),
+        ``"tokens"`` for a token classifier, ``None`` for a sequence-level model (logits (B, C))."""
+        student = self._student_base()
+        name = type(student).__name__
+        if self._loss_shifts_labels or name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+            return "causal"
+        if name in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES.values():
+            return "tokens"
+        return None
+
+    def _model_computes_task_loss(self, inputs: dict[str, Any]) -> bool:
+        """Whether the task term is the model's own loss, computed as `Trainer.compute_loss` does.
+
+        Yes with ``compute_loss_func`` or label smoothing, with custom ``label_names``, and for any model that
+        takes labels (a ``labels`` argument or ``**kwargs``) unless the library computes it: sequence
+        classifiers it knows (a model preset, e.g. hf_msd's models and ViLT, or a transformers
+        ``*ForSequenceClassification``), whose per-micro-batch mean the library replaces by the mean over the
+        labelled examples of the whole accumulated batch.
+        """
+        if self.args.hard_label_weight == 0:
+            return False
+        if self.compute_loss_func is not None or self.label_smoother is not None:
+            return True
+        if list(self.label_names) not in ([], ["labels"]):
+            return any(name in inputs for name in self.label_names)
+        if not torch.is_tensor(inputs.get("labels")):
+            return False
+        student = self._student_base()
+        if get_model_preset(student) is not None or (
+            type(student).__name__ in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
+        ):
+            return False
+        parameters = inspect.signature(student.forward).parameters
+        return "labels" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
     def _problem_type(self, labels: torch.Tensor | None) -> str:
+        if self.token_level:
+            return losses.SINGLE_LABEL
         if self.problem_type is None:
             self.problem_type = losses.resolve_problem_type(self._label_config, labels)
         if self.problem_type == losses.MULTI_LABEL and labels is not None and labels.dim() == 1:
@@ -676,154 +704,186 @@ class DistillationTrainer(Trainer):
             )
         return self.problem_type
 
-    def loss_components(
-        self, model: nn.Module, inputs: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], Any]:
-        """Weighted per-example loss components and the student's outputs on the full input.
+    def student_forward(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> StudentOutput:
+        """The student's forward on its view of the batch (:meth:`student_inputs`).
 
-        Returns ``({"task": (B,), "kd": (B,), ...}, student_outputs)``: each value is a float32 ``(B,)``
-        tensor already multiplied by its weight; components whose weight is 0 are left out (and "task" when
-        the batch has no labels). Subclasses call ``super().loss_components(model, inputs)`` and add their
-        own entries; the teacher's logits on the full input are then in ``self._last_teacher_logits``.
+        When the model's own loss is the task term (:meth:`_model_computes_task_loss`) this is exactly
+        `Trainer.compute_loss` (labels passed, ``num_items_in_batch`` when the model accepts loss kwargs,
+        ``compute_loss_func``, label smoothing, the multi-process scale); otherwise the labels are left out.
         """
-        args = self.args
-        labels = inputs.get("labels")
+        model_loss = self._model_computes_task_loss(inputs)
+        student_inputs = self.student_inputs(inputs, keep_labels=model_loss)
         need_hidden, need_attentions = self._needs_intermediates(None)
-        student_inputs = self.student_inputs(inputs)
         if need_hidden:
             student_inputs["output_hidden_states"] = True
         if need_attentions:
             student_inputs["output_attentions"] = True
-        outputs = classifier_output(self._student_base(), model(**student_inputs))
-        teacher = self.teacher_forward(inputs)
-        if outputs.logits.shape != teacher.logits.shape:
-            raise ValueError(
-                f"Student logits {tuple(outputs.logits.shape)} and teacher logits "
-                f"{tuple(teacher.logits.shape)} differ in shape: both models must predict the same labels."
-            )
-        cached = "cached " if inputs.get(TEACHER_CACHE_PREFIX) is not None else ""
-        self.check_finite(f"The {cached}teacher logits", teacher.logits)
-        self._last_teacher_logits = teacher.logits.detach()
-        problem_type = self._problem_type(labels)
+        if not model_loss:
+            outputs = model(**student_inputs)
+            return StudentOutput(outputs, get_logits(self._student_base(), outputs))
+        task, outputs = super().compute_loss(
+            model, student_inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        labels_reached_model = self.label_smoother is None and self.compute_loss_func is None
+        logits = get_logits(self._student_base(), outputs, has_loss=labels_reached_model)
+        return StudentOutput(outputs, logits, task_loss=task)
+
+    def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The teacher's outputs the terms need: ``{"full": outputs on the whole input}``, read from the
+        batch's cached ``teacher_logits`` when it has them and no hidden states or attentions are needed,
+        else from :meth:`teacher_forward`. Subclasses add entries (e.g. the teacher's logits on each
+        modality)."""
+        cached = None if any(self._needs_intermediates(None)) else self.cached_teacher_logits(inputs)
+        teacher = (
+            SequenceClassifierOutput(logits=cached) if cached is not None else self.teacher_forward(inputs)
+        )
+        self.check_finite(f"The {'cached ' if cached is not None else ''}teacher logits", teacher.logits)
+        return {"full": teacher}
+
+    def loss_components(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        student: StudentOutput | None = None,
+        teacher: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], StudentOutput]:
+        """Weighted per-example loss components computed by the library, and the student's output.
+
+        Returns ``({"task": (B,), "kd": (B,), ...}, student)``: each value is a float32 ``(B,)`` tensor
+        already multiplied by its weight; components whose weight is 0 are left out, and so is "task" when
+        the batch has no labels or the model's own loss is the task term (``student.task_loss``). For a
+        token-level model, "task" and "kd" hold each example's SUM over its labelled tokens. ``student``
+        and ``teacher`` (:meth:`student_forward`, :meth:`teacher_outputs`) are computed when not given.
+        Subclasses call ``super().loss_components(model, inputs, student, teacher)`` and add their own
+        entries.
+        """
+        args = self.args
+        if student is None:
+            student = self.student_forward(model, inputs)
+        if teacher is None and self.uses_teacher:
+            teacher = self.teacher_outputs(inputs)
+        labels = inputs.get("labels")
         components: dict[str, torch.Tensor] = {}
-        if args.hard_label_weight > 0 and labels is not None:
-            components["task"] = args.hard_label_weight * losses.task_loss(
-                outputs.logits, labels, problem_type
+        if args.hard_label_weight > 0 and student.task_loss is None and torch.is_tensor(labels):
+            if self.token_level:
+                task = losses.token_task_loss(student.logits, labels, causal=self.token_level == "causal")
+            else:
+                task = losses.task_loss(student.logits, labels, self._problem_type(labels))
+            components["task"] = args.hard_label_weight * task
+        if teacher is None:
+            return components, student
+        full = teacher["full"]
+        if student.logits.shape != full.logits.shape:
+            raise ValueError(
+                f"Student logits {tuple(student.logits.shape)} and teacher logits "
+                f"{tuple(full.logits.shape)} differ in shape: both models must predict the same labels."
             )
         if args.kd_loss_weight > 0:
-            kd = losses.soft_target_loss(
-                outputs.logits,
-                teacher.logits,
-                problem_type=problem_type,
-                temperature=args.temperature,
-                loss_type=args.kd_loss_type,
-            )
-            components["kd"] = args.kd_loss_weight * kd
+            components["kd"] = args.kd_loss_weight * self._soft_target(student.logits, full.logits, inputs)
         mask = inputs.get("attention_mask")
-        if need_hidden:
-            components["hidden"] = args.hidden_loss_weight * self._hidden_loss(outputs, teacher, mask)
-        if need_attentions:
+        if args.hidden_loss_weight > 0:
+            components["hidden"] = args.hidden_loss_weight * self._hidden_loss(student.outputs, full, mask)
+        if args.attention_loss_weight > 0:
             components["attention"] = args.attention_loss_weight * self._attention_loss(
-                outputs, teacher, mask
+                student.outputs, full, mask
             )
-        return components, outputs
+        return components, student
 
-    def _student_tokens(self, teacher_length: int, student_length: int) -> slice:
-        """The positions of the teacher's fused sequence that hold the student's modalities.
-
-        A student that takes every modality (or whose sequence is as long as the teacher's) is compared with
-        every teacher token. A student that takes fewer modalities (multimodal to unimodal) is compared with
-        the teacher's tokens of its own modalities: the fused sequence holds the modalities' tokens in the
-        order of ``modalities`` (text first in our model and in ViLT), so the student's tokens are the first
-        ``student_length`` positions when its modalities come first, the last ones when they come last.
+    def _soft_target(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, inputs: dict
+    ) -> torch.Tensor:
+        """The soft-target loss per example: (B, C) logits, or, for a token-level model, the sum over each
+        example's labelled tokens of the per-token divergence (:func:`~hf_msd.losses.token_soft_target_loss`).
         """
-        if teacher_length == student_length or not self._keys_hidden_from_student:
+        if student_logits.dim() == 3 and not self.token_level:
+            raise ValueError(
+                f"{type(self._student_base()).__name__} returns token-level logits "
+                f"{tuple(student_logits.shape)} "
+                "but is neither a causal LM nor a token classifier of transformers' auto classes, so which "
+                "tokens are targets is unknown: register it with AutoModelForCausalLM / "
+                "AutoModelForTokenClassification, or distil a sequence-level head."
+            )
+        if self.token_level:
+            return losses.token_soft_target_loss(
+                student_logits,
+                teacher_logits,
+                labels=inputs.get("labels"),
+                attention_mask=inputs.get("attention_mask"),
+                causal=self.token_level == "causal",
+                temperature=self.args.temperature,
+                loss_type=self.args.kd_loss_type,
+            )
+        return losses.soft_target_loss(
+            student_logits,
+            teacher_logits,
+            problem_type=self._problem_type(inputs.get("labels")),
+            temperature=self.args.temperature,
+            loss_type=self.args.kd_loss_type,
+        )
+
+    def _student_span(self, teacher_length: int, student_length: int) -> slice:
+        """The teacher's tokens of the student's modalities
+        (:func:`~hf_msd.intermediate_losses.student_token_span`); every token when it takes them all."""
+        if not self._keys_hidden_from_student:
             return slice(None)
-        names, kept = [m.name for m in self.modalities], self.student_modality_names
-        if names[: len(kept)] == kept:
-            return slice(0, student_length)
-        if names[-len(kept) :] == kept:
-            return slice(teacher_length - student_length, teacher_length)
-        raise ValueError(
-            f"Cannot locate the student's modalities {kept} in the teacher's sequence (modalities {names}): "
-            "they must be the first or the last ones."
+        return intermediate_losses.student_token_span(
+            teacher_length,
+            student_length,
+            [m.name for m in self.modalities],
+            self.student_modality_names,
         )
 
     def _hidden_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
-        """Mean over mapped layers of the hidden-state loss, (B,). Student and teacher states are compared
-        on the teacher's tokens of the student's modalities (:meth:`_student_tokens`), padding left out
-        (:func:`token_mask`), token by token or pooled (``hidden_state_pooling``)."""
-        pooling = self.args.hidden_state_pooling
-        projections = self.training_modules["hidden_projections"]
-        per_layer = []
-        for student_index, teacher_index in self._hidden_map.items():
-            student_hidden = student_outputs.hidden_states[student_index]
-            teacher_hidden = teacher_outputs.hidden_states[teacher_index]
-            student_mask = token_mask(student_outputs, mask, student_hidden.shape[1])
-            teacher_mask = token_mask(teacher_outputs, mask, teacher_hidden.shape[1])
-            span = self._student_tokens(teacher_hidden.shape[1], student_hidden.shape[1])
-            teacher_hidden = teacher_hidden[:, span]
-            teacher_mask = None if teacher_mask is None else teacher_mask[:, span]
-            if pooling == "none" and student_hidden.shape[1] != teacher_hidden.shape[1]:
-                raise ValueError(
-                    f"Student hidden states ({student_hidden.shape[1]} positions) and teacher hidden "
-                    f"states ({teacher_hidden.shape[1]}) differ in length: set hidden_state_pooling='mean' "
-                    "or 'first'."
-                )
-            key = f"{student_index}_to_{teacher_index}"
-            if key in projections:
-                student_hidden = projections[key](student_hidden.to(projections[key].weight.dtype))
-            student_hidden = _pool(student_hidden, student_mask, pooling)
-            teacher_hidden = _pool(teacher_hidden, teacher_mask, pooling)
-            per_layer.append(
-                losses.hidden_state_loss(
-                    student_hidden,
-                    teacher_hidden,
-                    attention_mask=student_mask,
-                    loss_type=self.args.hidden_loss_type,
-                )
-            )
-        return torch.stack(per_layer).mean(dim=0)
+        """:func:`~hf_msd.intermediate_losses.hidden_states_loss` with this run's layers and projections."""
+        return intermediate_losses.hidden_states_loss(
+            student_outputs,
+            teacher_outputs,
+            self._hidden_map,
+            self.training_modules["hidden_projections"],
+            mask,
+            self._student_span,
+            pooling=self.args.hidden_state_pooling,
+            loss_type=self.args.hidden_loss_type,
+        )
 
     def _attention_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
-        """Mean over mapped layers of the attention-map loss, (B,): the teacher's map restricted to the
-        student's modalities' tokens (rows and columns, rows renormalised to sum to 1), padded query rows
-        left out."""
-        per_layer = []
-        for outputs, role in ((student_outputs, "student"), (teacher_outputs, "teacher")):
-            if not getattr(outputs, "attentions", None):
-                raise ValueError(
-                    f"The {role} returned no attention maps for attention_loss_weight > 0; load it with "
-                    "attn_implementation='eager' (fused kernels cannot return attention probabilities)."
-                )
-        for student_index, teacher_index in self._attention_map.items():
-            student_attn = student_outputs.attentions[student_index]
-            teacher_attn = teacher_outputs.attentions[teacher_index]
-            span = self._student_tokens(teacher_attn.shape[-1], student_attn.shape[-1])
-            if span != slice(None):
-                teacher_attn = teacher_attn[..., span, span].float()
-                teacher_attn = teacher_attn / teacher_attn.sum(-1, keepdim=True).clamp_min(1e-12)
-            per_layer.append(
-                losses.attention_map_loss(
-                    student_attn,
-                    teacher_attn,
-                    loss_type=self.args.attention_loss_type,
-                    head_reduction=self.args.attention_head_reduction,
-                    attention_mask=token_mask(student_outputs, mask, student_attn.shape[-1]),
-                )
-            )
-        return torch.stack(per_layer).mean(dim=0)
+        """:func:`~hf_msd.intermediate_losses.attention_maps_loss` with this run's layer map."""
+        return intermediate_losses.attention_maps_loss(
+            student_outputs,
+            teacher_outputs,
+            self._attention_map,
+            mask,
+            self._student_span,
+            loss_type=self.args.attention_loss_type,
+            head_reduction=self.args.attention_head_reduction,
+        )
 
-    @staticmethod
     def combine_components(
-        components: dict[str, torch.Tensor], examples: torch.Tensor | float, labelled: torch.Tensor | float
+        self,
+        components: dict[str, torch.Tensor],
+        examples: torch.Tensor | float,
+        labelled: torch.Tensor | float,
+        tokens: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
-        """``sum(task) / max(labelled, 1) + sum over the other components of sum(c) / examples``: the
-        scalar loss from per-example components (each (B,)); see :meth:`compute_loss`."""
-        terms = [c.sum() / examples for name, c in components.items() if name != "task"]
-        if "task" in components:
-            divisor = labelled.clamp_min(1) if torch.is_tensor(labelled) else max(labelled, 1)
-            terms.append(components["task"].sum() / divisor)
+        """The scalar loss from the library's per-example components (each (B,)); see :meth:`compute_loss`.
+
+        ``sum(task) / max(labelled, 1) + sum over the other components of sum(c) / examples``; for a
+        token-level model ``task`` and ``kd`` (sums over labelled tokens) are divided by ``max(tokens, 1)``.
+        """
+
+        def divisor(count):
+            return count.clamp_min(1) if torch.is_tensor(count) else max(count, 1)
+
+        terms = []
+        for name, value in components.items():
+            if self.token_level and name in ("task", "kd"):
+                terms.append(value.sum() / divisor(tokens))
+            elif name == "task":
+                terms.append(value.sum() / divisor(labelled))
+            else:
+                terms.append(value.sum() / examples)
         return torch.stack(terms).sum()
 
     def compute_loss(
@@ -833,51 +893,84 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        """The training loss of one micro-batch:
+        """The loss of one micro-batch: student forward, teacher outputs, the terms, their reduction.
 
-            loss = sum_{i labelled} task_i / N_labelled + sum_{c != task} sum_i c_i / N
+        The task term comes from one of two places:
 
-        where ``c_i`` are the weighted per-example :meth:`loss_components`, ``N`` is ``num_items_in_batch``
-        (the examples of the whole accumulated batch, over every process, from :meth:`get_batch_samples`)
-        and ``N_labelled`` the labelled examples among them (label != -100; ``max(N_labelled, 1)``, so an
-        accumulated batch without any label contributes no task term). Summed over the micro-batches of an
-        optimizer step this is exactly the large-batch loss ``mean over labelled examples of task + mean
-        over all examples of the other terms``, however the batch is split (a micro-batch without labelled
-        examples adds only its distillation terms). Without ``num_items_in_batch`` (evaluation, direct
-        calls) ``N`` and ``N_labelled`` are this batch's counts.
+        - **The model's own loss** (a model that takes labels and returns a loss, or ``compute_loss_func``,
+          label smoothing, custom ``label_names``; see :meth:`_model_computes_task_loss`): exactly what
+          `Trainer.compute_loss` returns, with the Trainer's gradient-accumulation contract (divided by the
+          accumulation steps unless the model receives ``num_items_in_batch`` or ``compute_loss_func`` is
+          set), times ``hard_label_weight``.
+        - **The library** (hf_msd's models and other models with a preset, transformers'
+          ``*ForSequenceClassification``, models that return no loss): the per-example task loss summed over
+          the labelled examples (label != -100) and divided by their number in the whole accumulated batch,
+          over every process.
 
-        With several processes and a global count, the loss is multiplied by the number of processes to undo
-        DDP's gradient averaging, as transformers' default loss does.
+        Every other term ``c`` (``kd``, ``hidden``, ``attention``, modality terms) is summed over the examples
+        and divided by the number of examples ``N`` of the whole accumulated batch (over every process, from
+        :meth:`get_batch_samples`). For a token-level model (causal LM, token classifier) the ``kd`` term
+        (and a library-computed ``task``) is the per-token divergence summed over the labelled tokens and
+        divided by the labelled tokens of the accumulated batch (after the causal shift). Summed over the
+        micro-batches of an optimizer step this is the large-batch loss however the batch is split. Outside
+        training (evaluation, direct calls) the counts are this batch's. With several processes the library's
+        terms are
+        multiplied by the number of processes to undo DDP's gradient averaging, as transformers' default loss
+        does. With every teacher-dependent weight at 0 the teacher does not run.
         """
         if model.training:
             self._batches_seen += 1
-        components, outputs = self.loss_components(model, inputs)
-        if not components:
+        student = self.student_forward(model, inputs, num_items_in_batch)
+        teacher = self.teacher_outputs(inputs) if self.uses_teacher else None
+        components, _ = self.loss_components(model, inputs, student, teacher)
+        loss = self.reduce_loss(components, student, inputs, num_items_in_batch, training=model.training)
+        if (
+            self.uses_teacher
+        ):  # a NaN teacher must not reach the student; otherwise the Trainer's NaN handling
+            self.check_finite("The training loss" if model.training else "The evaluation loss", loss)
+        if model.training:
+            self._accumulate_logs(components, inputs)
+        elif self._eval_agreement is not None and teacher is not None:
+            self._record_agreement(student.logits, teacher["full"].logits)
+        if not return_outputs:
+            return loss
+        outputs = student.outputs
+        if student.task_loss is None and isinstance(outputs, tuple):
+            outputs = (loss, *outputs)  # Trainer's convention: a tuple's first entry is the loss
+        return loss, outputs
+
+    def reduce_loss(
+        self,
+        components: dict[str, torch.Tensor],
+        student: StudentOutput,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None,
+        training: bool,
+    ) -> torch.Tensor:
+        """The scalar loss of :meth:`compute_loss`: the library's components and the model's own task loss."""
+        if not components and student.task_loss is None:
             raise ValueError(
-                "No loss component to train on: the batch has no 'labels' and every distillation weight "
+                "No loss component to train on: the batch has no labels and every distillation weight "
                 "is 0. Set kd_loss_weight (or another weight) > 0, or provide labels."
             )
-        batch_size = next(iter(components.values())).shape[0]
-        labelled = self._num_labelled(inputs)
-        if num_items_in_batch is None:
-            examples, all_labelled = batch_size, labelled
-        elif self._batch_counts is not None and num_items_in_batch is self._batch_counts[0]:
-            examples, all_labelled = self._batch_counts
-        else:  # a caller's own example count: assume this batch's labelled fraction
-            examples, all_labelled = num_items_in_batch, num_items_in_batch * labelled / batch_size
-        loss = self.combine_components(components, examples, all_labelled)
-        if (
-            num_items_in_batch is not None
-            and self.args.average_tokens_across_devices
-            and self.args.world_size > 1
-        ):
-            loss = loss * self.accelerator.num_processes
-        self.check_finite("The training loss" if model.training else "The evaluation loss", loss)
-        if model.training:
-            self._accumulate_logs(components, batch_size, labelled)
-        elif self._eval_agreement is not None:
-            self._record_agreement(outputs.logits, self._last_teacher_logits)
-        return (loss, outputs) if return_outputs else loss
+        loss = None
+        if student.task_loss is not None:
+            loss = student.task_loss
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                self.compute_loss_func is not None
+            )
+            if training and not scaled:
+                loss = loss / self.current_gradient_accumulation_steps
+            if self.args.hard_label_weight != 1:
+                loss = self.args.hard_label_weight * loss
+        if components:
+            accumulated = training and self._batch_counts is not None
+            counts = self._batch_counts if accumulated else self._counts(inputs)
+            library = self.combine_components(components, *counts.to(self.args.device))
+            if accumulated and self.args.average_tokens_across_devices and self.args.world_size > 1:
+                library = library * self.accelerator.num_processes
+            loss = library if loss is None else loss + library
+        return loss
 
     def check_finite(self, what: str, tensor: torch.Tensor) -> None:
         """Raise a FloatingPointError naming the batch and step if ``tensor`` holds NaN or inf.
@@ -913,27 +1006,33 @@ class DistillationTrainer(Trainer):
 
     # ---- Logging and evaluation ------------------------------------------------------------------------
 
-    def _accumulate_logs(self, components: dict[str, torch.Tensor], batch_size: int, labelled: int) -> None:
+    def _accumulate_logs(self, components: dict[str, torch.Tensor], inputs: dict[str, Any]) -> None:
+        """Add this micro-batch's component sums and counts to the logging window (only when a teacher term is
+        on: without one the loss is the task term alone and the logs are the Trainer's)."""
+        if not self.uses_teacher:
+            return
         for name, value in components.items():
             value = value.detach().sum()
             self._log_sums[name] = self._log_sums.get(name, torch.zeros_like(value)) + value
-        self._log_count = self._log_count + batch_size
-        self._log_labelled = self._log_labelled + labelled
+        self._log_counts = self._log_counts + self._counts(inputs).to(self._log_counts.device)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss component over the logging window (``<name>_loss``) to training logs:
-        ``task_loss`` over the labelled examples, the others over all examples."""
+        """Add the mean of each library-computed loss component over the logging window (``<name>_loss``) to
+        training logs: ``task_loss`` over the labelled examples, the others over all examples (over the
+        labelled tokens for a token-level model's ``task`` and ``kd``)."""
         if "loss" in logs and self._log_sums:
             names = sorted(self._log_sums)
-            counts = [self._log_count.float(), self._log_labelled.float()]
-            sums = torch.stack([self._log_sums[name] for name in names] + counts)
+            sums = torch.cat([torch.stack([self._log_sums[name] for name in names]), self._log_counts])
             sums = self.accelerator.reduce(sums, reduction="sum")
-            for name, value in zip(names, sums[:-2]):
-                count = sums[-1] if name == "task" else sums[-2]
+            examples, labelled, tokens = sums[-3:]
+            for name, value in zip(names, sums[:-3]):
+                if self.token_level and name in ("task", "kd"):
+                    count = tokens
+                else:
+                    count = labelled if name == "task" else examples
                 logs[f"{name}_loss"] = (value / count.clamp_min(1)).item()
             self._log_sums = {}
-            self._log_count = torch.zeros_like(self._log_count)
-            self._log_labelled = torch.zeros_like(self._log_labelled)
+            self._log_counts = torch.zeros_like(self._log_counts)
         super().log(logs, start_time)
 
     def _record_agreement(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import Subset
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
 from .. import losses
@@ -42,7 +43,7 @@ from ..saliency import (
 )
 from ..teacher_cache import teacher_column
 from ..weighting import build_weighting
-from .distillation_trainer import TEACHER_CACHE_PREFIX, DistillationTrainer
+from .distillation_trainer import DistillationTrainer, StudentOutput
 from .meta_validation import MetaValidationBatches
 from .msd_config import MSDTrainingArguments
 from .training_state import average_across_processes, resolve_checkpoint
@@ -121,6 +122,7 @@ class MSDTrainer(DistillationTrainer):
 
     _tag_names = ["hf_msd", "distillation", "msd"]
     card_method = "msd"
+    args_class = MSDTrainingArguments
 
     def __init__(
         self,
@@ -132,11 +134,6 @@ class MSDTrainer(DistillationTrainer):
         saliency_fn: SaliencyFn | None = None,
         **trainer_kwargs: Any,
     ):
-        if not isinstance(args, MSDTrainingArguments):
-            raise TypeError(
-                f"args must be an MSDTrainingArguments, got {type(args).__name__}; build it with "
-                "MSDTrainingArguments(output_dir=..., modality_weighting=..., ...)."
-            )
         super().__init__(
             model=model,
             teacher_model=teacher_model,
@@ -145,9 +142,16 @@ class MSDTrainer(DistillationTrainer):
             teacher_modalities=teacher_modalities,
             **trainer_kwargs,
         )
-        if not self.modalities:
+        args = self.args
+        if not self.modalities and args.modality_loss_weight > 0:
             raise ValueError(
                 "modalities is empty and neither model has a preset: pass modalities=[Modality(...), ...]."
+            )
+        if self.token_level and args.modality_loss_weight > 0:
+            raise ValueError(
+                f"MSDTrainer does not support token-level students ({type(self._student_base()).__name__}: "
+                "causal LM / token classification): its modality-only passes change the token sequence. "
+                "Use DistillationTrainer."
             )
         self.saliency_fn = saliency_fn
         names = [modality.name for modality in self.teacher_modalities]
@@ -175,7 +179,7 @@ class MSDTrainer(DistillationTrainer):
                 "meta_validation_fraction > 0 instead."
             )
         if len(self.weighting.state_dict()):  # population saliency, learned weights and their Adam state
-            self.training_state.register("modality_weighting", self.weighting)
+            self.register_state("modality_weighting", self.weighting)
         self._meta_mode = False
         self._meta_dataset = None
         self._meta_batches: MetaValidationBatches | None = None
@@ -196,24 +200,24 @@ class MSDTrainer(DistillationTrainer):
         pending: list[tuple[str, dict]] = []
         results_cached: dict[str, torch.Tensor] = {}
         for name in names:
-            cached = inputs.get(f"{TEACHER_CACHE_PREFIX}_{name}")
+            cached = self.cached_teacher_logits(inputs, teacher_column(name))
             if cached is not None:
-                only[name] = cached.to(self.args.device)
+                only[name] = cached
             else:
                 pending.append((f"only:{name}", restrict(model_batch, self.teacher_modalities, name)))
         need_hidden, need_attentions = self._needs_intermediates(None)
-        if inputs.get(TEACHER_CACHE_PREFIX) is None and not (need_hidden or need_attentions):
+        if self.cached_teacher_logits(inputs) is None and not (need_hidden or need_attentions):
             pending.append(("full", model_batch))
         if needs_without and len(self.teacher_modalities) > 2:
             for n in names:
-                cached = inputs.get(teacher_column(n, without=True))
+                cached = self.cached_teacher_logits(inputs, teacher_column(n, without=True))
                 if cached is not None:
-                    results_cached[f"without:{n}"] = cached.to(self.args.device)
+                    results_cached[f"without:{n}"] = cached
                 else:
                     pending.append((f"without:{n}", remove(model_batch, self.teacher_modalities, n)))
 
         def run(batch):
-            return self.teacher_forward(batch, cache_key="", output_intermediates=False).logits
+            return self.teacher_forward(batch, output_intermediates=False).logits
 
         results = dict(zip([key for key, _ in pending], batched_logits(run, [b for _, b in pending])))
         results.update(results_cached)
@@ -233,20 +237,41 @@ class MSDTrainer(DistillationTrainer):
 
     # ---- Loss ----------------------------------------------------------------------------------------
 
-    def loss_components(
-        self, model: nn.Module, inputs: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], Any]:
-        """The parent's components plus ``modality_<name>``: ``w_m * KD(T(x_m), S(x_m))``, shape (B,)."""
-        needs_saliency = self.weighting.needs_instance_saliency
-        only, extra = self._teacher_logits(inputs, needs_without=needs_saliency)
-        teacher_batch = dict(inputs)
+    @property
+    def uses_teacher(self) -> bool:
+        return super().uses_teacher or self.args.modality_loss_weight > 0
+
+    def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The parent's ``{"full": ...}`` plus ``"only"`` (modality name -> the teacher's logits on ``x_m``)
+        and ``"without"`` (the logits on each ``x without m``, for per-example saliency), the teacher's
+        passes run as concatenated calls (:meth:`_teacher_logits`)."""
+        only, extra = self._teacher_logits(inputs, needs_without=self.weighting.needs_instance_saliency)
         if "full" in extra:
-            teacher_batch[TEACHER_CACHE_PREFIX] = extra["full"]
-        components, outputs = super().loss_components(model, teacher_batch)
+            full = SequenceClassifierOutput(logits=extra["full"])
+            self.check_finite("The teacher logits", full.logits)
+        else:
+            full = super().teacher_outputs(inputs)["full"]
+        return {"full": full, "only": only, "without": extra.get("without")}
+
+    def loss_components(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        student: StudentOutput | None = None,
+        teacher: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], StudentOutput]:
+        """The parent's components plus ``modality_<name>``: ``w_m * KD(T(x_m), S(x_m))``, shape (B,)."""
+        if student is None:
+            student = self.student_forward(model, inputs)
+        if teacher is None and self.uses_teacher:
+            teacher = self.teacher_outputs(inputs)
+        components, student = super().loss_components(model, inputs, student, teacher)
+        if teacher is None or self.args.modality_loss_weight == 0:
+            return components, student
         problem_type = self._problem_type(inputs.get("labels"))
         student_batch = self.student_inputs(inputs)
         if self._unimodal_student:
-            student_logits = [outputs.logits]
+            student_logits = [student.logits]
         else:
             student_batches = [
                 restrict(student_batch, self.modalities, n) for n in self.student_modality_names
@@ -257,20 +282,20 @@ class MSDTrainer(DistillationTrainer):
             # all-reduces them, so the update is the same as on one process.
             bare = self.accelerator.unwrap_model(model)
             student_logits = batched_logits(lambda batch: get_logits(bare, bare(**batch)), student_batches)
-        batch_size = outputs.logits.shape[0]
+        batch_size = student.logits.shape[0]
         saliency = None
-        if needs_saliency:
+        if self.weighting.needs_instance_saliency:
             saliency = modality_saliency(
-                self._last_teacher_logits, extra["without"], problem_type, self.saliency_fn
+                teacher["full"].logits.detach(), teacher["without"], problem_type, self.saliency_fn
             )
-        weights = self.weighting(batch_size, saliency).to(outputs.logits.device)
+        weights = self.weighting(batch_size, saliency).to(student.logits.device)
         if not self._meta_mode:
             weights = weights.detach()
         names = [m.name for m in self.teacher_modalities]
         for name, logits in zip(self.student_modality_names, student_logits):
             kd = losses.soft_target_loss(
                 logits,
-                only[name],
+                teacher["only"][name],
                 problem_type=problem_type,
                 temperature=self.args.temperature,
                 loss_type=self.args.kd_loss_type,
@@ -279,7 +304,7 @@ class MSDTrainer(DistillationTrainer):
         if model.training and not self._meta_mode:
             self._weight_sums = self._weight_sums + weights.detach().sum(dim=0)
             self._weight_count = self._weight_count + batch_size
-        return components, outputs
+        return components, student
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds ``modality_weight_<name>`` (mean over the logging window) and ``meta_validation_loss``."""
@@ -324,7 +349,7 @@ class MSDTrainer(DistillationTrainer):
             process_index=self.accelerator.process_index,
             num_processes=self.accelerator.num_processes,
         )
-        self.training_state.register("meta_validation", self._meta_batches)
+        self.register_state("meta_validation", self._meta_batches)
 
     def _meta_step(self, model: nn.Module, inputs: dict[str, Any]) -> None:
         student = self.accelerator.unwrap_model(model)
@@ -336,15 +361,15 @@ class MSDTrainer(DistillationTrainer):
         def train_loss() -> torch.Tensor:
             self._meta_mode = True
             try:
-                components, _ = self.loss_components(student, inputs)
+                components, output = self.loss_components(student, inputs)
             finally:
                 self._meta_mode = False
-            batch_size = next(iter(components.values())).shape[0]
-            return self.combine_components(components, batch_size, self._num_labelled(inputs))
+            return self.reduce_loss(components, output, inputs, None, training=False)
 
         def val_loss(lookahead: dict[str, torch.Tensor]) -> torch.Tensor:
             outputs = torch.func.functional_call(student, lookahead, args=(), kwargs=val_inputs)
-            task = losses.task_loss(get_logits(student, outputs), held_out["labels"], problem_type)
+            logits = get_logits(student, outputs)
+            task = losses.task_loss(logits, held_out["labels"], problem_type)
             return task.sum() / max(self._num_labelled(held_out), 1)  # mean over labelled examples
 
         inner_lr = self.args.meta_inner_learning_rate or self.args.learning_rate
@@ -361,6 +386,8 @@ class MSDTrainer(DistillationTrainer):
         loads) the population saliency, then trains as :meth:`transformers.Trainer.train`."""
         if self.train_dataset is None:
             raise ValueError("MSDTrainer.train() needs a train_dataset.")
+        if self.args.modality_loss_weight == 0:  # no modality terms: nothing to check or compute first
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
         self.check_data()
         if self.weighting.learned and self.args.meta_validation_fraction > 0 and self._meta_dataset is None:
             self._split_meta_validation()
