@@ -73,7 +73,7 @@ from ..saliency import compute_saliency, plot_saliency
 from ..teacher_cache import precompute_teacher_outputs
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from .arguments import MINILM, DataArguments, ExperimentArguments, ModelArguments, json_object, layer_list
-from .stages import STAGE_FILE, jsonable, mark_done, result_settings, stage_done
+from .stages import STAGE_FILE, check_finite, jsonable, mark_done, result_settings, stage_done
 
 logger = logging.get_logger(__name__)
 
@@ -310,6 +310,7 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         compute_metrics=make_compute_metrics(problem_type) if evaluate else None,
     )
     result = trainer.train()
+    check_finite("teacher", teacher, result.metrics)
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
         history = [log for log in trainer.state.log_history if "eval_loss" in log]
@@ -464,6 +465,7 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
     else:
         trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
     result = trainer.train(resume_from_checkpoint=run.training_args.resume_from_checkpoint)
+    check_finite("student", student, result.metrics)
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
         (directory / TRAIN_RESULTS).write_text(json.dumps(result.metrics | {"steps": result.global_step}))
