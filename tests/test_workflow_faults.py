@@ -2,9 +2,12 @@
 between a given teacher and the data, data changed in place, two runs in one output folder. Each test
 compares with an independent computation (a fresh run, the data's own label order)."""
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from test_run_msd import TINY
 
 from hf_msd.experiment import parse_arguments, run_experiment
@@ -28,3 +31,58 @@ def test_a_diverged_teacher_is_not_marked_done(tmp_path):
     with pytest.raises(FloatingPointError, match="teacher stage ended with a NaN or inf parameter"):
         train_or_load_teacher(run)
     assert not (tmp_path / "teacher" / STAGE_FILE).exists()
+
+
+# ---- A given teacher whose id2label lists the data's labels in another order ---------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory):
+    """A teacher trained by the workflow on the data's label order, and a copy that lists the same labels in
+    another order with its classifier rows permuted to match (the same model, relabelled)."""
+    root = tmp_path_factory.mktemp("teachers")
+    args = _args(root / "run")
+    run = Run(*args, dataset=load_data(args[1], seed=0))
+    teacher, processor, _ = train_or_load_teacher(run)
+    names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+    order = list(reversed(range(len(names))))  # column j of the copy = column order[j] of the original
+    with torch.no_grad():
+        teacher.classifier.weight.copy_(teacher.classifier.weight[order])
+        teacher.classifier.bias.copy_(teacher.classifier.bias[order])
+    teacher.config.id2label = {j: names[i] for j, i in enumerate(order)}
+    teacher.config.label2id = {name: j for j, name in teacher.config.id2label.items()}
+    teacher.save_pretrained(root / "permuted")
+    processor.save_pretrained(root / "permuted")
+    return root / "run" / "teacher", root / "permuted", names
+
+
+def test_a_teacher_in_another_label_order_is_reordered_to_the_datas(trained_teacher, tmp_path):
+    original, permuted, names = trained_teacher
+    flags = ("--method", "kd", "--modality_weighting", "uniform")
+    reference = _run(tmp_path / "a", "--teacher_name_or_path", str(original), *flags)
+    relabelled = _run(tmp_path / "b", "--teacher_name_or_path", str(permuted), *flags)
+    assert relabelled["evaluation"] == reference["evaluation"]  # the same teacher and student scores
+    a = load_file(tmp_path / "a" / "student" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "student" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((tmp_path / "b" / "student" / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(len(names))] == names  # the data's order
+
+
+def test_a_teacher_with_other_label_names_is_refused_naming_both_orders(trained_teacher, tmp_path):
+    original, _, names = trained_teacher
+    config = json.loads((original / "config.json").read_text())
+    config["id2label"]["0"] = "mauve"
+    other = tmp_path / "other"
+    other.mkdir()
+    for item in original.iterdir():
+        if item.is_file():
+            (other / item.name).write_bytes(item.read_bytes())
+    (other / "config.json").write_text(json.dumps(config))
+    args = _args(tmp_path / "out", "--teacher_name_or_path", str(other))
+    run = Run(*args, dataset=load_data(args[1], seed=0))
+    with pytest.raises(ValueError) as refusal:
+        train_or_load_teacher(run)
+    message = str(refusal.value)
+    assert message.startswith("--teacher_name_or_path predicts the labels ['mauve', ")
+    assert f"the data's label names are {names}" in message

@@ -52,13 +52,14 @@ from ..data import (
     load_easy_vqa,
     load_local_dataset,
 )
+from ..data.labels import align_label_order
 from ..evaluation import evaluate_by_modality
 from ..fingerprint import model_fingerprint
 from ..hub import build_model_card, card_speed, training_hyperparameters
 from ..inference_speed import compare_inference_speed
 from ..losses import resolve_problem_type
 from ..metrics import make_compute_metrics
-from ..modality import default_modalities
+from ..modality import default_modalities, model_inputs
 from ..modality_dropout import ModalityDropoutCollator, ModalityDropoutTrainer
 from ..models import (
     MultimodalTransformerForSequenceClassification,
@@ -233,6 +234,10 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         if run.model_args.compact_vocabulary:
             texts = run.dataset["train"][_text_column(run.data_args)]
             teacher, processor.tokenizer = compact_vocabulary(teacher, processor.tokenizer, texts)
+        # Its logits columns in the data's label order (by name), checked on two training examples.
+        examples = [run.dataset["train"][i] for i in range(min(2, len(run.dataset["train"])))]
+        batch = model_inputs(teacher, _collator(run, teacher, processor)(examples))
+        align_label_order(teacher, _label_names(run.dataset), "--teacher_name_or_path", check_inputs=batch)
         # The path alone would let a teacher whose weights changed reuse the old saliency and student.
         settings = {"teacher_name_or_path": run.model_args.teacher_name_or_path}
         if run.model_args.compact_vocabulary:
