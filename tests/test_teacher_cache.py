@@ -491,3 +491,28 @@ def test_two_processes_compute_once_on_the_main_process_and_share_the_file(tmp_p
     assert ranks[0]["teacher_examples"] == 3 * 12 and ranks[1]["teacher_examples"] == 0
     assert ranks[0]["teacher_logits"] == ranks[1]["teacher_logits"]
     assert os.listdir(tmp_path / "cache") == [f"teacher-outputs-{ranks[0]['fingerprint']}.arrow"]
+
+
+# ---- faults: files changed in place, broken cache files, stale temporary files ----------------------------
+
+
+def path_dataset(directory) -> Dataset:
+    """raw_dataset's rows with the images stored as PNG files that the rows refer to by path."""
+    data = raw_dataset()
+    paths = []
+    for i, image in enumerate(tiny_images(len(data))):
+        image.save(directory / f"{i}.png")
+        paths.append(str(directory / f"{i}.png"))
+    return Dataset.from_dict({**data.to_dict(), "image": paths}, features=data.features)
+
+
+def test_an_image_replaced_at_the_same_path_recomputes_as_a_fresh_pass(setup, tmp_path):
+    teacher, collator = setup["teacher"], setup["collator"]
+    (tmp_path / "images").mkdir()
+    data = path_dataset(tmp_path / "images")
+    first = precompute_teacher_outputs(teacher, data, data_collator=collator, cache_dir=tmp_path / "cache")
+    tiny_images(1, seed=5)[0].save(tmp_path / "images" / "3.png")  # same path, other pixels
+    again = precompute_teacher_outputs(teacher, data, data_collator=collator, cache_dir=tmp_path / "cache")
+    fresh = precompute_teacher_outputs(teacher, data, data_collator=collator, cache_dir=tmp_path / "fresh")
+    torch.testing.assert_close(column(again, "teacher_logits"), column(fresh, "teacher_logits"))
+    assert not torch.equal(column(first, "teacher_logits")[3], column(fresh, "teacher_logits")[3])
