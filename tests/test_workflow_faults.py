@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from models_utils import tiny_images
 from safetensors.torch import load_file
 from test_run_msd import TINY
 
-from hf_msd.experiment import parse_arguments, run_experiment
+from hf_msd.experiment import StageMismatchError, parse_arguments, run_experiment
 from hf_msd.experiment.stages import STAGE_FILE
 from hf_msd.experiment.workflow import Run, load_data, train_or_load_teacher
 
@@ -86,3 +87,42 @@ def test_a_teacher_with_other_label_names_is_refused_naming_both_orders(trained_
     message = str(refusal.value)
     assert message.startswith("--teacher_name_or_path predicts the labels ['mauve', ")
     assert f"the data's label names are {names}" in message
+
+
+# ---- Local data changed in place -----------------------------------------------------------------------
+
+COLORS = ("red", "green", "blue")
+
+
+def _write_local_data(directory: Path, labels: list[str]) -> list[str]:
+    """train.csv / test.csv rows (image file, question, label) under ``directory``; returns the flags."""
+    directory.mkdir(exist_ok=True)
+    for i, image in enumerate(tiny_images(len(labels), size=64)):
+        if not (directory / f"{i}.png").exists():
+            image.save(directory / f"{i}.png")
+    for name, rows in (("train.csv", range(len(labels))), ("test.csv", range(8))):
+        lines = ["image,question,label", *(f"{i}.png,what color is it?,{labels[i]}" for i in rows)]
+        (directory / name).write_text("\n".join(lines) + "\n")
+    return [
+        "--dataset_name", "local", "--train_file", str(directory / "train.csv"),
+        "--test_file", str(directory / "test.csv"), "--class_names", ",".join(COLORS),
+        "--text_column", "question", "--method", "kd", "--modality_weighting", "uniform",
+    ]  # fmt: skip
+
+
+def test_a_data_file_changed_in_place_is_not_reused(tmp_path):
+    labels = [COLORS[i % 3] for i in range(24)]
+    flags = _write_local_data(tmp_path / "data", labels)
+    _run(tmp_path / "out", *flags)
+    for i in range(0, 24, 3):  # corrected labels, same file name
+        labels[i] = "blue"
+    _write_local_data(tmp_path / "data", labels)
+    with pytest.raises(StageMismatchError, match=r"data\.content\.train: 'datasets:"):
+        _run(tmp_path / "out", *flags)
+    rerun = _run(tmp_path / "out", *flags, "--overwrite_output_dir", "true")
+    fresh = _run(tmp_path / "fresh", *flags)  # an independent run on the corrected file
+    assert rerun["evaluation"] == fresh["evaluation"]
+    for stage in ("teacher", "student"):
+        a = load_file(tmp_path / "out" / stage / "model.safetensors")
+        b = load_file(tmp_path / "fresh" / stage / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), stage

@@ -54,7 +54,7 @@ from ..data import (
 )
 from ..data.labels import align_label_order
 from ..evaluation import evaluate_by_modality
-from ..fingerprint import model_fingerprint
+from ..fingerprint import dataset_fingerprint, model_fingerprint
 from ..hub import build_model_card, card_speed, training_hyperparameters
 from ..inference_speed import compare_inference_speed
 from ..losses import resolve_problem_type
@@ -347,7 +347,13 @@ def _data_settings(run: Run) -> dict[str, Any]:
     that splits them."""
     settings = jsonable(run.data_args)
     settings.pop("max_test_samples")
-    return {**settings, "seed": run.training_args.seed}
+    return {**settings, "seed": run.training_args.seed, "content": _content(run, "train", "validation")}
+
+
+def _content(run: Run, *splits: str) -> dict[str, str]:
+    """A hash of each split's content (rows and the image files they read), so data changed in place under
+    the same file names does not reuse a stage (:func:`hf_msd.fingerprint.dataset_fingerprint`)."""
+    return {split: dataset_fingerprint(run.dataset[split]) for split in splits}
 
 
 def _train_data_settings(run: Run) -> dict[str, Any]:
@@ -359,8 +365,10 @@ def _train_data_settings(run: Run) -> dict[str, Any]:
     if run.exp_args.teacher_train_labels == "all":
         for key in ("labeled_fraction", "max_labeled_samples"):
             settings.pop(key)
-    if run.exp_args.teacher_eval_strategy != "no":
+    evaluate = run.exp_args.teacher_eval_strategy != "no"
+    if evaluate:
         settings["max_eval_samples"] = run.data_args.max_eval_samples  # picks the best checkpoint
+    settings["content"] = _content(run, "train", *(["validation"] if evaluate else []))
     return settings
 
 
