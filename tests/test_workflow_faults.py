@@ -3,6 +3,8 @@ between a given teacher and the data, data changed in place, two runs in one out
 compares with an independent computation (a fresh run, the data's own label order)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from models_utils import tiny_images
 from safetensors.torch import load_file
 from test_run_msd import TINY
 
-from hf_msd.experiment import StageMismatchError, parse_arguments, run_experiment
+from hf_msd.experiment import OutputDirLockedError, StageMismatchError, parse_arguments, run_experiment
+from hf_msd.experiment.output_lock import LOCK_FILE
 from hf_msd.experiment.stages import STAGE_FILE
 from hf_msd.experiment.workflow import Run, load_data, train_or_load_teacher
 
@@ -126,3 +129,32 @@ def test_a_data_file_changed_in_place_is_not_reused(tmp_path):
         a = load_file(tmp_path / "out" / stage / "model.safetensors")
         b = load_file(tmp_path / "fresh" / stage / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), stage
+
+
+# ---- Two runs into one output folder -------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from hf_msd.experiment.output_lock import output_dir_lock
+with output_dir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_run_into_a_locked_output_dir_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputDirLockedError, match=f"is in use by process {holder.pid} on host "):
+            _run(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]  # nothing written
+    finally:
+        holder.kill()  # a run killed without releasing its lock
+        holder.wait()
+    assert (tmp_path / LOCK_FILE).exists()
+    summary = _run(tmp_path)  # the dead process's lock is taken over
+    assert summary["evaluation"]["student"]
+    assert not (tmp_path / LOCK_FILE).exists()  # released at the end

@@ -74,6 +74,7 @@ from ..saliency import compute_saliency, plot_saliency
 from ..teacher_cache import precompute_teacher_outputs
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from .arguments import MINILM, DataArguments, ExperimentArguments, ModelArguments, json_object, layer_list
+from .output_lock import output_dir_lock
 from .stages import STAGE_FILE, check_finite, jsonable, mark_done, result_settings, stage_done
 
 logger = logging.get_logger(__name__)
@@ -618,7 +619,20 @@ def run_experiment(
     exp_args: ExperimentArguments,
     training_args: MSDTrainingArguments,
 ) -> dict[str, Any]:
-    """Run every stage (see the module docstring) and return the summary written to ``summary.json``."""
+    """Run every stage (see the module docstring) and return the summary written to ``summary.json``.
+
+    ``output_dir`` is locked for the run (:mod:`hf_msd.experiment.output_lock`): a second run into the same
+    folder raises :class:`~hf_msd.experiment.output_lock.OutputDirLockedError` naming the first."""
+    with output_dir_lock(training_args.output_dir):
+        return _run_stages(model_args, data_args, exp_args, training_args)
+
+
+def _run_stages(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    exp_args: ExperimentArguments,
+    training_args: MSDTrainingArguments,
+) -> dict[str, Any]:
     if training_args.push_to_hub:
         _check_hub_model_id(training_args)  # before any training, not after
     output_dir = Path(training_args.output_dir)
