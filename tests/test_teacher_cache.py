@@ -516,3 +516,39 @@ def test_an_image_replaced_at_the_same_path_recomputes_as_a_fresh_pass(setup, tm
     fresh = precompute_teacher_outputs(teacher, data, data_collator=collator, cache_dir=tmp_path / "fresh")
     torch.testing.assert_close(column(again, "teacher_logits"), column(fresh, "teacher_logits"))
     assert not torch.equal(column(first, "teacher_logits")[3], column(fresh, "teacher_logits")[3])
+
+
+def _damage(path, how: str) -> None:
+    data = path.read_bytes()
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "zero bytes": b"",
+        "random bytes": random.Random(0).randbytes(len(data)),
+        "one byte changed": data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:],
+    }
+    path.write_bytes(damaged[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero bytes", "random bytes", "one byte changed"])
+def test_a_damaged_cache_file_is_named_and_computed_again(setup, tmp_path, how, caplog):
+    kwargs = base_kwargs(setup, tmp_path)
+    first = precompute_teacher_outputs(**kwargs)
+    cache_file = tmp_path / f"teacher-outputs-{first._fingerprint}.arrow"
+    expected = column(first, "teacher_logits")
+    del first
+    _damage(cache_file, how)
+    with teacher_batches(setup["teacher"]) as sizes, caplog.at_level("WARNING", logger="hf_msd"):
+        again = precompute_teacher_outputs(**kwargs)
+    assert f"Teacher-output cache file {cache_file} is damaged" in caplog.text
+    assert sum(sizes) == 3 * len(setup["data"])  # computed again
+    torch.testing.assert_close(column(again, "teacher_logits"), expected)  # the first, undamaged pass
+
+
+def test_stale_temporary_files_of_a_killed_pass_are_removed(setup, tmp_path):
+    stale, live = tmp_path / "tmpa1b2c3d4", tmp_path / "tmpz9y8x7w6"
+    stale.write_bytes(b"half a file")
+    live.write_bytes(b"being written")
+    old = os.path.getmtime(stale) - 2 * 3600
+    os.utime(stale, (old, old))
+    precompute_teacher_outputs(**base_kwargs(setup, tmp_path))
+    assert not stale.exists() and live.exists()  # a file written within the hour may belong to a live pass
