@@ -490,7 +490,8 @@ def test_two_processes_compute_once_on_the_main_process_and_share_the_file(tmp_p
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["teacher_examples"] == 3 * 12 and ranks[1]["teacher_examples"] == 0
     assert ranks[0]["teacher_logits"] == ranks[1]["teacher_logits"]
-    assert os.listdir(tmp_path / "cache") == [f"teacher-outputs-{ranks[0]['fingerprint']}.arrow"]
+    name = f"teacher-outputs-{ranks[0]['fingerprint']}.arrow"
+    assert sorted(os.listdir(tmp_path / "cache")) == [name, f"{name}.sha256"]  # one file and its checksum
 
 
 # ---- faults: files changed in place, broken cache files, stale temporary files ----------------------------
@@ -552,3 +553,17 @@ def test_stale_temporary_files_of_a_killed_pass_are_removed(setup, tmp_path):
     os.utime(stale, (old, old))
     precompute_teacher_outputs(**base_kwargs(setup, tmp_path))
     assert not stale.exists() and live.exists()  # a file written within the hour may belong to a live pass
+
+
+def test_population_weighting_with_a_nan_in_a_cached_column_says_what_is_wrong(setup, tmp_path):
+    cached = precompute_teacher_outputs(
+        setup["teacher"], setup["data"], data_collator=setup["collator"], cache_dir=tmp_path / "cache"
+    )
+    logits = column(cached, "teacher_logits_text")
+    logits[11, 1] = float("nan")  # in the saliency average, not in the first batches
+    cached = cached.remove_columns("teacher_logits_text").add_column("teacher_logits_text", logits.tolist())
+    with pytest.raises(
+        FloatingPointError,
+        match=r"population saliency \{'text': 0\.\d+, 'image': nan\} .*cached teacher_logits column",
+    ):
+        train(setup, tmp_path / "out", cached, "population")
