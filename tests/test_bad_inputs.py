@@ -161,3 +161,20 @@ def test_lora_seq_cls_wraps_the_fused_model(tmp_path):
     assert outputs.logits.shape == (4, 3) and torch.isfinite(outputs.loss)
     with pytest.raises(ValueError, match="inputs_embeds is not supported"):
         model(inputs_embeds=torch.zeros(1, 2, 24))
+
+
+def test_integer_like_and_string_labels_of_a_list_of_dicts_are_range_checked_naming_the_row(tmp_path):
+    import numpy as np
+
+    rows = image_dataset(tmp_path).to_list()
+    for row, label in zip(rows, (np.int64(1), np.int64(5), torch.tensor(7), "red")):
+        row["label"] = label
+    with pytest.raises(ValueError) as error:
+        validate_examples(
+            rows, text_column="question", image_column="image", label_column="label", num_labels=3
+        )
+    message = str(error.value)
+    assert "row 1, column 'label': label 5 outside the label set [0, 3)" in message
+    assert "row 2, column 'label': label 7 outside the label set [0, 3)" in message
+    assert "row 3, column 'label': label 'red' is a string, not a class id" in message
+    assert "row 0" not in message
