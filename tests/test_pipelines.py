@@ -83,6 +83,37 @@ def test_image_as_path_or_array_gives_the_same_answer(processor, tmp_path):
         _assert_matches(pipe({"image": source, "text": QUESTIONS[0]}), expected)
 
 
+def test_grayscale_and_rgba_arrays_are_converted_as_pil_converts_them(processor, tmp_path):
+    # A saved folder, so the pipeline code is the copy that travels with the model (remote code).
+    model = _labelled()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    pipe = pipeline(model=str(tmp_path), trust_remote_code=True)
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (20, 24, 4), dtype=np.uint8)
+    # Each array and the PIL image it stands for; PIL's convert("RGB") is the reference conversion.
+    cases = [
+        (gray, Image.fromarray(gray)),
+        (gray[:, :, None], Image.fromarray(gray)),
+        (torch.from_numpy(gray)[None], Image.fromarray(gray)),
+        (rgba, Image.fromarray(rgba)),
+        (torch.from_numpy(rgba).permute(2, 0, 1), Image.fromarray(rgba)),
+    ]
+    for array, image in cases:
+        assert image.mode in ("L", "RGBA")
+        expected = _expected(model, processor, image.convert("RGB"), QUESTIONS[0])
+        _assert_matches(pipe({"image": array, "text": QUESTIONS[0]}), expected)
+    outputs = pipe([{"image": array, "text": QUESTIONS[0]} for array, _ in cases], batch_size=2)
+    for output, (_, image) in zip(outputs, cases):
+        _assert_matches(output, _expected(model, processor, image.convert("RGB"), QUESTIONS[0]))
+    # Other channel counts and dimensions are refused before the model runs, naming the input.
+    for shape in ((20, 24, 2), (5, 20, 24), (20,), (1, 20, 24, 3)):
+        inputs = [{"image": gray, "text": "a"}, {"image": np.zeros(shape, np.uint8), "text": "a"}]
+        with pytest.raises(ValueError, match=r"input 1: 'image' array has shape \(.*\(H, W\) grayscale"):
+            pipe(inputs)
+
+
 def test_unimodal_students(processor):
     text_model, image_model = _labelled(("text",)), _labelled(("image",))
     text_pipe = pipeline(TASK, model=text_model, processor=processor)

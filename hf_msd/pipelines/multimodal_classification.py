@@ -41,14 +41,43 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+#: Channel counts of image arrays: grayscale, RGB, RGBA.
+IMAGE_CHANNELS = (1, 3, 4)
+
+
+def _rgb_array(image: np.ndarray | torch.Tensor, where: str) -> np.ndarray | torch.Tensor:
+    """An image array or tensor with three channels, converted as PIL's `convert("RGB")` converts images:
+    grayscale `(H, W)`, `(H, W, 1)` or `(1, H, W)` repeated into R, G and B, RGBA `(H, W, 4)` or `(4, H, W)`
+    without its alpha channel. The result is `(3, H, W)` (an RGB array is returned unchanged); the channel
+    axis is the first when it has 1, 3 or 4 entries, else the last, as transformers' image processors infer
+    it. Any other shape raises a `ValueError` naming `where`."""
+    shape = tuple(image.shape)
+    if image.ndim == 3 and shape[0] in IMAGE_CHANNELS:
+        channels_first = image
+    elif image.ndim == 3 and shape[-1] in IMAGE_CHANNELS:
+        channels_first = np.moveaxis(image, -1, 0) if isinstance(image, np.ndarray) else image.movedim(-1, 0)
+    elif image.ndim == 2:
+        channels_first = image[None]
+    else:
+        raise ValueError(
+            f"{where}: 'image' array has shape {shape}; expected (H, W) grayscale, or (H, W, C) or (C, H, W) "
+            "with C = 1 (grayscale), 3 (RGB) or 4 (RGBA, whose alpha channel is dropped)."
+        )
+    if channels_first.shape[0] == 3:
+        return image
+    return channels_first[[0, 0, 0]] if channels_first.shape[0] == 1 else channels_first[:3]
+
+
 class MultimodalClassificationPipeline(Pipeline):
     """Classification of `{"image": ..., "text": ...}` inputs with a sequence-classification model that takes
     images and/or text: hf_msd's multimodal teacher and students, its unimodal students, ViLT.
 
     Inputs (one, or a list of them; `batch_size` batches them through the model):
         - `{"image": image, "text": str}`: `image` is a PIL image, a local path (or http(s) URL), or an
-          array / tensor `(H, W, C)` or `(C, H, W)`. A key may be left out only when the model does not take
-          that modality; a model with one modality also takes the bare value (`pipe("what shape is it?")`).
+          array / tensor `(H, W)`, `(H, W, C)` or `(C, H, W)` with C = 1, 3 or 4. Images become RGB as PIL's
+          `convert("RGB")` makes them: grayscale is repeated into three channels, alpha is dropped. A key may
+          be left out only when the model does not take that modality; a model with one modality also takes
+          the bare value (`pipe("what shape is it?")`).
         - keywords: `pipe(image=..., text=...)`.
 
     Parameters (at construction or call): `top_k` (default 5, at most `num_labels`; `None` for all labels),
@@ -158,11 +187,7 @@ class MultimodalClassificationPipeline(Pipeline):
         if "image" in self.modalities:
             image = item["image"]
             if isinstance(image, (np.ndarray, torch.Tensor)):
-                if image.ndim not in (2, 3):
-                    raise ValueError(
-                        f"{where}: 'image' array has shape {tuple(image.shape)}; expected (H, W), (H, W, C) "
-                        "or (C, H, W)."
-                    )
+                _rgb_array(image, where)
             elif not isinstance(image, (str, os.PathLike, PIL.Image.Image)):
                 raise TypeError(
                     f"{where}: 'image' must be a PIL image, a path or URL, or an array, "
@@ -172,7 +197,8 @@ class MultimodalClassificationPipeline(Pipeline):
 
     @staticmethod
     def _load(image: Any) -> Any:
-        """A PIL image (RGB) from a path or URL; PIL images are converted to RGB; arrays pass unchanged."""
+        """A PIL image (RGB) from a path or URL; PIL images are converted to RGB; arrays and tensors to three
+        channels by :func:`_rgb_array`."""
         if isinstance(image, (str, os.PathLike)):
             source = os.fspath(image)
             if source.startswith(("http://", "https://")):
@@ -186,6 +212,8 @@ class MultimodalClassificationPipeline(Pipeline):
                 raise ValueError(f"'image' {source!r} could not be read as an image: {error}") from error
         if isinstance(image, PIL.Image.Image):
             return image.convert("RGB")
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            return _rgb_array(image, "the input")
         return image
 
     # ---- pipeline steps --------------------------------------------------------------------------------
