@@ -8,6 +8,8 @@ import pytest
 import torch
 from datasets import Dataset
 from models_utils import (
+    TINY_WORDS,
+    hand_truncated_ids,
     tiny_images,
     tiny_model,
     tiny_processor,
@@ -112,6 +114,36 @@ def test_grayscale_and_rgba_arrays_are_converted_as_pil_converts_them(processor,
         inputs = [{"image": gray, "text": "a"}, {"image": np.zeros(shape, np.uint8), "text": "a"}]
         with pytest.raises(ValueError, match=r"input 1: 'image' array has shape \(.*\(H, W\) grayscale"):
             pipe(inputs)
+
+
+def test_a_question_longer_than_the_model_takes_is_cut_to_its_positions(processor):
+    # tiny_tokenizer() has no model_max_length: only the model's max_position_embeddings bounds the text.
+    assert processor.tokenizer.model_max_length > 10**20
+    words = [TINY_WORDS[i] for i in np.random.default_rng(2).integers(0, len(TINY_WORDS), 10_000)]
+    question, image = " ".join(words), tiny_images(1)[0]
+    pixel_values = processor.image_processor([image], return_tensors="pt")["pixel_values"]
+    # The processor's path (text + image) and the tokenizer's path (a text-only model, no processor).
+    for model, image_inputs in ((_labelled(), {"pixel_values": pixel_values}), (_labelled(("text",)), {})):
+        if image_inputs:
+            pipe = pipeline(TASK, model=model, processor=processor)
+        else:
+            pipe = MultimodalClassificationPipeline(model=model, tokenizer=processor.tokenizer)
+            assert pipe.processor is None
+        # Reference: the question cut by hand to max_position_embeddings tokens ([CLS] + words + [SEP]).
+        ids = hand_truncated_ids(words, model.config.text_config.max_position_embeddings)
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                token_type_ids=torch.zeros_like(ids),
+                **image_inputs,
+            ).logits[0]
+        scores = torch.softmax(logits.double(), -1)
+        expected = [(LABELS[int(i)], scores[i].item()) for i in torch.argsort(scores, descending=True)]
+        inputs = {"image": image, "text": question} if image_inputs else {"text": question}
+        _assert_matches(pipe(inputs), expected)
+        for output in pipe([inputs, inputs], batch_size=2):
+            _assert_matches(output, expected)
 
 
 def test_unimodal_students(processor):

@@ -37,6 +37,21 @@ def model_modalities(model) -> list[str]:
     return [m for m in MODALITIES if found[m]]
 
 
+def text_positions(config) -> int | None:
+    """`max_position_embeddings` of a model config's text config (None when it has none, e.g. image-only)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text_config, "max_position_embeddings", None)
+
+
+def max_text_tokens(config, tokenizer) -> int | None:
+    """The most tokens (special tokens included) a text may have for a model with `config`: the tokenizer's
+    `model_max_length`, capped at :func:`text_positions` (None when neither is known). A tokenizer saved
+    without `model_max_length` reports a huge placeholder and alone would not truncate at all."""
+    limits = [getattr(tokenizer, "model_max_length", None), text_positions(config)]
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
+
+
 def _describe(value: Any) -> str:
     return type(value).__name__
 
@@ -85,7 +100,8 @@ class MultimodalClassificationPipeline(Pipeline):
     for multi-label models (`problem_type="multi_label_classification"`, a single label, or
     `ViltForQuestionAnswering`) and a softmax otherwise, as in transformers' classification pipelines.
 
-    Returns, per input, `[{"label": str, "score": float}, ...]` sorted by decreasing score.
+    Returns, per input, `[{"label": str, "score": float}, ...]` sorted by decreasing score. Text is truncated
+    to the tokens the model takes (:func:`max_text_tokens`).
 
     A missing modality, an unknown key, a modality the model does not take, a wrong type or an unreadable
     image raise a `ValueError` / `TypeError` naming the input (its index in a list) before any model call.
@@ -106,6 +122,9 @@ class MultimodalClassificationPipeline(Pipeline):
             )
         if "text" in self.modalities and self.tokenizer is None:
             raise ValueError("This model takes text: pass `processor=` or `tokenizer=` to pipeline().")
+        self.max_text_length = (
+            max_text_tokens(self.model.config, self.tokenizer) if "text" in self.modalities else None
+        )
         if "image" in self.modalities and self.image_processor is None:
             raise ValueError(
                 "This model takes images: pass `processor=` or `image_processor=` to pipeline()."
@@ -219,18 +238,23 @@ class MultimodalClassificationPipeline(Pipeline):
     # ---- pipeline steps --------------------------------------------------------------------------------
 
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """One example -> model inputs with a batch dimension of 1 (`input_ids`... and/or `pixel_values`)."""
+        """One example -> model inputs with a batch dimension of 1 (`input_ids`... and/or `pixel_values`); the
+        text is truncated to :func:`max_text_tokens` tokens."""
         text = [inputs["text"]] if "text" in inputs else None
         images = [self._load(inputs["image"])] if "image" in inputs else None
         if self.processor is not None:
             kwargs = {"images": images, "return_tensors": "pt"}
             if text is not None:
-                kwargs.update(text=text, truncation=True)
+                kwargs.update(text=text, truncation=True, max_length=self.max_text_length)
             encoded = self.processor(**kwargs)
         else:
             encoded = {}
             if text is not None:
-                encoded.update(self.tokenizer(text, truncation=True, return_tensors="pt"))
+                encoded.update(
+                    self.tokenizer(
+                        text, truncation=True, max_length=self.max_text_length, return_tensors="pt"
+                    )
+                )
             if images is not None:
                 encoded.update(self.image_processor(images, return_tensors="pt"))
         return dict(encoded)
@@ -309,4 +333,10 @@ def pad_images_then(collate: Callable[[list[dict]], dict]) -> Callable[[list[dic
     return inner
 
 
-__all__ = ["MultimodalClassificationPipeline", "model_modalities", "pad_images_then"]
+__all__ = [
+    "MultimodalClassificationPipeline",
+    "max_text_tokens",
+    "model_modalities",
+    "pad_images_then",
+    "text_positions",
+]
