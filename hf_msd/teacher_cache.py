@@ -13,7 +13,11 @@ The result is a `datasets.Dataset` made by ``Dataset.map(batched=True)``: Arrow,
 atomically by `datasets` to ``<cache_dir>/teacher-outputs-<fingerprint>.arrow`` and loaded from there when
 the fingerprint matches. The fingerprint (:mod:`hf_msd.fingerprint`) covers the dataset, the teacher's
 config and weights (exact bytes), the collator with its processor settings, the modality specs, the
-storage format and the problem type: any change computes a new file, the old one is left untouched.
+storage format and the problem type: any change computes a new file, the old one is left untouched. A
+SHA-256 of the file is stored beside it (``.arrow.sha256``); a cache file that no longer loads, holds
+another number of rows or differs from its checksum (truncated, emptied, overwritten) is removed with a
+warning naming it and computed again. Temporary files that a killed pass left in the folder
+(``tmpXXXXXXXX``, not written to for :data:`STALE_TEMPORARY_SECONDS`) are removed on the next pass.
 
 Storage (``storage_dtype``): float32 (default) or float16. With ``top_k=k`` (large label spaces) each
 column ``c`` becomes three: ``c__topk_logits`` (k,), ``c__topk_indices`` (k,) and ``c__rest_logit`` (),
@@ -34,8 +38,12 @@ others wait (``PartialState().main_process_first()``), then they load it; each e
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
+import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -197,6 +205,75 @@ def _cache_file(
     return os.path.join(directory, name)
 
 
+#: A temporary file `datasets` writes a cache file into before renaming it (``tempfile``'s names).
+_TEMPORARY_NAME = re.compile(r"tmp[a-z0-9_]{8}")
+#: A temporary file not written to for this long is left over from a killed run (a live pass rewrites it
+#: every ``writer_batch_size`` examples, seconds apart).
+STALE_TEMPORARY_SECONDS = 3600
+
+
+def remove_stale_temporary_files(
+    directory: str | os.PathLike, max_age: float = STALE_TEMPORARY_SECONDS
+) -> list[str]:
+    """Delete the temporary files a killed caching pass left in ``directory``: names ``tmpXXXXXXXX`` (how
+    `datasets` names the file it writes before renaming it into place) not modified for ``max_age``
+    seconds, so the file of a pass still running elsewhere is kept. Returns the removed paths."""
+    removed = []
+    now = time.time()
+    for entry in os.scandir(directory):
+        if not (entry.is_file() and _TEMPORARY_NAME.fullmatch(entry.name)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if now - entry.stat().st_mtime >= max_age:
+                os.remove(entry.path)
+                removed.append(entry.path)
+    if removed:
+        logger.warning(
+            f"Removed {len(removed)} stale temporary file(s) of an interrupted caching pass: {removed}"
+        )
+    return removed
+
+
+def _checksum_file(cache_file: str) -> str:
+    return cache_file + ".sha256"
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _broken_cache_file(cache_file: str, num_rows: int) -> str | None:
+    """Why the existing ``cache_file`` cannot be reused (None when it can): it does not load as Arrow, holds
+    another number of rows, or its bytes differ from the SHA-256 stored beside it when it was written."""
+    checksum = _checksum_file(cache_file)
+    if os.path.exists(checksum):
+        with open(checksum) as file:
+            if file.read().strip() != _file_sha256(cache_file):
+                return "its bytes do not match the checksum stored when it was written"
+    try:
+        rows = len(datasets.Dataset.from_file(cache_file))
+    except Exception as error:  # pyarrow raises ArrowInvalid, OSError... for a damaged file
+        return f"it does not load ({type(error).__name__}: {error})"
+    if rows != num_rows:
+        return f"it holds {rows} rows, not {num_rows}"
+    return None
+
+
+def _prepare_cache_file(cache_file: str, num_rows: int) -> None:
+    """Clean ``cache_file``'s folder of stale temporary files and remove a damaged ``cache_file`` (with a
+    warning naming it and why) so the teacher outputs are computed again."""
+    remove_stale_temporary_files(os.path.dirname(cache_file))
+    if not os.path.exists(cache_file):
+        return
+    problem = _broken_cache_file(cache_file, num_rows)
+    if problem is not None:
+        logger.warning(f"Teacher-output cache file {cache_file} is damaged ({problem}); computing it again.")
+        os.remove(cache_file)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_checksum_file(cache_file))
+
+
 def _storage_features(
     features: Features, columns: Sequence[str], num_labels: int, storage_dtype: str, top_k: int | None
 ) -> Features:
@@ -343,6 +420,8 @@ def precompute_teacher_outputs(
     teacher.eval()
     try:
         with state.main_process_first():
+            if cache_file is not None and state.is_main_process:
+                _prepare_cache_file(cache_file, len(dataset))
             result = dataset.map(
                 teacher_batch,
                 batched=True,
@@ -356,6 +435,9 @@ def precompute_teacher_outputs(
             )
     finally:
         teacher.train(was_training)
+    if computed and cache_file is not None:
+        with open(_checksum_file(cache_file), "w") as file:
+            file.write(_file_sha256(cache_file))
     if computed:
         logger.info(
             f"Computed the teacher outputs of {sum(computed)} examples ({cache_file or 'in memory'})."

@@ -78,25 +78,44 @@ class UniformWeighting(ModalityWeighting):
 class PopulationWeighting(ModalityWeighting):
     """``w_m = lambda * M * S_m / sum_k S_k`` from the population saliency ``S`` (M,).
 
-    ``S`` is a persistent buffer, so it is saved in the state dict (checkpoints) and restored on resume.
+    ``S`` and whether it was set (``population_saliency_set``) are persistent buffers, so they are saved in
+    the state dict (checkpoints) and restored on resume.
     """
 
     needs_population_saliency = True
 
     def __init__(self, modality_names: Sequence[str], modality_loss_weight: float = 1.0) -> None:
         super().__init__(modality_names, modality_loss_weight)
-        self.register_buffer("population_saliency", torch.full((len(self.modality_names),), float("nan")))
+        self.register_buffer("population_saliency", torch.zeros(len(self.modality_names)))
+        self.register_buffer("population_saliency_set", torch.tensor(False))
 
     @property
     def has_population_saliency(self) -> bool:
-        return not bool(torch.isnan(self.population_saliency).any())
+        return bool(self.population_saliency_set)
 
     def set_population_saliency(self, saliency: torch.Tensor) -> None:
-        """Store ``S`` (M,), the mean saliency of each modality over the training set."""
+        """Store ``S`` (M,), the mean saliency of each modality over the training set; refuse NaN, inf or a
+        negative value (naming the modalities), which would make every weight NaN."""
         saliency = torch.as_tensor(saliency, dtype=torch.float32).reshape(-1)
         if saliency.numel() != self.num_modalities:
             raise ValueError(f"Expected {self.num_modalities} population saliencies, got {saliency.numel()}.")
+        if not (torch.isfinite(saliency).all() and (saliency >= 0).all()):
+            values = {
+                name: float(f"{value:.4g}") for name, value in zip(self.modality_names, saliency.tolist())
+            }
+            raise FloatingPointError(
+                f"The population saliency {values} is not a finite number >= 0 for every modality: the "
+                "teacher outputs it is averaged from contain NaN or inf (a NaN teacher, or a NaN in a cached "
+                "teacher_logits column). Recompute the teacher outputs or fix the teacher."
+            )
         self.population_saliency.copy_(saliency.to(self.population_saliency.device))
+        self.population_saliency_set.fill_(True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        flag, saliency = prefix + "population_saliency_set", state_dict.get(prefix + "population_saliency")
+        if flag not in state_dict and saliency is not None:  # saved when NaN meant "not set"
+            state_dict[flag] = torch.isfinite(saliency).all()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, batch_size: int, saliency: torch.Tensor | None = None) -> torch.Tensor:
         if not self.has_population_saliency:

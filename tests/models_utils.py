@@ -157,6 +157,13 @@ def tiny_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast(vocab={token: i for i, token in enumerate(TINY_VOCAB)}, do_lower_case=True)
 
 
+def hand_truncated_ids(words: list[str], length: int) -> torch.Tensor:
+    """`input_ids` (1, length) of `[CLS] words [SEP]` cut to `length` tokens, built by hand without a
+    tokenizer (each of TINY_WORDS is one token of tiny_tokenizer())."""
+    tokens = ["[CLS]", *words[: length - 2], "[SEP]"]
+    return torch.tensor([[TINY_VOCAB.index(token) for token in tokens]])
+
+
 def tiny_processor(folder: str | Path, image_size: int = TINY_IMAGE_SIZE) -> MultimodalTransformerProcessor:
     """A MultimodalTransformerProcessor (tiny tokenizer + ViT image processor resizing to `image_size`), saved
     in `folder` (so `AutoProcessor.from_pretrained(folder)` works) and returned."""

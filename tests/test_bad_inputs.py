@@ -8,7 +8,14 @@ from distillation_utils import make_args, teacher_and_student, token_dataset
 from hf_msd.data import MultimodalDataCollator, validate_examples
 from hf_msd.experiment.arguments import parse_arguments
 from hf_msd.trainers import DistillationTrainer
-from tests.models_utils import tiny_batch, tiny_images, tiny_model, tiny_processor
+from tests.models_utils import (
+    TINY_WORDS,
+    hand_truncated_ids,
+    tiny_batch,
+    tiny_images,
+    tiny_model,
+    tiny_processor,
+)
 
 
 def image_dataset(tmp_path, labels=(0, 1, 2, 0), questions=None, break_image=None):
@@ -161,3 +168,52 @@ def test_lora_seq_cls_wraps_the_fused_model(tmp_path):
     assert outputs.logits.shape == (4, 3) and torch.isfinite(outputs.loss)
     with pytest.raises(ValueError, match="inputs_embeds is not supported"):
         model(inputs_embeds=torch.zeros(1, 2, 24))
+
+
+def test_integer_like_and_string_labels_of_a_list_of_dicts_are_range_checked_naming_the_row(tmp_path):
+    import numpy as np
+
+    rows = image_dataset(tmp_path).to_list()
+    for row, label in zip(rows, (np.int64(1), np.int64(5), torch.tensor(7), "red")):
+        row["label"] = label
+    with pytest.raises(ValueError) as error:
+        validate_examples(
+            rows, text_column="question", image_column="image", label_column="label", num_labels=3
+        )
+    message = str(error.value)
+    assert "row 1, column 'label': label 5 outside the label set [0, 3)" in message
+    assert "row 2, column 'label': label 7 outside the label set [0, 3)" in message
+    assert "row 3, column 'label': label 'red' is a string, not a class id" in message
+    assert "row 0" not in message
+
+
+def test_a_question_longer_than_the_model_takes_is_cut_to_its_positions(tmp_path):
+    # tiny_tokenizer() has no model_max_length (transformers reports a ~1e30 placeholder), so only the
+    # model's max_position_embeddings can bound the text.
+    model, processor = tiny_model(), tiny_processor(tmp_path)
+    assert processor.tokenizer.model_max_length > 10**20
+    positions = model.config.text_config.max_position_embeddings
+    words = [TINY_WORDS[i] for i in torch.randint(0, len(TINY_WORDS), (10_000,)).tolist()]
+    image = tiny_images(1)[0]
+    collator = MultimodalDataCollator.from_model(model, processor)
+    examples = [
+        {"question": " ".join(words), "image": image, "label": 1},
+        {"question": "what color is the shape?", "image": image, "label": 0},
+    ]
+    batch = collator(examples)
+    assert batch["input_ids"].shape == (2, positions)
+    output = model(**batch)
+    output.loss.backward()  # a training step's forward and backward
+    # Reference: the question cut by hand to max_position_embeddings tokens ([CLS] + words + [SEP]).
+    pixel_values = processor.image_processor([image], return_tensors="pt")["pixel_values"]
+    ids = hand_truncated_ids(words, positions)
+    with torch.no_grad():
+        reference = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            token_type_ids=torch.zeros_like(ids),
+            pixel_values=pixel_values,
+        ).logits
+    torch.testing.assert_close(output.logits[:1].detach(), reference)
+    with pytest.raises(ValueError, match=rf"max_length=100 is more than the {positions} text positions"):
+        MultimodalDataCollator.from_model(model, processor, max_length=100)

@@ -125,3 +125,22 @@ def test_fused_student_hidden_and_attention_losses_leave_padding_out(tmp_path):
     torch.testing.assert_close(components["hidden"], hidden, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(components["attention"], masked_mean(kl, mask), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(hidden, ((s.hidden_states[1] - t.hidden_states[1]) ** 2).mean((-1, -2)))
+
+
+# ---- Learning rates ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_non_finite_or_negative_learning_rate_is_rejected(tmp_path, value):
+    with pytest.raises(ValueError, match="learning_rate must be a finite number >= 0"):
+        MSDTrainingArguments(output_dir=str(tmp_path), report_to=[], learning_rate=value)
+
+
+@pytest.mark.parametrize(("key", "text"), [("learning_rate", ".nan"), ("teacher_learning_rate", ".inf")])
+def test_yaml_non_finite_learning_rates_are_rejected_naming_the_field(tmp_path, key, text):
+    from hf_msd.experiment import parse_arguments
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"output_dir: {tmp_path}\nreport_to: none\n{key}: {text}\n")
+    with pytest.raises(ValueError, match=f"^{key} must be a finite number"):
+        parse_arguments([str(config)])

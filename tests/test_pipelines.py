@@ -8,6 +8,8 @@ import pytest
 import torch
 from datasets import Dataset
 from models_utils import (
+    TINY_WORDS,
+    hand_truncated_ids,
     tiny_images,
     tiny_model,
     tiny_processor,
@@ -81,6 +83,67 @@ def test_image_as_path_or_array_gives_the_same_answer(processor, tmp_path):
     expected = _expected(model, processor, image, QUESTIONS[0])
     for source in (str(tmp_path / "shape.png"), tmp_path / "shape.png", np.asarray(image)):
         _assert_matches(pipe({"image": source, "text": QUESTIONS[0]}), expected)
+
+
+def test_grayscale_and_rgba_arrays_are_converted_as_pil_converts_them(processor, tmp_path):
+    # A saved folder, so the pipeline code is the copy that travels with the model (remote code).
+    model = _labelled()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    pipe = pipeline(model=str(tmp_path), trust_remote_code=True)
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (20, 24, 4), dtype=np.uint8)
+    # Each array and the PIL image it stands for; PIL's convert("RGB") is the reference conversion.
+    cases = [
+        (gray, Image.fromarray(gray)),
+        (gray[:, :, None], Image.fromarray(gray)),
+        (torch.from_numpy(gray)[None], Image.fromarray(gray)),
+        (rgba, Image.fromarray(rgba)),
+        (torch.from_numpy(rgba).permute(2, 0, 1), Image.fromarray(rgba)),
+    ]
+    for array, image in cases:
+        assert image.mode in ("L", "RGBA")
+        expected = _expected(model, processor, image.convert("RGB"), QUESTIONS[0])
+        _assert_matches(pipe({"image": array, "text": QUESTIONS[0]}), expected)
+    outputs = pipe([{"image": array, "text": QUESTIONS[0]} for array, _ in cases], batch_size=2)
+    for output, (_, image) in zip(outputs, cases):
+        _assert_matches(output, _expected(model, processor, image.convert("RGB"), QUESTIONS[0]))
+    # Other channel counts and dimensions are refused before the model runs, naming the input.
+    for shape in ((20, 24, 2), (5, 20, 24), (20,), (1, 20, 24, 3)):
+        inputs = [{"image": gray, "text": "a"}, {"image": np.zeros(shape, np.uint8), "text": "a"}]
+        with pytest.raises(ValueError, match=r"input 1: 'image' array has shape \(.*\(H, W\) grayscale"):
+            pipe(inputs)
+
+
+def test_a_question_longer_than_the_model_takes_is_cut_to_its_positions(processor):
+    # tiny_tokenizer() has no model_max_length: only the model's max_position_embeddings bounds the text.
+    assert processor.tokenizer.model_max_length > 10**20
+    words = [TINY_WORDS[i] for i in np.random.default_rng(2).integers(0, len(TINY_WORDS), 10_000)]
+    question, image = " ".join(words), tiny_images(1)[0]
+    pixel_values = processor.image_processor([image], return_tensors="pt")["pixel_values"]
+    # The processor's path (text + image) and the tokenizer's path (a text-only model, no processor).
+    for model, image_inputs in ((_labelled(), {"pixel_values": pixel_values}), (_labelled(("text",)), {})):
+        if image_inputs:
+            pipe = pipeline(TASK, model=model, processor=processor)
+        else:
+            pipe = MultimodalClassificationPipeline(model=model, tokenizer=processor.tokenizer)
+            assert pipe.processor is None
+        # Reference: the question cut by hand to max_position_embeddings tokens ([CLS] + words + [SEP]).
+        ids = hand_truncated_ids(words, model.config.text_config.max_position_embeddings)
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                token_type_ids=torch.zeros_like(ids),
+                **image_inputs,
+            ).logits[0]
+        scores = torch.softmax(logits.double(), -1)
+        expected = [(LABELS[int(i)], scores[i].item()) for i in torch.argsort(scores, descending=True)]
+        inputs = {"image": image, "text": question} if image_inputs else {"text": question}
+        _assert_matches(pipe(inputs), expected)
+        for output in pipe([inputs, inputs], batch_size=2):
+            _assert_matches(output, expected)
 
 
 def test_unimodal_students(processor):

@@ -15,7 +15,7 @@ import torch
 from resume_script import KILL_AT_STEP, MAX_STEPS, build_trainer
 
 from hf_msd.trainers import MSDTrainer
-from hf_msd.trainers.training_state import TRAINING_STATE_NAME
+from hf_msd.trainers.training_state import TRAINING_STATE_NAME, TrainingState, resolve_checkpoint
 from tests.models_utils import tiny_model
 from tests.msd_utils import oracle_teacher, stack_collate, text_label_dataset
 from tests.test_msd_trainer import args_for
@@ -82,3 +82,32 @@ def test_resume_true_without_a_checkpoint_raises_like_trainer(tmp_path):
     with pytest.raises(ValueError, match="No valid checkpoint found in output directory"):
         trainer.train(resume_from_checkpoint=True)
     assert trainer.state.global_step == 0
+
+
+def _checkpoints(output_dir, trainer_states: dict[int, str]) -> None:
+    for step, text in trainer_states.items():
+        (output_dir / f"checkpoint-{step}").mkdir(parents=True)
+        (output_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(text)
+
+
+def test_a_checkpoint_whose_trainer_state_does_not_load_is_skipped(tmp_path, caplog):
+    # Plain KD: no training-only state, so trainer_state.json alone decides; transformers writes it in place.
+    _checkpoints(tmp_path, {2: '{"global_step": 2}', 4: '{"global_step": 4}', 6: "", 8: '{"global_st'})
+    with caplog.at_level(logging.WARNING):
+        assert resolve_checkpoint(True, str(tmp_path), TrainingState()) == str(tmp_path / "checkpoint-4")
+    assert (
+        f"incomplete checkpoint {tmp_path / 'checkpoint-8'} (its trainer_state.json is missing or"
+        in caplog.text
+    )
+
+
+def test_resuming_learned_weights_from_checkpoints_without_them_says_so(tmp_path):
+    _checkpoints(tmp_path, {2: '{"global_step": 2}', 4: '{"global_step": 4}'})  # e.g. a uniform run's
+    state = TrainingState()
+    state.register("modality_weighting", torch.nn.Linear(2, 2))
+    with pytest.raises(
+        ValueError,
+        match=r"No checkpoint in .* holds the training-only state this run needs "
+        r"\(modality_weighting, e\.g\. learned modality weights\)",
+    ):
+        resolve_checkpoint(True, str(tmp_path), state)

@@ -490,4 +490,80 @@ def test_two_processes_compute_once_on_the_main_process_and_share_the_file(tmp_p
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["teacher_examples"] == 3 * 12 and ranks[1]["teacher_examples"] == 0
     assert ranks[0]["teacher_logits"] == ranks[1]["teacher_logits"]
-    assert os.listdir(tmp_path / "cache") == [f"teacher-outputs-{ranks[0]['fingerprint']}.arrow"]
+    name = f"teacher-outputs-{ranks[0]['fingerprint']}.arrow"
+    assert sorted(os.listdir(tmp_path / "cache")) == [name, f"{name}.sha256"]  # one file and its checksum
+
+
+# ---- faults: files changed in place, broken cache files, stale temporary files ----------------------------
+
+
+def path_dataset(directory) -> Dataset:
+    """raw_dataset's rows with the images stored as PNG files that the rows refer to by path."""
+    data = raw_dataset()
+    paths = []
+    for i, image in enumerate(tiny_images(len(data))):
+        image.save(directory / f"{i}.png")
+        paths.append(str(directory / f"{i}.png"))
+    return Dataset.from_dict({**data.to_dict(), "image": paths}, features=data.features)
+
+
+def test_an_image_replaced_at_the_same_path_recomputes_as_a_fresh_pass(setup, tmp_path):
+    teacher, collator = setup["teacher"], setup["collator"]
+    (tmp_path / "images").mkdir()
+    data = path_dataset(tmp_path / "images")
+    first = precompute_teacher_outputs(teacher, data, data_collator=collator, cache_dir=tmp_path / "cache")
+    tiny_images(1, seed=5)[0].save(tmp_path / "images" / "3.png")  # same path, other pixels
+    again = precompute_teacher_outputs(teacher, data, data_collator=collator, cache_dir=tmp_path / "cache")
+    fresh = precompute_teacher_outputs(teacher, data, data_collator=collator, cache_dir=tmp_path / "fresh")
+    torch.testing.assert_close(column(again, "teacher_logits"), column(fresh, "teacher_logits"))
+    assert not torch.equal(column(first, "teacher_logits")[3], column(fresh, "teacher_logits")[3])
+
+
+def _damage(path, how: str) -> None:
+    data = path.read_bytes()
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "zero bytes": b"",
+        "random bytes": random.Random(0).randbytes(len(data)),
+        "one byte changed": data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:],
+    }
+    path.write_bytes(damaged[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero bytes", "random bytes", "one byte changed"])
+def test_a_damaged_cache_file_is_named_and_computed_again(setup, tmp_path, how, caplog):
+    kwargs = base_kwargs(setup, tmp_path)
+    first = precompute_teacher_outputs(**kwargs)
+    cache_file = tmp_path / f"teacher-outputs-{first._fingerprint}.arrow"
+    expected = column(first, "teacher_logits")
+    del first
+    _damage(cache_file, how)
+    with teacher_batches(setup["teacher"]) as sizes, caplog.at_level("WARNING", logger="hf_msd"):
+        again = precompute_teacher_outputs(**kwargs)
+    assert f"Teacher-output cache file {cache_file} is damaged" in caplog.text
+    assert sum(sizes) == 3 * len(setup["data"])  # computed again
+    torch.testing.assert_close(column(again, "teacher_logits"), expected)  # the first, undamaged pass
+
+
+def test_stale_temporary_files_of_a_killed_pass_are_removed(setup, tmp_path):
+    stale, live = tmp_path / "tmpa1b2c3d4", tmp_path / "tmpz9y8x7w6"
+    stale.write_bytes(b"half a file")
+    live.write_bytes(b"being written")
+    old = os.path.getmtime(stale) - 2 * 3600
+    os.utime(stale, (old, old))
+    precompute_teacher_outputs(**base_kwargs(setup, tmp_path))
+    assert not stale.exists() and live.exists()  # a file written within the hour may belong to a live pass
+
+
+def test_population_weighting_with_a_nan_in_a_cached_column_says_what_is_wrong(setup, tmp_path):
+    cached = precompute_teacher_outputs(
+        setup["teacher"], setup["data"], data_collator=setup["collator"], cache_dir=tmp_path / "cache"
+    )
+    logits = column(cached, "teacher_logits_text")
+    logits[11, 1] = float("nan")  # in the saliency average, not in the first batches
+    cached = cached.remove_columns("teacher_logits_text").add_column("teacher_logits_text", logits.tolist())
+    with pytest.raises(
+        FloatingPointError,
+        match=r"population saliency \{'text': 0\.\d+, 'image': nan\} .*cached teacher_logits column",
+    ):
+        train(setup, tmp_path / "out", cached, "population")

@@ -36,6 +36,17 @@ def test_population_weights_and_state_dict():
     torch.testing.assert_close(restored(1), torch.tensor([[3.0, 1.0]]))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.5])
+def test_population_saliency_that_is_not_finite_is_refused_and_leaves_the_weighting_unset(bad):
+    weighting = PopulationWeighting(NAMES, 2.0)
+    with pytest.raises(FloatingPointError, match=r"population saliency \{'text': 0\.3, 'image': .*\} is not"):
+        weighting.set_population_saliency(torch.tensor([0.3, bad]))
+    assert not weighting.has_population_saliency
+    saved = {"population_saliency": torch.tensor([float("nan")] * 2)}  # the "unset" of older checkpoints
+    weighting.load_state_dict(saved)
+    assert not weighting.has_population_saliency
+
+
 def test_instance_weights_per_example():
     saliency = torch.tensor([[1.0, 1.0], [0.2, 0.6]])
     got = InstanceWeighting(NAMES, 1.0)(2, saliency)

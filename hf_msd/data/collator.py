@@ -13,6 +13,7 @@ import torch
 from transformers import BatchFeature
 
 from ..losses import IGNORE_INDEX
+from ..pipelines.multimodal_classification import max_text_tokens, text_positions
 from .validation import validate_examples
 
 MODALITIES = ("text", "image")
@@ -46,7 +47,9 @@ class MultimodalDataCollator:
 
     The processor is called as `processor(images=..., text=..., return_tensors="pt", padding=True,
     truncation=True, max_length=max_length)` (text arguments only with text), giving `input_ids`,
-    `attention_mask`, `token_type_ids` and/or `pixel_values` (and e.g. `pixel_mask`).
+    `attention_mask`, `token_type_ids` and/or `pixel_values` (and e.g. `pixel_mask`). With `max_length=None`
+    the tokenizer's `model_max_length` applies, which a tokenizer saved without one sets to a huge
+    placeholder: :meth:`from_model` sets `max_length` to what the model takes.
 
     Labels (key `labels`):
     - single label: int class ids -> int64 (B,);
@@ -92,14 +95,28 @@ class MultimodalDataCollator:
 
     @classmethod
     def from_model(cls, model: Any, processor: Any, **kwargs: Any) -> MultimodalDataCollator:
-        """Build a collator matching `model`: its `config.modalities` (when present) and, for a
-        multi-label model (`config.problem_type == "multi_label_classification"`), its `num_labels`.
-        Explicit `kwargs` win."""
+        """Build a collator matching `model`: its `config.modalities` (when present), for a multi-label model
+        (`config.problem_type == "multi_label_classification"`) its `num_labels`, and as `max_length` the
+        most tokens the model takes (:func:`~hf_msd.pipelines.multimodal_classification.max_text_tokens`: the
+        tokenizer's `model_max_length`, capped at the text config's `max_position_embeddings`). Explicit
+        `kwargs` win, except a `max_length` above the model's `max_position_embeddings`, which is refused."""
         config = model.config
         if getattr(config, "modalities", None):
             kwargs.setdefault("modalities", tuple(config.modalities))
         if getattr(config, "problem_type", None) == "multi_label_classification":
             kwargs.setdefault("num_labels", config.num_labels)
+        if "text" in kwargs.get("modalities", MODALITIES):
+            # A tokenizer without `model_max_length` would not truncate: cap at the model's positions.
+            positions = text_positions(config)
+            max_length = kwargs.get("max_length")
+            if max_length is None:
+                kwargs["max_length"] = max_text_tokens(config, getattr(processor, "tokenizer", processor))
+            elif positions is not None and max_length > positions:
+                raise ValueError(
+                    f"max_length={max_length} is more than the {positions} text positions of "
+                    f"{type(model).__name__} (max_position_embeddings of its text config): pass "
+                    f"max_length <= {positions}."
+                )
         return cls(processor, **kwargs)
 
     def validate(

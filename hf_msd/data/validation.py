@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -40,24 +41,39 @@ def _image_problem(value: Any) -> str | None:
     return None
 
 
+def _class_id(value: Any) -> int | None:
+    """``value`` as a class id when it is integer-like (int, numpy integer, 0-d integer array or tensor);
+    None for anything else (bools, floats, strings...)."""
+    if isinstance(value, (bool, float, str, bytes)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _label_problem(label: Any, num_labels: int | None, multi_label: bool) -> str | None:
     if label is None:
         return None  # unlabelled examples are allowed (distillation terms only)
+    if isinstance(label, str):
+        return f"label {label!r} is a string, not a class id: map the label names to ids (e.g. a ClassLabel)"
     if multi_label:
-        if isinstance(label, (int, bool)) or not isinstance(label, Sequence):
+        if _class_id(label) is not None or not isinstance(label, Sequence):
             return (
                 f"label {label!r} is one class id, but the model is multi-label: give a list of class ids "
                 "(or a float score vector of length num_labels)"
             )
-        ids = [v for v in label if isinstance(v, int) and not isinstance(v, bool)]
-        if num_labels is not None and len(ids) == len(label):
+        ids = [_class_id(v) for v in label]
+        if num_labels is not None and None not in ids:
             outside = [v for v in ids if not 0 <= v < num_labels and v != -100]
             if outside:
                 return f"label ids {outside} outside [0, {num_labels})"
         return None
-    is_id = isinstance(label, int) and not isinstance(label, bool)
-    if is_id and num_labels is not None and num_labels > 1 and label != -100 and not 0 <= label < num_labels:
-        return f"label {label} outside the label set [0, {num_labels})"
+    class_id = _class_id(label)
+    if class_id is None or num_labels is None or num_labels <= 1 or class_id == -100:
+        return None
+    if not 0 <= class_id < num_labels:
+        return f"label {class_id} outside the label set [0, {num_labels})"
     return None
 
 

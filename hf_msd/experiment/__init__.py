@@ -2,6 +2,7 @@
 :func:`run_experiment` (stages in :mod:`hf_msd.experiment.workflow`)."""
 
 from .arguments import DataArguments, ExperimentArguments, ModelArguments, parse_arguments
+from .output_lock import OutputDirLockedError
 from .stages import StageMismatchError
 from .workflow import (
     Run,
@@ -18,6 +19,7 @@ __all__ = [
     "DataArguments",
     "ExperimentArguments",
     "ModelArguments",
+    "OutputDirLockedError",
     "Run",
     "StageMismatchError",
     "distill_student",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from transformers import HfArgumentParser
 
 from ..modality_dropout import check_modality_dropout
 from ..trainers import MSDTrainingArguments
+from ..trainers.distillation_config import check_weight
 
 METHODS = ("none", "kd", "msd")
 MINILM = "minilm"
@@ -263,15 +265,18 @@ class ExperimentArguments:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is not one of {METHODS}.")
-        if self.teacher_num_train_epochs <= 0 or self.teacher_learning_rate <= 0:
-            raise ValueError("teacher_num_train_epochs and teacher_learning_rate must be > 0.")
+        for name in ("teacher_num_train_epochs", "teacher_learning_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):  # NaN compares False with everything
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+        check_weight("teacher_weight_decay", self.teacher_weight_decay)
         if (
             self.teacher_per_device_train_batch_size is not None
             and self.teacher_per_device_train_batch_size < 1
         ):
             raise ValueError("teacher_per_device_train_batch_size must be >= 1.")
-        if self.teacher_warmup_steps < 0 or self.teacher_weight_decay < 0:
-            raise ValueError("teacher_warmup_steps and teacher_weight_decay must be >= 0.")
+        if self.teacher_warmup_steps < 0:
+            raise ValueError("teacher_warmup_steps must be >= 0.")
         if self.teacher_eval_strategy not in ("no", "epoch", "steps"):
             raise ValueError(
                 f"teacher_eval_strategy={self.teacher_eval_strategy!r}: use 'no', 'epoch' or 'steps'."

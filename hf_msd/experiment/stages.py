@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import PartialState
 from transformers import TrainingArguments
 
@@ -55,6 +58,22 @@ def _flatten(settings: dict, prefix: str = "") -> dict:
 
 def _shown(settings: dict, key: str) -> str:
     return repr(settings[key]) if key in settings else "unset"
+
+
+def check_finite(stage: str, model: torch.nn.Module, metrics: Mapping[str, Any]) -> None:
+    """Raise a FloatingPointError naming ``stage`` and the first parameter or metric that is NaN or inf, so a
+    diverged model is never saved as a finished stage (and reused by later runs)."""
+    bad = [
+        f"{name}={value}"
+        for name, value in metrics.items()
+        if isinstance(value, float) and not math.isfinite(value)
+    ]
+    bad += [f"parameter {name!r}" for name, p in model.named_parameters() if not torch.isfinite(p).all()][:1]
+    if bad:
+        raise FloatingPointError(
+            f"The {stage} stage ended with a NaN or inf {bad[0]}: training diverged. Lower the learning "
+            "rate (or check the data); the stage is not marked done."
+        )
 
 
 def mark_done(directory: Path, settings: dict) -> None:

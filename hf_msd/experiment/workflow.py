@@ -52,13 +52,14 @@ from ..data import (
     load_easy_vqa,
     load_local_dataset,
 )
+from ..data.labels import align_label_order
 from ..evaluation import evaluate_by_modality
-from ..fingerprint import model_fingerprint
+from ..fingerprint import dataset_fingerprint, model_fingerprint
 from ..hub import build_model_card, card_speed, training_hyperparameters
 from ..inference_speed import compare_inference_speed
 from ..losses import resolve_problem_type
 from ..metrics import make_compute_metrics
-from ..modality import default_modalities
+from ..modality import default_modalities, model_inputs
 from ..modality_dropout import ModalityDropoutCollator, ModalityDropoutTrainer
 from ..models import (
     MultimodalTransformerForSequenceClassification,
@@ -73,7 +74,8 @@ from ..saliency import compute_saliency, plot_saliency
 from ..teacher_cache import precompute_teacher_outputs
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from .arguments import MINILM, DataArguments, ExperimentArguments, ModelArguments, json_object, layer_list
-from .stages import STAGE_FILE, jsonable, mark_done, result_settings, stage_done
+from .output_lock import output_dir_lock
+from .stages import STAGE_FILE, check_finite, jsonable, mark_done, result_settings, stage_done
 
 logger = logging.get_logger(__name__)
 
@@ -233,6 +235,10 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         if run.model_args.compact_vocabulary:
             texts = run.dataset["train"][_text_column(run.data_args)]
             teacher, processor.tokenizer = compact_vocabulary(teacher, processor.tokenizer, texts)
+        # Its logits columns in the data's label order (by name), checked on two training examples.
+        examples = [run.dataset["train"][i] for i in range(min(2, len(run.dataset["train"])))]
+        batch = model_inputs(teacher, _collator(run, teacher, processor)(examples))
+        align_label_order(teacher, _label_names(run.dataset), "--teacher_name_or_path", check_inputs=batch)
         # The path alone would let a teacher whose weights changed reuse the old saliency and student.
         settings = {"teacher_name_or_path": run.model_args.teacher_name_or_path}
         if run.model_args.compact_vocabulary:
@@ -310,6 +316,7 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         compute_metrics=make_compute_metrics(problem_type) if evaluate else None,
     )
     result = trainer.train()
+    check_finite("teacher", teacher, result.metrics)
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
         history = [log for log in trainer.state.log_history if "eval_loss" in log]
@@ -341,7 +348,13 @@ def _data_settings(run: Run) -> dict[str, Any]:
     that splits them."""
     settings = jsonable(run.data_args)
     settings.pop("max_test_samples")
-    return {**settings, "seed": run.training_args.seed}
+    return {**settings, "seed": run.training_args.seed, "content": _content(run, "train", "validation")}
+
+
+def _content(run: Run, *splits: str) -> dict[str, str]:
+    """A hash of each split's content (rows and the image files they read), so data changed in place under
+    the same file names does not reuse a stage (:func:`hf_msd.fingerprint.dataset_fingerprint`)."""
+    return {split: dataset_fingerprint(run.dataset[split]) for split in splits}
 
 
 def _train_data_settings(run: Run) -> dict[str, Any]:
@@ -353,8 +366,10 @@ def _train_data_settings(run: Run) -> dict[str, Any]:
     if run.exp_args.teacher_train_labels == "all":
         for key in ("labeled_fraction", "max_labeled_samples"):
             settings.pop(key)
-    if run.exp_args.teacher_eval_strategy != "no":
+    evaluate = run.exp_args.teacher_eval_strategy != "no"
+    if evaluate:
         settings["max_eval_samples"] = run.data_args.max_eval_samples  # picks the best checkpoint
+    settings["content"] = _content(run, "train", *(["validation"] if evaluate else []))
     return settings
 
 
@@ -464,6 +479,7 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
     else:
         trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
     result = trainer.train(resume_from_checkpoint=run.training_args.resume_from_checkpoint)
+    check_finite("student", student, result.metrics)
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
         (directory / TRAIN_RESULTS).write_text(json.dumps(result.metrics | {"steps": result.global_step}))
@@ -603,7 +619,20 @@ def run_experiment(
     exp_args: ExperimentArguments,
     training_args: MSDTrainingArguments,
 ) -> dict[str, Any]:
-    """Run every stage (see the module docstring) and return the summary written to ``summary.json``."""
+    """Run every stage (see the module docstring) and return the summary written to ``summary.json``.
+
+    ``output_dir`` is locked for the run (:mod:`hf_msd.experiment.output_lock`): a second run into the same
+    folder raises :class:`~hf_msd.experiment.output_lock.OutputDirLockedError` naming the first."""
+    with output_dir_lock(training_args.output_dir):
+        return _run_stages(model_args, data_args, exp_args, training_args)
+
+
+def _run_stages(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    exp_args: ExperimentArguments,
+    training_args: MSDTrainingArguments,
+) -> dict[str, Any]:
     if training_args.push_to_hub:
         _check_hub_model_id(training_args)  # before any training, not after
     output_dir = Path(training_args.output_dir)

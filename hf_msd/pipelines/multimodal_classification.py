@@ -37,8 +37,50 @@ def model_modalities(model) -> list[str]:
     return [m for m in MODALITIES if found[m]]
 
 
+def text_positions(config) -> int | None:
+    """`max_position_embeddings` of a model config's text config (None when it has none, e.g. image-only)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text_config, "max_position_embeddings", None)
+
+
+def max_text_tokens(config, tokenizer) -> int | None:
+    """The most tokens (special tokens included) a text may have for a model with `config`: the tokenizer's
+    `model_max_length`, capped at :func:`text_positions` (None when neither is known). A tokenizer saved
+    without `model_max_length` reports a huge placeholder and alone would not truncate at all."""
+    limits = [getattr(tokenizer, "model_max_length", None), text_positions(config)]
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
+
+
 def _describe(value: Any) -> str:
     return type(value).__name__
+
+
+#: Channel counts of image arrays: grayscale, RGB, RGBA.
+IMAGE_CHANNELS = (1, 3, 4)
+
+
+def _rgb_array(image: np.ndarray | torch.Tensor, where: str) -> np.ndarray | torch.Tensor:
+    """An image array or tensor with three channels, converted as PIL's `convert("RGB")` converts images:
+    grayscale `(H, W)`, `(H, W, 1)` or `(1, H, W)` repeated into R, G and B, RGBA `(H, W, 4)` or `(4, H, W)`
+    without its alpha channel. The result is `(3, H, W)` (an RGB array is returned unchanged); the channel
+    axis is the first when it has 1, 3 or 4 entries, else the last, as transformers' image processors infer
+    it. Any other shape raises a `ValueError` naming `where`."""
+    shape = tuple(image.shape)
+    if image.ndim == 3 and shape[0] in IMAGE_CHANNELS:
+        channels_first = image
+    elif image.ndim == 3 and shape[-1] in IMAGE_CHANNELS:
+        channels_first = np.moveaxis(image, -1, 0) if isinstance(image, np.ndarray) else image.movedim(-1, 0)
+    elif image.ndim == 2:
+        channels_first = image[None]
+    else:
+        raise ValueError(
+            f"{where}: 'image' array has shape {shape}; expected (H, W) grayscale, or (H, W, C) or (C, H, W) "
+            "with C = 1 (grayscale), 3 (RGB) or 4 (RGBA, whose alpha channel is dropped)."
+        )
+    if channels_first.shape[0] == 3:
+        return image
+    return channels_first[[0, 0, 0]] if channels_first.shape[0] == 1 else channels_first[:3]
 
 
 class MultimodalClassificationPipeline(Pipeline):
@@ -47,8 +89,10 @@ class MultimodalClassificationPipeline(Pipeline):
 
     Inputs (one, or a list of them; `batch_size` batches them through the model):
         - `{"image": image, "text": str}`: `image` is a PIL image, a local path (or http(s) URL), or an
-          array / tensor `(H, W, C)` or `(C, H, W)`. A key may be left out only when the model does not take
-          that modality; a model with one modality also takes the bare value (`pipe("what shape is it?")`).
+          array / tensor `(H, W)`, `(H, W, C)` or `(C, H, W)` with C = 1, 3 or 4. Images become RGB as PIL's
+          `convert("RGB")` makes them: grayscale is repeated into three channels, alpha is dropped. A key may
+          be left out only when the model does not take that modality; a model with one modality also takes
+          the bare value (`pipe("what shape is it?")`).
         - keywords: `pipe(image=..., text=...)`.
 
     Parameters (at construction or call): `top_k` (default 5, at most `num_labels`; `None` for all labels),
@@ -56,7 +100,8 @@ class MultimodalClassificationPipeline(Pipeline):
     for multi-label models (`problem_type="multi_label_classification"`, a single label, or
     `ViltForQuestionAnswering`) and a softmax otherwise, as in transformers' classification pipelines.
 
-    Returns, per input, `[{"label": str, "score": float}, ...]` sorted by decreasing score.
+    Returns, per input, `[{"label": str, "score": float}, ...]` sorted by decreasing score. Text is truncated
+    to the tokens the model takes (:func:`max_text_tokens`).
 
     A missing modality, an unknown key, a modality the model does not take, a wrong type or an unreadable
     image raise a `ValueError` / `TypeError` naming the input (its index in a list) before any model call.
@@ -77,6 +122,9 @@ class MultimodalClassificationPipeline(Pipeline):
             )
         if "text" in self.modalities and self.tokenizer is None:
             raise ValueError("This model takes text: pass `processor=` or `tokenizer=` to pipeline().")
+        self.max_text_length = (
+            max_text_tokens(self.model.config, self.tokenizer) if "text" in self.modalities else None
+        )
         if "image" in self.modalities and self.image_processor is None:
             raise ValueError(
                 "This model takes images: pass `processor=` or `image_processor=` to pipeline()."
@@ -158,11 +206,7 @@ class MultimodalClassificationPipeline(Pipeline):
         if "image" in self.modalities:
             image = item["image"]
             if isinstance(image, (np.ndarray, torch.Tensor)):
-                if image.ndim not in (2, 3):
-                    raise ValueError(
-                        f"{where}: 'image' array has shape {tuple(image.shape)}; expected (H, W), (H, W, C) "
-                        "or (C, H, W)."
-                    )
+                _rgb_array(image, where)
             elif not isinstance(image, (str, os.PathLike, PIL.Image.Image)):
                 raise TypeError(
                     f"{where}: 'image' must be a PIL image, a path or URL, or an array, "
@@ -172,7 +216,8 @@ class MultimodalClassificationPipeline(Pipeline):
 
     @staticmethod
     def _load(image: Any) -> Any:
-        """A PIL image (RGB) from a path or URL; PIL images are converted to RGB; arrays pass unchanged."""
+        """A PIL image (RGB) from a path or URL; PIL images are converted to RGB; arrays and tensors to three
+        channels by :func:`_rgb_array`."""
         if isinstance(image, (str, os.PathLike)):
             source = os.fspath(image)
             if source.startswith(("http://", "https://")):
@@ -186,23 +231,30 @@ class MultimodalClassificationPipeline(Pipeline):
                 raise ValueError(f"'image' {source!r} could not be read as an image: {error}") from error
         if isinstance(image, PIL.Image.Image):
             return image.convert("RGB")
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            return _rgb_array(image, "the input")
         return image
 
     # ---- pipeline steps --------------------------------------------------------------------------------
 
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """One example -> model inputs with a batch dimension of 1 (`input_ids`... and/or `pixel_values`)."""
+        """One example -> model inputs with a batch dimension of 1 (`input_ids`... and/or `pixel_values`); the
+        text is truncated to :func:`max_text_tokens` tokens."""
         text = [inputs["text"]] if "text" in inputs else None
         images = [self._load(inputs["image"])] if "image" in inputs else None
         if self.processor is not None:
             kwargs = {"images": images, "return_tensors": "pt"}
             if text is not None:
-                kwargs.update(text=text, truncation=True)
+                kwargs.update(text=text, truncation=True, max_length=self.max_text_length)
             encoded = self.processor(**kwargs)
         else:
             encoded = {}
             if text is not None:
-                encoded.update(self.tokenizer(text, truncation=True, return_tensors="pt"))
+                encoded.update(
+                    self.tokenizer(
+                        text, truncation=True, max_length=self.max_text_length, return_tensors="pt"
+                    )
+                )
             if images is not None:
                 encoded.update(self.image_processor(images, return_tensors="pt"))
         return dict(encoded)
@@ -281,4 +333,10 @@ def pad_images_then(collate: Callable[[list[dict]], dict]) -> Callable[[list[dic
     return inner
 
 
-__all__ = ["MultimodalClassificationPipeline", "model_modalities", "pad_images_then"]
+__all__ = [
+    "MultimodalClassificationPipeline",
+    "max_text_tokens",
+    "model_modalities",
+    "pad_images_then",
+    "text_positions",
+]

@@ -172,6 +172,7 @@ class DistillationTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        check_weight("learning_rate", self.learning_rate)  # transformers accepts NaN, inf and negatives
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}.")
         weights = ("hard_label_weight", "kd_loss_weight", "hidden_loss_weight", "attention_loss_weight")

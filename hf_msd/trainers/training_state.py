@@ -22,6 +22,7 @@ gradients (projections) and hypergradients (learned weights) before each update.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Protocol
@@ -62,9 +63,12 @@ class TrainingState(TrainerCallback):
         return {name: part.state_dict() for name, part in self.parts.items()}
 
     def is_complete(self, checkpoint: str) -> bool:
-        """Whether ``checkpoint`` holds the Trainer's state and (when there are parts) this state's file."""
-        if not os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME)):
-            return False
+        """Whether ``checkpoint`` holds a Trainer state that loads and (with parts) this state's file."""
+        return _trainer_state_loads(checkpoint) and self.has_state(checkpoint)
+
+    def has_state(self, checkpoint: str) -> bool:
+        """Whether ``checkpoint`` holds this state's file (always True when no part is registered; the file
+        is written atomically, so it exists whole or not at all)."""
         return not self.parts or os.path.isfile(os.path.join(checkpoint, TRAINING_STATE_NAME))
 
     def load(self, checkpoint: str) -> None:
@@ -145,12 +149,39 @@ def resolve_checkpoint(
     found = []
     if os.path.isdir(output_dir):
         found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT.match(name))]
+    without_state = []
     for _, name in sorted(found, reverse=True):
         checkpoint = os.path.join(output_dir, name)
-        if training_state.is_complete(checkpoint):
+        if not _trainer_state_loads(checkpoint):
+            logger.warning(
+                f"Skipping the incomplete checkpoint {checkpoint} (its {TRAINER_STATE_NAME} is missing or "
+                "does not load: the run was probably killed while saving it); trying an older one."
+            )
+        elif not training_state.has_state(checkpoint):
+            without_state.append(checkpoint)
+            logger.warning(
+                f"Skipping the incomplete checkpoint {checkpoint}: it has no {TRAINING_STATE_NAME}, so "
+                f"none of the training-only state this run needs ({', '.join(training_state.parts)}): "
+                "killed while saving it, or saved by a run without that state; trying an older one."
+            )
+        else:
             return checkpoint
-        logger.warning(
-            f"Skipping the incomplete checkpoint {checkpoint} (no {TRAINER_STATE_NAME} or "
-            f"{TRAINING_STATE_NAME}: the run was probably killed while saving it); trying an older one."
+    if found and len(without_state) == len(found):
+        raise ValueError(
+            f"No checkpoint in {output_dir} holds the training-only state this run needs "
+            f"({', '.join(training_state.parts)}, e.g. learned modality weights): they were saved by a run "
+            "without it (e.g. modality_weighting='uniform', or other loss weights). Resume with the settings "
+            "that saved them, or train without resume_from_checkpoint in a new output_dir."
         )
     raise ValueError(f"No valid checkpoint found in output directory ({output_dir})")
+
+
+def _trainer_state_loads(checkpoint: str) -> bool:
+    """Whether ``checkpoint``'s ``trainer_state.json`` exists and parses (transformers writes it in place,
+    so a kill can leave it empty or cut)."""
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as file:
+            json.load(file)
+    except (OSError, ValueError):
+        return False
+    return True
