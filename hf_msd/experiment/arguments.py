@@ -126,7 +126,12 @@ class DataArguments:
     )
     multi_label: bool = field(default=False, metadata={"help": "Local data: labels are lists (multi-label)."})
     validation_fraction: float = field(
-        default=0.1, metadata={"help": "easy-VQA: fraction of train images held out as validation."}
+        default=0.1,
+        metadata={
+            "help": "Fraction of the train split held out as the validation split (seeded by --seed): "
+            "easy-VQA's train images, or local data's train examples when no --validation_file is given. "
+            "The test split is never used for validation."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many train examples."})
     max_eval_samples: int | None = field(
@@ -166,6 +171,15 @@ class DataArguments:
             raise ValueError(
                 f"labeled_fraction must be in (0, 1] (or unset for all), got {self.labeled_fraction}."
             )
+
+    def validation_source(self, seed: int) -> str:
+        """Where the validation split (teacher checkpoint selection, saliency, learned modality weights)
+        comes from, in words for the summary and the model card."""
+        if self.dataset_name == "local" and self.validation_file:
+            return f"the validation file {self.validation_file}"
+        rows = "images" if self.dataset_name == "easy_vqa" else "examples"
+        fraction = f"{self.validation_fraction:g}"
+        return f"{fraction} of the train {rows} held out (seed {seed}); the test split is unused"
 
     def has_unlabelled(self) -> bool:
         """Whether some train examples lose their label (labeled_fraction / max_labeled_samples)."""

@@ -45,6 +45,7 @@ from transformers.utils import logging
 
 from ..data import (
     MultimodalDataCollator,
+    carve_validation,
     easy_vqa_question_types,
     keep_labels_on_subset,
     labelled_rows,
@@ -112,8 +113,8 @@ def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
         label_names=data_args.class_names.split(",") if data_args.class_names else None,
         multi_label=data_args.multi_label,
     )
-    if "validation" not in dataset:
-        dataset["validation"] = dataset["test"]
+    if "validation" not in dataset:  # never the test split: its scores would be optimistic
+        dataset = carve_validation(dataset, data_args.validation_fraction, seed=seed)
     limits = {
         "train": data_args.max_train_samples,
         "validation": data_args.max_eval_samples,
@@ -336,10 +337,19 @@ def _teacher_training_settings(exp: ExperimentArguments) -> dict[str, Any]:
     return settings
 
 
+def _recorded_data_args(run: Run) -> dict[str, Any]:
+    """The data arguments as stage records hold them, plus ``validation_split: "held out of train"`` for
+    local data without a validation file (its train split is smaller by the held-out part)."""
+    settings = jsonable(run.data_args)
+    if run.data_args.dataset_name == "local" and not run.data_args.validation_file:
+        settings["validation_split"] = "held out of train"
+    return settings
+
+
 def _data_settings(run: Run) -> dict[str, Any]:
     """The data settings that decide the train and validation splits (not the test-set size), with the seed
     that splits them."""
-    settings = jsonable(run.data_args)
+    settings = _recorded_data_args(run)
     settings.pop("max_test_samples")
     return {**settings, "seed": run.training_args.seed}
 
@@ -347,7 +357,7 @@ def _data_settings(run: Run) -> dict[str, Any]:
 def _train_data_settings(run: Run) -> dict[str, Any]:
     """The data settings that decide the teacher's train split (the test-set size, say, does not; the
     labelled subset only when the teacher trains on it)."""
-    settings = jsonable(run.data_args)
+    settings = _recorded_data_args(run)
     for key in ("max_eval_samples", "max_test_samples"):
         settings.pop(key)
     if run.exp_args.teacher_train_labels == "all":
@@ -620,6 +630,7 @@ def run_experiment(
         "method": exp_args.method,
         "modality_weighting": training_args.modality_weighting if exp_args.method == "msd" else None,
         "student_modalities": model_args.modalities(),
+        "validation": data_args.validation_source(training_args.seed),
         "test_examples": len(dataset["test"]),
         "processes": PartialState().num_processes,
         "labeled_train_examples": _labelled_count(run),
@@ -649,6 +660,7 @@ def run_experiment(
             teacher_description="multimodal (text+image) fusion transformer teacher",
             repo_id=training_args.hub_model_id,
             num_eval_examples=summary["test_examples"],
+            validation_description=summary["validation"],
             question_answering=data_args.dataset_name == "easy_vqa",
             **card_speed(summary.get("inference_speed")),
             saliency_plot="saliency.png",

@@ -124,6 +124,7 @@ def build_model_card(
     repo_id: str | None = None,
     eval_split: str = "test",
     num_eval_examples: int | None = None,
+    validation_description: str | None = None,
     dataset_id: str | None = None,
     question_answering: bool = False,
     throughput: Mapping[str, float] | None = None,
@@ -150,6 +151,8 @@ def build_model_card(
         repo_id: Hub repository id used in the usage snippet (defaults to ``model_name``).
         eval_split: the split the scores were measured on.
         num_eval_examples: how many examples of that split were scored (stated in the card when given).
+        validation_description: where the validation split (checkpoint selection, saliency, learned
+            modality weights) came from, e.g. ``"0.1 of the train examples held out (seed 42)"``.
         dataset_id: Hub dataset id, for ``datasets`` and the results' dataset type.
         question_answering: the text is a question about the image (VQA data); sets the task type.
         throughput: ``{"teacher": examples/s, "student": examples/s}`` measured side by side; the speed-up
@@ -213,6 +216,12 @@ def build_model_card(
         eval_split=eval_split,
         eval_size=eval_size,
         dataset_name=dataset_name,
+        validation_description=(
+            f"Validation split (teacher checkpoint selection, saliency, learned modality weights): "
+            f"{validation_description}."
+            if validation_description
+            else ""
+        ),
         results_table=_results_table(scores) if metric_names else "No evaluation was recorded.",
         size_table=_size_table(parameters),
         speed_description=_speed_description(throughput, throughput_setting),
