@@ -34,6 +34,7 @@ from ..modality_presets import classifier_output, get_model_preset
 from ..modality_presets import num_labels as preset_num_labels
 from ..teacher_cache import TEACHER_LOGITS, expand_topk_columns
 from .distillation_config import DistillationTrainingArguments
+from .frozen_modules import keep_frozen_normalization_in_eval
 from .training_state import TrainingState, resolve_checkpoint
 
 logger = logging.get_logger(__name__)
@@ -686,6 +687,7 @@ class DistillationTrainer(Trainer):
         the batch has no labels). Subclasses call ``super().loss_components(model, inputs)`` and add their
         own entries; the teacher's logits on the full input are then in ``self._last_teacher_logits``.
         """
+        keep_frozen_normalization_in_eval(model)  # frozen BatchNorm statistics must not move
         args = self.args
         labels = inputs.get("labels")
         need_hidden, need_attentions = self._needs_intermediates(None)
