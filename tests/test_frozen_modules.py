@@ -1,6 +1,8 @@
 """Frozen modules do not change while a student trains: a LoRA student with a ResNet image tower (BatchNorm)
 saves an adapter that reloads to the trained model, and trainable BatchNorm layers still update."""
 
+import dataclasses
+
 import pytest
 import torch
 from distillation_utils import make_args
@@ -20,7 +22,8 @@ def _running_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _train(student, tmp_path, trainer_class):
     args = make_args(tmp_path / "run", max_steps=3, learning_rate=0.05, per_device_train_batch_size=4)
     if trainer_class is MSDTrainer:
-        args = MSDTrainingArguments(**{f: getattr(args, f) for f in args.__dataclass_fields__ if f != "_n_gpu"})
+        fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+        args = MSDTrainingArguments(**fields)
     trainer = trainer_class(
         model=student,
         teacher_model=tiny_model(seed=0),
