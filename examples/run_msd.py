@@ -13,7 +13,8 @@ robustness evaluation -> model card (-> Hub).
 
 The frozen teacher is placed as accelerate prescribes for evaluated-only models (replicated, never wrapped
 for DDP / FSDP; its own DeepSpeed inference engine, partitioned under ZeRO-3). Tested here: 1 and 2 CPU
-processes (gloo DDP). Not run here: FSDP and DeepSpeed (see README, "What is tested").
+processes (gloo DDP), and the trainers under DeepSpeed ZeRO-2/3 on 2 CPU processes. Not run here: FSDP (see
+README, "What is tested").
 
 Every field of ModelArguments, DataArguments, ExperimentArguments (hf_msd.experiment) and
 MSDTrainingArguments is a command-line flag (`--help` lists them). A YAML or JSON config file given first

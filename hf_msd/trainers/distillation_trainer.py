@@ -202,7 +202,8 @@ def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
     config.pop("optimizer", None)
     config.pop("scheduler", None)
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()  # returns None in DeepSpeed 0.19, not the engine
+    return engine
 
 
 def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
