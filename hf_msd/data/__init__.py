@@ -2,6 +2,7 @@
 and the paired collator for a teacher and a student with different processors."""
 
 from .collator import MultimodalDataCollator
+from .datasets_source import load_datasets_data
 from .easy_vqa import easy_vqa_answers, easy_vqa_question_types, load_easy_vqa
 from .local import DataValidationError, load_local_dataset
 from .paired import TEACHER_INPUT_PREFIX, PairedCollator
@@ -26,6 +27,7 @@ __all__ = [
     "keep_labels_on_subset",
     "labelled_rows",
     "limit_splits",
+    "load_datasets_data",
     "load_easy_vqa",
     "load_local_dataset",
     "select_subset",

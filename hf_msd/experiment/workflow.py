@@ -50,9 +50,11 @@ from ..data import (
     keep_labels_on_subset,
     labelled_rows,
     limit_splits,
+    load_datasets_data,
     load_easy_vqa,
     load_local_dataset,
 )
+from ..data.local import check_two_modalities
 from ..evaluation import evaluate_by_modality
 from ..fingerprint import model_fingerprint
 from ..hub import build_model_card, card_speed, training_hyperparameters
@@ -102,17 +104,21 @@ def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
             "test": data_args.max_test_samples,
         }
         return load_easy_vqa(validation_fraction=data_args.validation_fraction, seed=seed, max_samples=limits)
-    files = {"train": data_args.train_file, "test": data_args.test_file}
-    if data_args.validation_file:
-        files["validation"] = data_args.validation_file
-    dataset = load_local_dataset(
-        files,
-        image_column=data_args.image_column,
-        text_column=data_args.text_column,
-        label_column=data_args.label_column,
-        label_names=data_args.class_names.split(",") if data_args.class_names else None,
-        multi_label=data_args.multi_label,
-    )
+    columns = {
+        "image_column": data_args.image_column,
+        "text_column": data_args.text_column,
+        "label_column": data_args.label_column,
+        "label_names": data_args.class_names.split(",") if data_args.class_names else None,
+        "flags": True,
+    }
+    if data_args.dataset_name == "local":
+        files = {"train": data_args.train_file, "test": data_args.test_file}
+        if data_args.validation_file:
+            files["validation"] = data_args.validation_file
+        dataset = load_local_dataset(files, multi_label=data_args.multi_label, **columns)
+    else:
+        dataset = load_datasets_data(data_args.dataset_name, **columns)
+    check_two_modalities(dataset["train"])
     if "validation" not in dataset:  # never the test split: its scores would be optimistic
         dataset = carve_validation(dataset, data_args.validation_fraction, seed=seed)
     limits = {
@@ -146,7 +152,7 @@ def training_split(run: Run, for_teacher: bool = False, train: Dataset | None = 
 
 
 def _text_column(data_args: DataArguments) -> str:
-    return "text" if data_args.dataset_name == "local" else data_args.text_column
+    return data_args.text_column if data_args.dataset_name == "easy_vqa" else "text"
 
 
 def _label_names(dataset: DatasetDict) -> list[str]:
