@@ -57,7 +57,7 @@ from ..data import (
 from ..data.local import check_two_modalities
 from ..evaluation import evaluate_by_modality
 from ..fingerprint import model_fingerprint
-from ..hub import build_model_card, card_speed, training_hyperparameters
+from ..hub import build_model_card, card_speed, hub_id, training_hyperparameters
 from ..inference_speed import compare_inference_speed
 from ..losses import resolve_problem_type
 from ..metrics import make_compute_metrics
@@ -657,7 +657,8 @@ def run_experiment(
         card = build_model_card(
             model_name=training_args.hub_model_id or f"{data_args.dataset_name}-{exp_args.method}-student",
             method=exp_args.method,
-            dataset_name="easy-VQA" if data_args.dataset_name == "easy_vqa" else data_args.train_file,
+            dataset_name=_card_dataset_name(data_args),
+            dataset_id=hub_id(data_args.dataset_name) if data_args.dataset_name != "local" else None,
             evaluation=evaluation,
             parameters=summary["parameters"],
             hyperparameters=training_hyperparameters(training_args, exp_args.method),
@@ -677,6 +678,13 @@ def run_experiment(
     if training_args.push_to_hub:
         push_student(student_dir, training_args)
     return summary
+
+
+def _card_dataset_name(data_args: DataArguments) -> str:
+    """The data as the model card names it: easy-VQA, the data set's name, or "local data" (not a path)."""
+    if data_args.dataset_name == "easy_vqa":
+        return "easy-VQA"
+    return "local data" if data_args.dataset_name == "local" else Path(data_args.dataset_name).name
 
 
 def _check_hub_model_id(training_args: TrainingArguments) -> None:
