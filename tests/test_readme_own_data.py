@@ -53,6 +53,13 @@ def test_readme_own_data_command_and_its_model_card(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     out = tmp_path / "outputs" / "mydata"
+    for header in (
+        "[hf_msd] teacher: training a new teacher for 3 epochs on 24 examples",
+        "[hf_msd] saliency:",
+        "[hf_msd] student: training with method 'msd' on 24 examples",
+        "[hf_msd] evaluation: student on 9 test examples",
+    ):
+        assert header in result.stdout, result.stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["validation"] == "0.1 of the train examples held out (seed 0); the test split is unused"
     assert summary["test_examples"] == 9

@@ -41,7 +41,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.utils import logging
 
 from ..data import (
     MultimodalDataCollator,
@@ -76,9 +75,8 @@ from ..saliency import compute_saliency, plot_saliency
 from ..teacher_cache import precompute_teacher_outputs
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from .arguments import MINILM, DataArguments, ExperimentArguments, ModelArguments, json_object, layer_list
+from .progress import announce
 from .stages import STAGE_FILE, jsonable, mark_done, result_settings, stage_done
-
-logger = logging.get_logger(__name__)
 
 #: The student's training metrics (``train_runtime``, ``steps``...), written next to the student.
 TRAIN_RESULTS = "train_results.json"
@@ -285,13 +283,17 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         "teacher_training": _teacher_training_settings(exp),
     }
     if stage_done(directory, settings, exp.overwrite_output_dir):
-        logger.info("Teacher found in %s; skipping its training.", directory)
+        announce("teacher", f"reusing {directory} (trained with the same settings)")
         teacher = AutoModelForSequenceClassification.from_pretrained(str(directory))
         return teacher, AutoProcessor.from_pretrained(str(directory)), settings
     problem_type = (
         "multi_label_classification" if run.data_args.multi_label else "single_label_classification"
     )
     train = training_split(run, for_teacher=True)
+    announce(
+        "teacher",
+        f"training a new teacher for {exp.teacher_num_train_epochs:g} epochs on {len(train)} examples",
+    )
     set_seed(run.training_args.seed)  # the teacher's initial weights, not only its data order
     teacher, processor = new_teacher(
         run.model_args, _label_names(run.dataset), problem_type, train[_text_column(run.data_args)]
@@ -396,7 +398,14 @@ def saliency_report(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         "samples": run.exp_args.saliency_max_samples,
     }
     state = PartialState()
-    if not stage_done(directory, settings, run.exp_args.overwrite_output_dir):
+    if stage_done(directory, settings, run.exp_args.overwrite_output_dir):
+        announce("saliency", f"reusing {directory}")
+    else:
+        announce(
+            "saliency",
+            f"the teacher's modality saliency on up to {run.exp_args.saliency_max_samples} "
+            "validation examples",
+        )
         if state.is_main_process:
             examples = run.dataset["validation"]
             examples = examples.select(range(min(len(examples), run.exp_args.saliency_max_samples)))
@@ -453,7 +462,7 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         "training": result_settings(run.training_args),
     }
     if stage_done(directory, settings, run.exp_args.overwrite_output_dir):
-        logger.info("Student found in %s; skipping its training.", directory)
+        announce("student", f"reusing {directory} (trained with the same settings)")
         return AutoModelForSequenceClassification.from_pretrained(str(directory))
     set_seed(run.training_args.seed)  # a student from student_config starts from seeded random weights
     student = new_student(run.model_args, teacher)
@@ -479,6 +488,7 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         trainer = DistillationTrainer(teacher_model=teacher, **common)
     else:
         trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
+    announce("student", f"training with method '{run.exp_args.method}' on {len(train)} examples")
     result = trainer.train(resume_from_checkpoint=run.training_args.resume_from_checkpoint)
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
@@ -522,6 +532,9 @@ def evaluate_models(
     """Stage 4: each model's metrics on the test split, with both modalities and each one alone."""
     results = {}
     for name, model in models.items():
+        announce(
+            "evaluation", f"{name} on {len(run.dataset['test'])} test examples, with each modality alone too"
+        )
         args = _base_args(
             run.training_args, output_dir=str(Path(run.training_args.output_dir) / "evaluation")
         )
