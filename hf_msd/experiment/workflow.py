@@ -76,6 +76,7 @@ from ..teacher_cache import precompute_teacher_outputs
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from .arguments import MINILM, DataArguments, ExperimentArguments, ModelArguments, json_object, layer_list
 from .progress import announce
+from .runtime import find_unused_parameters, for_this_machine
 from .stages import STAGE_FILE, jsonable, mark_done, result_settings, stage_done
 
 #: The student's training metrics (``train_runtime``, ``steps``...), written next to the student.
@@ -265,6 +266,9 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         load_best_model_at_end=evaluate,
         metric_for_best_model=exp.teacher_metric_for_best_model if evaluate else None,
         greater_is_better=True if evaluate else None,
+        ddp_find_unused_parameters=find_unused_parameters(
+            run.training_args, exp.teacher_modality_dropout > 0
+        ),
     )
     model_settings = jsonable(run.model_args)
     for key in (
@@ -426,9 +430,10 @@ def saliency_report(run: Run, teacher: PreTrainedModel, processor, teacher_setti
 
 def _student_args(training_args: MSDTrainingArguments, method: str) -> TrainingArguments:
     checkpoints = str(Path(training_args.output_dir) / "checkpoints" / "student")
+    ddp = {"ddp_find_unused_parameters": find_unused_parameters(training_args)}
     if method == "none":
-        return _base_args(training_args, output_dir=checkpoints)
-    args = dataclasses.replace(training_args, output_dir=checkpoints)
+        return _base_args(training_args, output_dir=checkpoints, **ddp)
+    args = dataclasses.replace(training_args, output_dir=checkpoints, **ddp)
     args.remove_unused_columns = False
     args.push_to_hub = False
     return args
@@ -635,6 +640,7 @@ def run_experiment(
     """Run every stage (see the module docstring) and return the summary written to ``summary.json``."""
     if training_args.push_to_hub:
         _check_hub_model_id(training_args)  # before any training, not after
+    training_args = for_this_machine(training_args)
     output_dir = Path(training_args.output_dir)
     dataset = load_data(data_args, seed=training_args.seed)
     run = Run(model_args, data_args, exp_args, training_args, dataset)
