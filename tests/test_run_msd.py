@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,15 @@ def test_end_to_end_then_reuse_then_refuse_changed_settings(tmp_path):
     check_ok(first)
     summary = json.loads((out / "summary.json").read_text())
     assert "acc (both)" in first.stdout  # the console table
+    # Every progress bar says what it counts: the training stage, or the model and input condition.
+    segments = re.split(r"[\r\n]", first.stderr)
+    bars = [m.group(1) for m in map(re.compile(r"(.*?)\s*\d+%\|").match, segments) if m]
+    assert bars and all(bars), [bar for bar in bars if not bar]
+    labels = {bar.rstrip(":") for bar in bars}
+    assert {"teacher", "student"} <= labels
+    assert {
+        f"{model} test ({c})" for model in ("teacher", "student") for c in ("both", "text", "image")
+    } <= labels
 
     student_dir = out / "student"
     for path in summary["paths"].values():

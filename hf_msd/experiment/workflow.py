@@ -71,6 +71,7 @@ from ..models import (
     student_from_config,
 )
 from ..models.vocabulary import compact_vocabulary
+from ..progress_bars import label_progress_bars
 from ..saliency import compute_saliency, plot_saliency
 from ..teacher_cache import precompute_teacher_outputs
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
@@ -322,6 +323,7 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         processing_class=processor,  # saved with the model and in every checkpoint
         compute_metrics=make_compute_metrics(problem_type) if evaluate else None,
     )
+    label_progress_bars(trainer, "teacher")
     result = trainer.train()
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
@@ -494,6 +496,7 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
     else:
         trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
     announce("student", f"training with method '{run.exp_args.method}' on {len(train)} examples")
+    label_progress_bars(trainer, "student")
     result = trainer.train(resume_from_checkpoint=run.training_args.resume_from_checkpoint)
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
@@ -550,6 +553,7 @@ def evaluate_models(
             default_modalities(model),
             args,
             make_compute_metrics(resolve_problem_type(model.config), label_groups=_label_groups(run)),
+            label=f"{name} test",
         )
     return results
 
