@@ -13,7 +13,8 @@ robustness evaluation -> model card (-> Hub).
 
 The frozen teacher is placed as accelerate prescribes for evaluated-only models (replicated, never wrapped
 for DDP / FSDP; its own DeepSpeed inference engine, partitioned under ZeRO-3). Tested here: 1 and 2 CPU
-processes (gloo DDP). Not run here: FSDP and DeepSpeed (see README, "What is tested").
+processes (gloo DDP), and the trainers under DeepSpeed ZeRO-2/3 on 2 CPU processes. Not run here: FSDP (see
+README, "What is tested").
 
 Every field of ModelArguments, DataArguments, ExperimentArguments (hf_msd.experiment) and
 MSDTrainingArguments is a command-line flag (`--help` lists them). A YAML or JSON config file given first
@@ -23,11 +24,33 @@ settings.
 
 import sys
 
-from hf_msd.experiment import parse_arguments, run_experiment
+from hf_msd.data import DataValidationError
+from hf_msd.experiment import StageMismatchError, parse_arguments, run_experiment
+
+NO_CONFIG = """run_msd.py: error: no config file. Give one first; flags after it override its values:
+  examples/configs/tiny_easy_vqa.yaml    tiny random models, seconds (a smoke test, not for accuracy)
+  examples/configs/quick_easy_vqa.yaml   the README's main command, about 10 minutes on 2 CPU cores
+  examples/configs/full_easy_vqa.yaml    the full run, hours on CPU
+e.g. python examples/run_msd.py examples/configs/quick_easy_vqa.yaml --output_dir outputs/mine
+Without a config file only --teacher_name_or_path runs (no teacher is trained); `--help` lists every flag."""
 
 
-def main() -> None:
-    run_experiment(*parse_arguments(sys.argv[1:]))
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run the workflow; bad arguments and bad data end the run with a message
+    naming the flag (no traceback), before any training."""
+    argv = sys.argv[1:] if argv is None else argv
+    has_config = bool(argv) and argv[0].endswith((".yaml", ".yml", ".json"))
+    asks_help = any(flag in argv for flag in ("-h", "--help"))
+    if not (has_config or asks_help or "--teacher_name_or_path" in argv):
+        sys.exit(NO_CONFIG)
+    try:
+        arguments = parse_arguments(argv)
+    except ValueError as error:
+        sys.exit(f"run_msd.py: error: {error}")
+    try:
+        run_experiment(*arguments)
+    except (DataValidationError, StageMismatchError, FileNotFoundError) as error:
+        sys.exit(f"run_msd.py: error: {error}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from datasets import Dataset
 from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainingArguments
 
 from .modality import Modality, restrict
+from .progress_bars import label_progress_bars
 
 BOTH = "both"
 
@@ -50,6 +51,7 @@ def evaluate_by_modality(
     args: TrainingArguments,
     compute_metrics: Callable[[EvalPrediction], dict[str, float]],
     conditions: Sequence[str] | None = None,
+    label: str = "test",
 ) -> dict[str, dict[str, float]]:
     """Score ``model`` on ``dataset`` under each input condition.
 
@@ -63,6 +65,7 @@ def evaluate_by_modality(
             ``remove_unused_columns`` flag is ignored (raw columns always reach the collator).
         compute_metrics: maps an ``EvalPrediction`` to a dict of metrics (e.g. ``{"accuracy": 0.93}``).
         conditions: which conditions to score; default :func:`input_conditions`.
+        label: the progress bars' description, followed by the condition (``"test (text)"``).
 
     Returns:
         ``{condition: {metric: value}}``, metric names without the ``test_`` prefix.
@@ -84,6 +87,7 @@ def evaluate_by_modality(
             ),
             compute_metrics=compute_metrics,
         )
+        label_progress_bars(trainer, f"{label} ({condition})")
         metrics = trainer.predict(dataset, metric_key_prefix="test").metrics
         results[condition] = {
             key.removeprefix("test_"): value

@@ -197,7 +197,8 @@ def test_push_download_and_serve_without_hf_msd(hub, tmp_path, monkeypatch):
         if metric != "loss"
     }
     assert {r.task_type for r in card.data.eval_results} == {"visual-question-answering"}
-    assert card.data.pipeline_tag == "visual-question-answering"
+    assert card.data.pipeline_tag is None  # no transformers task serves text+image (the card says so)
+    assert "multimodal-classification` pipeline" in card.text
     assert "![Teacher modality saliency](saliency.png)" in card.text
     speed = summary.get("inference_speed")  # the speed-up the run measured, or the card says none was
     if speed:

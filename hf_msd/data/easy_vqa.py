@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
-from .splits import limit_splits, split_by_group
+from .splits import carve_validation, limit_splits
 
 
 def _easy_vqa_package():
@@ -86,7 +86,8 @@ def load_easy_vqa(
         }
     )
     train = _build_split(package.get_train_questions(), package.get_train_image_paths(), features)
-    train, validation = split_by_group(train, validation_fraction, group_column="image_id", seed=seed)
     test = _build_split(package.get_test_questions(), package.get_test_image_paths(), features)
-    dataset = DatasetDict({"train": train, "validation": validation, "test": test})
+    dataset = carve_validation(
+        DatasetDict({"train": train, "test": test}), validation_fraction, group_column="image_id", seed=seed
+    )
     return limit_splits(dataset, max_samples, seed=seed)

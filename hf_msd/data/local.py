@@ -92,7 +92,7 @@ def _read_jsonl(path: Path, base_dir: Path, problems: list[str]) -> tuple[list[_
 
 def _read_image_folder(root: Path) -> list[_Row]:
     return [
-        _Row({"image": str(file), "label": label_dir.name}, str(file), root)
+        _Row({"image": str(file.resolve()), "label": label_dir.name}, str(file), root)
         for label_dir in sorted(p for p in root.iterdir() if p.is_dir())
         for file in sorted(label_dir.iterdir())
         if file.suffix.lower() in IMAGE_EXTENSIONS
@@ -126,7 +126,9 @@ def _is_label_name(value: Any) -> bool:
     return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
-def _raw_labels(row: _Row, column: str, multi_label: bool, delimiter: str, problems: list[str]) -> list[str]:
+def _raw_labels(
+    row: _Row, column: str, multi_label: bool, delimiter: str, problems: list[str], flags: bool = False
+) -> list[str]:
     """The label names of `row` as strings (one unless `multi_label`); [] plus a problem if malformed."""
     where = f"{row.where}, column '{column}'"
     value = row.values.get(column)
@@ -142,7 +144,8 @@ def _raw_labels(row: _Row, column: str, multi_label: bool, delimiter: str, probl
         return []
     if _is_label_name(value) and str(value).strip():
         return [str(value).strip()]
-    hint = " Fix: pass multi_label=True for multi-label data." if isinstance(value, list) else ""
+    fix = "--multi_label" if flags else "multi_label=True"
+    hint = f" Fix: pass {fix} for multi-label data." if isinstance(value, list) else ""
     problems.append(f"{where}: expected one label name, got {value!r}.{hint}")
     return []
 
@@ -157,8 +160,18 @@ def _resolve_files(data_files: str | os.PathLike | Mapping[str, str | os.PathLik
     return {"train": path}
 
 
+def _argument(name: str, flags: bool) -> str:
+    """How an error names an argument: ``--name`` for the command line, else ``name=``."""
+    return f"--{name}" if flags else f"{name}="
+
+
 def _read_split(
-    split: str, path: Path, columns: dict[str, str | None], base_dir: Path | None, problems: list[str]
+    split: str,
+    path: Path,
+    columns: dict[str, str | None],
+    base_dir: Path | None,
+    problems: list[str],
+    flags: bool = False,
 ) -> tuple[list[_Row], dict[str, str | None]]:
     """Read one split; return its rows and the mapping standard column -> source column for it."""
     if not path.exists():
@@ -174,7 +187,8 @@ def _read_split(
     rows, found = readers[path.suffix.lower()](path, base_dir or path.parent, problems)
     missing = [
         f"{path}, column '{column}': column not found (columns: {sorted(found)}). Fix: pass the right "
-        "image_column= / text_column= / label_column=, or None if the data has no such column."
+        f"{_argument('image_column', flags)} / {_argument('text_column', flags)} / "
+        f"{_argument('label_column', flags)}, or None if the data has no such column."
         for column in filter(None, columns.values())
         if column not in found
     ]
@@ -201,6 +215,7 @@ def load_local_dataset(
     multi_label: bool = False,
     base_dir: str | os.PathLike | None = None,
     label_delimiter: str = "|",
+    flags: bool = False,
 ) -> DatasetDict:
     """Load and validate local CSV / JSON Lines files or an image folder as a `DatasetDict`.
 
@@ -216,6 +231,8 @@ def load_local_dataset(
             into a float multi-hot vector).
         base_dir: directory that relative image paths are resolved against (default: the data file's).
         label_delimiter: separator of multi-label names in CSV cells.
+        flags: name arguments in error messages as command-line flags (``--image_column``), for
+            ``examples/run_msd.py``, instead of Python arguments (``image_column=``).
 
     Raises:
         DataValidationError: listing every problem with its file, row, line and column, before any dataset
@@ -226,23 +243,26 @@ def load_local_dataset(
     requested = {"image": image_column, "text": text_column, "label": label_column}
     base = Path(base_dir) if base_dir is not None else None
     splits = {
-        split: _read_split(split, path, requested, base, problems)
+        split: _read_split(split, path, requested, base, problems, flags)
         for split, path in _resolve_files(data_files).items()
     }
 
     labels = {
-        split: [_raw_labels(row, columns["label"], multi_label, label_delimiter, problems) for row in rows]
+        split: [
+            _raw_labels(row, columns["label"], multi_label, label_delimiter, problems, flags) for row in rows
+        ]
         for split, (rows, columns) in splits.items()
         if columns["label"] is not None
     }
     if label_names is None:
         label_names = sorted({name for per_split in labels.values() for names in per_split for name in names})
     known = set(label_names)
+    label_set = _argument("class_names" if flags else "label_names", flags)
     for split, per_split in labels.items():
         rows, columns = splits[split]
         problems.extend(
             f"{row.where}, column '{columns['label']}': label {name!r} is not in label_names {label_names}. "
-            "Fix: correct the label or add it to label_names."
+            f"Fix: correct the label or add it to {label_set}."
             for row, names in zip(rows, per_split)
             for name in names
             if name not in known
@@ -274,3 +294,17 @@ def load_local_dataset(
             for split, columns in data.items()
         }
     )
+
+
+def check_two_modalities(dataset: Dataset) -> None:
+    """Refuse data without an ``image`` or a ``text`` column (an image folder has no text) for the workflow,
+    whose teacher takes both modalities; the trainers themselves take unimodal models."""
+    missing = [name for name in ("image", "text") if name not in dataset.column_names]
+    if missing:
+        raise DataValidationError(
+            [
+                f"the data has no {' or '.join(missing)} column, and examples/run_msd.py distils a "
+                "text+image teacher. Fix: give CSV / JSON Lines data with an image path and a text per row "
+                "(--image_column, --text_column), or train unimodal models with DistillationTrainer directly."
+            ]
+        )

@@ -42,6 +42,21 @@ def split_by_group(
     return dataset.select(rest), dataset.select(held_out)
 
 
+def carve_validation(
+    dataset_dict: DatasetDict, fraction: float, group_column: str | None = None, seed: int = 0
+) -> DatasetDict:
+    """``dataset_dict`` with a "validation" split held out of its "train" split by :func:`split_by_group`
+    (about ``fraction`` of the groups, fixed per ``seed``); the other splits are kept as they are.
+
+    The test split is never used for validation: model selection on it would make its scores optimistic.
+    """
+    if "validation" in dataset_dict:
+        raise ValueError(f"dataset_dict already has a validation split: {list(dataset_dict)}.")
+    train, validation = split_by_group(dataset_dict["train"], fraction, group_column=group_column, seed=seed)
+    others = {name: split for name, split in dataset_dict.items() if name != "train"}
+    return DatasetDict({"train": train, "validation": validation, **others})
+
+
 def select_subset(dataset: Dataset, max_samples: int | None, seed: int = 0) -> Dataset:
     """Return `max_samples` rows of `dataset` chosen pseudo-randomly (fixed per `seed`), in original order.
 

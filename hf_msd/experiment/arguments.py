@@ -114,13 +114,18 @@ class DataArguments:
     dataset_name: str = field(
         default="easy_vqa",
         metadata={
-            "help": "'easy_vqa' (the easy-vqa package) or 'local' (train_file/validation_file/test_file)."
+            "help": "'easy_vqa' (the easy-vqa package), 'local' (train_file/validation_file/test_file: CSV, "
+            "JSON Lines or image folders), a folder written by DatasetDict.save_to_disk, or a name that "
+            "datasets.load_dataset knows; with train and test splits and the --image_column, --text_column "
+            "and --label_column columns."
         },
     )
     train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSONL file or image folder."})
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
     test_file: str | None = field(default=None, metadata={"help": "Local test file."})
-    text_column: str = field(default="question", metadata={"help": "Text column (local data: 'text')."})
+    text_column: str = field(
+        default="question", metadata={"help": "Text column of your data (easy-VQA's is 'question')."}
+    )
     image_column: str = field(default="image", metadata={"help": "Image column (paths for local data)."})
     label_column: str = field(default="label", metadata={"help": "Label column."})
     class_names: str | None = field(
@@ -128,7 +133,12 @@ class DataArguments:
     )
     multi_label: bool = field(default=False, metadata={"help": "Local data: labels are lists (multi-label)."})
     validation_fraction: float = field(
-        default=0.1, metadata={"help": "easy-VQA: fraction of train images held out as validation."}
+        default=0.1,
+        metadata={
+            "help": "Fraction of the train split held out as the validation split (seeded by --seed): "
+            "easy-VQA's train images, or local data's train examples when no --validation_file is given. "
+            "The test split is never used for validation."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep this many train examples."})
     max_eval_samples: int | None = field(
@@ -152,8 +162,6 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.dataset_name not in ("easy_vqa", "local"):
-            raise ValueError(f"dataset_name={self.dataset_name!r}: use 'easy_vqa' or 'local'.")
         if self.dataset_name == "local" and not (self.train_file and self.test_file):
             raise ValueError(
                 "dataset_name='local' needs --train_file and --test_file (and --validation_file)."
@@ -168,6 +176,22 @@ class DataArguments:
             raise ValueError(
                 f"labeled_fraction must be in (0, 1] (or unset for all), got {self.labeled_fraction}."
             )
+
+    def validation_source(self, seed: int) -> str:
+        """Where the validation split (teacher checkpoint selection, saliency, learned modality weights)
+        comes from, in words for the summary and the model card."""
+        if self.dataset_name == "local" and self.validation_file:
+            return f"the validation file {self.validation_file}"
+        rows = "images" if self.dataset_name == "easy_vqa" else "examples"
+        held_out = f"{self.validation_fraction:g} of the train {rows} held out (seed {seed})"
+        if self.dataset_name in ("easy_vqa", "local"):
+            return f"{held_out}; the test split is unused"
+        splits = Path(self.dataset_name) / "dataset_dict.json"
+        if splits.is_file():
+            if "validation" in json.loads(splits.read_text()).get("splits", []):
+                return f"the validation split of {self.dataset_name}"
+            return f"{held_out}; the test split is unused"
+        return f"the validation split of {self.dataset_name} if it has one, else {held_out}"
 
     def has_unlabelled(self) -> bool:
         """Whether some train examples lose their label (labeled_fraction / max_labeled_samples)."""

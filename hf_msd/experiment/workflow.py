@@ -41,21 +41,23 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.utils import logging
 
 from ..data import (
     MultimodalDataCollator,
+    carve_validation,
     easy_vqa_question_types,
     keep_labels_on_subset,
     labelled_rows,
     limit_splits,
+    load_datasets_data,
     load_easy_vqa,
     load_local_dataset,
 )
 from ..data.labels import align_label_order
+from ..data.local import check_two_modalities
 from ..evaluation import evaluate_by_modality
 from ..fingerprint import dataset_fingerprint, model_fingerprint
-from ..hub import build_model_card, card_speed, training_hyperparameters
+from ..hub import build_model_card, card_speed, hub_id, training_hyperparameters
 from ..inference_speed import compare_inference_speed
 from ..losses import resolve_problem_type
 from ..metrics import make_compute_metrics
@@ -70,14 +72,15 @@ from ..models import (
     student_from_config,
 )
 from ..models.vocabulary import compact_vocabulary
+from ..progress_bars import label_progress_bars
 from ..saliency import compute_saliency, plot_saliency
 from ..teacher_cache import precompute_teacher_outputs
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from .arguments import MINILM, DataArguments, ExperimentArguments, ModelArguments, json_object, layer_list
 from .output_lock import output_dir_lock
+from .progress import announce
+from .runtime import find_unused_parameters, for_this_machine
 from .stages import STAGE_FILE, check_finite, jsonable, mark_done, result_settings, stage_done
-
-logger = logging.get_logger(__name__)
 
 #: The student's training metrics (``train_runtime``, ``steps``...), written next to the student.
 TRAIN_RESULTS = "train_results.json"
@@ -103,19 +106,23 @@ def load_data(data_args: DataArguments, seed: int) -> DatasetDict:
             "test": data_args.max_test_samples,
         }
         return load_easy_vqa(validation_fraction=data_args.validation_fraction, seed=seed, max_samples=limits)
-    files = {"train": data_args.train_file, "test": data_args.test_file}
-    if data_args.validation_file:
-        files["validation"] = data_args.validation_file
-    dataset = load_local_dataset(
-        files,
-        image_column=data_args.image_column,
-        text_column=data_args.text_column,
-        label_column=data_args.label_column,
-        label_names=data_args.class_names.split(",") if data_args.class_names else None,
-        multi_label=data_args.multi_label,
-    )
-    if "validation" not in dataset:
-        dataset["validation"] = dataset["test"]
+    columns = {
+        "image_column": data_args.image_column,
+        "text_column": data_args.text_column,
+        "label_column": data_args.label_column,
+        "label_names": data_args.class_names.split(",") if data_args.class_names else None,
+        "flags": True,
+    }
+    if data_args.dataset_name == "local":
+        files = {"train": data_args.train_file, "test": data_args.test_file}
+        if data_args.validation_file:
+            files["validation"] = data_args.validation_file
+        dataset = load_local_dataset(files, multi_label=data_args.multi_label, **columns)
+    else:
+        dataset = load_datasets_data(data_args.dataset_name, **columns)
+    check_two_modalities(dataset["train"])
+    if "validation" not in dataset:  # never the test split: its scores would be optimistic
+        dataset = carve_validation(dataset, data_args.validation_fraction, seed=seed)
     limits = {
         "train": data_args.max_train_samples,
         "validation": data_args.max_eval_samples,
@@ -147,7 +154,7 @@ def training_split(run: Run, for_teacher: bool = False, train: Dataset | None = 
 
 
 def _text_column(data_args: DataArguments) -> str:
-    return "text" if data_args.dataset_name == "local" else data_args.text_column
+    return data_args.text_column if data_args.dataset_name == "easy_vqa" else "text"
 
 
 def _label_names(dataset: DatasetDict) -> list[str]:
@@ -266,6 +273,9 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         load_best_model_at_end=evaluate,
         metric_for_best_model=exp.teacher_metric_for_best_model if evaluate else None,
         greater_is_better=True if evaluate else None,
+        ddp_find_unused_parameters=find_unused_parameters(
+            run.training_args, exp.teacher_modality_dropout > 0
+        ),
     )
     model_settings = jsonable(run.model_args)
     for key in (
@@ -284,13 +294,17 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         "teacher_training": _teacher_training_settings(exp),
     }
     if stage_done(directory, settings, exp.overwrite_output_dir):
-        logger.info("Teacher found in %s; skipping its training.", directory)
+        announce("teacher", f"reusing {directory} (trained with the same settings)")
         teacher = AutoModelForSequenceClassification.from_pretrained(str(directory))
         return teacher, AutoProcessor.from_pretrained(str(directory)), settings
     problem_type = (
         "multi_label_classification" if run.data_args.multi_label else "single_label_classification"
     )
     train = training_split(run, for_teacher=True)
+    announce(
+        "teacher",
+        f"training a new teacher for {exp.teacher_num_train_epochs:g} epochs on {len(train)} examples",
+    )
     set_seed(run.training_args.seed)  # the teacher's initial weights, not only its data order
     teacher, processor = new_teacher(
         run.model_args, _label_names(run.dataset), problem_type, train[_text_column(run.data_args)]
@@ -315,6 +329,7 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
         processing_class=processor,  # saved with the model and in every checkpoint
         compute_metrics=make_compute_metrics(problem_type) if evaluate else None,
     )
+    label_progress_bars(trainer, "teacher")
     result = trainer.train()
     check_finite("teacher", teacher, result.metrics)
     trainer.save_model(str(directory))
@@ -343,10 +358,19 @@ def _teacher_training_settings(exp: ExperimentArguments) -> dict[str, Any]:
     return settings
 
 
+def _recorded_data_args(run: Run) -> dict[str, Any]:
+    """The data arguments as stage records hold them, plus ``validation_split: "held out of train"`` for
+    local data without a validation file (its train split is smaller by the held-out part)."""
+    settings = jsonable(run.data_args)
+    if run.data_args.dataset_name == "local" and not run.data_args.validation_file:
+        settings["validation_split"] = "held out of train"
+    return settings
+
+
 def _data_settings(run: Run) -> dict[str, Any]:
     """The data settings that decide the train and validation splits (not the test-set size), with the seed
     that splits them."""
-    settings = jsonable(run.data_args)
+    settings = _recorded_data_args(run)
     settings.pop("max_test_samples")
     return {**settings, "seed": run.training_args.seed, "content": _content(run, "train", "validation")}
 
@@ -360,7 +384,7 @@ def _content(run: Run, *splits: str) -> dict[str, str]:
 def _train_data_settings(run: Run) -> dict[str, Any]:
     """The data settings that decide the teacher's train split (the test-set size, say, does not; the
     labelled subset only when the teacher trains on it)."""
-    settings = jsonable(run.data_args)
+    settings = _recorded_data_args(run)
     for key in ("max_eval_samples", "max_test_samples"):
         settings.pop(key)
     if run.exp_args.teacher_train_labels == "all":
@@ -395,7 +419,14 @@ def saliency_report(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         "samples": run.exp_args.saliency_max_samples,
     }
     state = PartialState()
-    if not stage_done(directory, settings, run.exp_args.overwrite_output_dir):
+    if stage_done(directory, settings, run.exp_args.overwrite_output_dir):
+        announce("saliency", f"reusing {directory}")
+    else:
+        announce(
+            "saliency",
+            f"the teacher's modality saliency on up to {run.exp_args.saliency_max_samples} "
+            "validation examples",
+        )
         if state.is_main_process:
             examples = run.dataset["validation"]
             examples = examples.select(range(min(len(examples), run.exp_args.saliency_max_samples)))
@@ -416,9 +447,10 @@ def saliency_report(run: Run, teacher: PreTrainedModel, processor, teacher_setti
 
 def _student_args(training_args: MSDTrainingArguments, method: str) -> TrainingArguments:
     checkpoints = str(Path(training_args.output_dir) / "checkpoints" / "student")
+    ddp = {"ddp_find_unused_parameters": find_unused_parameters(training_args)}
     if method == "none":
-        return _base_args(training_args, output_dir=checkpoints)
-    args = dataclasses.replace(training_args, output_dir=checkpoints)
+        return _base_args(training_args, output_dir=checkpoints, **ddp)
+    args = dataclasses.replace(training_args, output_dir=checkpoints, **ddp)
     args.remove_unused_columns = False
     args.push_to_hub = False
     return args
@@ -452,7 +484,7 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         "training": result_settings(run.training_args),
     }
     if stage_done(directory, settings, run.exp_args.overwrite_output_dir):
-        logger.info("Student found in %s; skipping its training.", directory)
+        announce("student", f"reusing {directory} (trained with the same settings)")
         return AutoModelForSequenceClassification.from_pretrained(str(directory))
     set_seed(run.training_args.seed)  # a student from student_config starts from seeded random weights
     student = new_student(run.model_args, teacher)
@@ -478,6 +510,8 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
         trainer = DistillationTrainer(teacher_model=teacher, **common)
     else:
         trainer = MSDTrainer(teacher_model=teacher, modalities=default_modalities(teacher), **common)
+    announce("student", f"training with method '{run.exp_args.method}' on {len(train)} examples")
+    label_progress_bars(trainer, "student")
     result = trainer.train(resume_from_checkpoint=run.training_args.resume_from_checkpoint)
     check_finite("student", student, result.metrics)
     trainer.save_model(str(directory))
@@ -522,6 +556,9 @@ def evaluate_models(
     """Stage 4: each model's metrics on the test split, with both modalities and each one alone."""
     results = {}
     for name, model in models.items():
+        announce(
+            "evaluation", f"{name} on {len(run.dataset['test'])} test examples, with each modality alone too"
+        )
         args = _base_args(
             run.training_args, output_dir=str(Path(run.training_args.output_dir) / "evaluation")
         )
@@ -532,6 +569,7 @@ def evaluate_models(
             default_modalities(model),
             args,
             make_compute_metrics(resolve_problem_type(model.config), label_groups=_label_groups(run)),
+            label=f"{name} test",
         )
     return results
 
@@ -635,6 +673,7 @@ def _run_stages(
 ) -> dict[str, Any]:
     if training_args.push_to_hub:
         _check_hub_model_id(training_args)  # before any training, not after
+    training_args = for_this_machine(training_args)
     output_dir = Path(training_args.output_dir)
     dataset = load_data(data_args, seed=training_args.seed)
     run = Run(model_args, data_args, exp_args, training_args, dataset)
@@ -649,6 +688,7 @@ def _run_stages(
         "method": exp_args.method,
         "modality_weighting": training_args.modality_weighting if exp_args.method == "msd" else None,
         "student_modalities": model_args.modalities(),
+        "validation": data_args.validation_source(training_args.seed),
         "test_examples": len(dataset["test"]),
         "processes": PartialState().num_processes,
         "labeled_train_examples": _labelled_count(run),
@@ -669,7 +709,8 @@ def _run_stages(
         card = build_model_card(
             model_name=training_args.hub_model_id or f"{data_args.dataset_name}-{exp_args.method}-student",
             method=exp_args.method,
-            dataset_name="easy-VQA" if data_args.dataset_name == "easy_vqa" else data_args.train_file,
+            dataset_name=_card_dataset_name(data_args),
+            dataset_id=hub_id(data_args.dataset_name) if data_args.dataset_name != "local" else None,
             evaluation=evaluation,
             parameters=summary["parameters"],
             hyperparameters=training_hyperparameters(training_args, exp_args.method),
@@ -678,6 +719,7 @@ def _run_stages(
             teacher_description="multimodal (text+image) fusion transformer teacher",
             repo_id=training_args.hub_model_id,
             num_eval_examples=summary["test_examples"],
+            validation_description=summary["validation"],
             question_answering=data_args.dataset_name == "easy_vqa",
             **card_speed(summary.get("inference_speed")),
             saliency_plot="saliency.png",
@@ -688,6 +730,13 @@ def _run_stages(
     if training_args.push_to_hub:
         push_student(student_dir, training_args)
     return summary
+
+
+def _card_dataset_name(data_args: DataArguments) -> str:
+    """The data as the model card names it: easy-VQA, the data set's name, or "local data" (not a path)."""
+    if data_args.dataset_name == "easy_vqa":
+        return "easy-VQA"
+    return "local data" if data_args.dataset_name == "local" else Path(data_args.dataset_name).name
 
 
 def _check_hub_model_id(training_args: TrainingArguments) -> None:

@@ -29,6 +29,11 @@ METHOD_DESCRIPTIONS = {
     "msd": "modality-specific distillation, MSD (Jin et al., EMNLP Findings 2021)",
 }
 
+#: The usage code's image (the card's code runs as written); a user opens their own file instead.
+IMAGE_LINES = (
+    '\nfrom PIL import Image\n\nimage = Image.new("RGB", (64, 64), "red")  # yours: Image.open(path)\n'
+)
+
 #: Evaluation entries that are not scores of the model (left out of the card's results).
 NOT_SCORES = ("loss", "runtime", "samples_per_second", "steps_per_second", "preparation_time")
 
@@ -62,6 +67,17 @@ def task_type(student_modalities: Sequence[str], question_answering: bool = Fals
     if modalities == {"image"}:
         return "image-classification"
     return "visual-question-answering" if question_answering else "other"
+
+
+def pipeline_tag(student_modalities: Sequence[str]) -> str | None:
+    """The card's ``pipeline_tag``: a task that transformers' ``pipeline()`` serves for the student
+    (``text-classification`` / ``image-classification`` for a unimodal one), else None. A text+image
+    student has no such task (transformers 5 removed ``visual-question-answering``): it is served by the
+    ``multimodal-classification`` pipeline its repository registers (``custom_pipelines``)."""
+    modalities = set(student_modalities)
+    return {frozenset({"text"}): "text-classification", frozenset({"image"}): "image-classification"}.get(
+        frozenset(modalities)
+    )
 
 
 def hub_id(name_or_path: str | None) -> str | None:
@@ -124,6 +140,7 @@ def build_model_card(
     repo_id: str | None = None,
     eval_split: str = "test",
     num_eval_examples: int | None = None,
+    validation_description: str | None = None,
     dataset_id: str | None = None,
     question_answering: bool = False,
     throughput: Mapping[str, float] | None = None,
@@ -150,6 +167,8 @@ def build_model_card(
         repo_id: Hub repository id used in the usage snippet (defaults to ``model_name``).
         eval_split: the split the scores were measured on.
         num_eval_examples: how many examples of that split were scored (stated in the card when given).
+        validation_description: where the validation split (checkpoint selection, saliency, learned
+            modality weights) came from, e.g. ``"0.1 of the train examples held out (seed 42)"``.
         dataset_id: Hub dataset id, for ``datasets`` and the results' dataset type.
         question_answering: the text is a question about the image (VQA data); sets the task type.
         throughput: ``{"teacher": examples/s, "student": examples/s}`` measured side by side; the speed-up
@@ -186,7 +205,7 @@ def build_model_card(
     card_data = ModelCardData(
         model_name=model_name,
         library_name="transformers",
-        pipeline_tag=task,
+        pipeline_tag=pipeline_tag(modalities),
         license=license,
         tags=list(
             dict.fromkeys(["hf_msd", "knowledge-distillation", "multimodal-classification", method, *tags])
@@ -213,6 +232,12 @@ def build_model_card(
         eval_split=eval_split,
         eval_size=eval_size,
         dataset_name=dataset_name,
+        validation_description=(
+            f"Validation split (teacher checkpoint selection, saliency, learned modality weights): "
+            f"{validation_description}."
+            if validation_description
+            else ""
+        ),
         results_table=_results_table(scores) if metric_names else "No evaluation was recorded.",
         size_table=_size_table(parameters),
         speed_description=_speed_description(throughput, throughput_setting),
@@ -228,8 +253,16 @@ def build_model_card(
             ["name", "value"],
             [[k, f"{v:g}" if isinstance(v, float) else str(v)] for k, v in hyperparameters.items()],
         ),
-        repo_id=repo_id or model_name,
+        repo_id=repo_id or f"your-name/{model_name}",
         example_input=_example_input(modalities),
+        image_line=IMAGE_LINES if "image" in modalities else "",
+        pipeline_description=(
+            f"`pipeline_tag: {pipeline_tag(modalities)}`: the standard pipeline serves this student too."
+            if pipeline_tag(modalities)
+            else "No `pipeline_tag`: transformers has no text+image classification task (it removed "
+            "`visual-question-answering` in version 5), so the repository registers its own "
+            "`multimodal-classification` pipeline."
+        ),
         processor_call=", ".join(
             {"image": "images=image", "text": 'text="what shape is in the image?"'}[m]
             for m in ("image", "text")
@@ -303,7 +336,7 @@ def _method_details(method: str, hyperparameters: Mapping[str, Any]) -> str:
 
 
 def _example_input(modalities: Sequence[str]) -> str:
-    values = {"image": '"shape.png"', "text": '"what shape is in the image?"'}
+    values = {"image": "image", "text": '"what shape is in the image?"'}
     if len(modalities) == 1:
         return values[modalities[0]]
     return "{" + ", ".join(f'"{m}": {values[m]}' for m in ("image", "text") if m in modalities) + "}"

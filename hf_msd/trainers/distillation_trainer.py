@@ -46,6 +46,7 @@ from ..modality_presets import classifier_output, get_logits, get_model_preset
 from ..modality_presets import num_labels as preset_num_labels
 from ..teacher_cache import TEACHER_LOGITS, batch_cached_logits
 from .distillation_config import DistillationTrainingArguments
+from .frozen_modules import keep_frozen_normalization_in_eval
 from .training_state import TrainingState, resolve_checkpoint
 
 logger = logging.get_logger(__name__)
@@ -173,7 +174,8 @@ def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
     config.pop("optimizer", None)
     config.pop("scheduler", None)
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()  # returns None in DeepSpeed 0.19, not the engine
+    return engine
 
 
 class DistillationTrainer(Trainer):
@@ -713,6 +715,7 @@ class DistillationTrainer(Trainer):
         `Trainer.compute_loss` (labels passed, ``num_items_in_batch`` when the model accepts loss kwargs,
         ``compute_loss_func``, label smoothing, the multi-process scale); otherwise the labels are left out.
         """
+        keep_frozen_normalization_in_eval(model)  # frozen BatchNorm statistics must not move
         model_loss = self._model_computes_task_loss(inputs)
         student_inputs = self.student_inputs(inputs, keep_labels=model_loss)
         need_hidden, need_attentions = self._needs_intermediates(None)

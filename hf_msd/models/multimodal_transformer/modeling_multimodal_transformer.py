@@ -200,6 +200,22 @@ def _tower_kwargs(config) -> dict:
     )
 
 
+def _load_tower(name_or_path: str | os.PathLike, config) -> PreTrainedModel:
+    """A pretrained tower as `_build_tower` builds it: without its pooler. The checkpoint's pooler weights
+    (BERT's `pooler.dense`) are left out on purpose, so the load report does not list them; any other
+    unexpected or missing weight is still reported."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    tower_class = MODEL_MAPPING[type(config)]
+    kwargs = _tower_kwargs(config)
+    if kwargs:
+        ignored = [*(tower_class._keys_to_ignore_on_load_unexpected or []), r"(^|\.)pooler\."]
+        tower_class = type(
+            tower_class.__name__, (tower_class,), {"_keys_to_ignore_on_load_unexpected": ignored}
+        )
+    return tower_class.from_pretrained(name_or_path, config=config, **kwargs)
+
+
 def _tower_width(config) -> int:
     """The width of a tower's output tokens: `hidden_size` (BERT, ViT, Swin...), else the last stage of a
     convolutional backbone's `hidden_sizes` (ResNet, ConvNeXt...)."""
@@ -370,7 +386,7 @@ class MultimodalTransformerPreTrainedModel(PreTrainedModel):
             `num_labels`).
         """
         encoder_config = AutoConfig.from_pretrained(text_encoder_name_or_path)
-        encoder = AutoModel.from_pretrained(text_encoder_name_or_path, **_tower_kwargs(encoder_config))
+        encoder = _load_tower(text_encoder_name_or_path, encoder_config)
         if config is None:
             config = MultimodalTransformerConfig(text_config=encoder.config.to_dict(), **config_kwargs)
         else:

@@ -1,0 +1,108 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 on 2 CPU processes (``DS_ACCELERATOR=cpu``, gloo) train like one process.
+
+For KD and MSD (the teacher is DeepSpeed's inference engine, partitioned under ZeRO-3): the loss of every
+step equals the loss of one process taking the same steps on the combined batch, the student saved by
+``save_model`` (gathered from the partitions under ZeRO-3) reloads with ``from_pretrained`` to the 1-process
+student, and a run resumed from the step-2 DeepSpeed checkpoint ends with the same student and losses.
+Marked ``deepspeed``: they need the ``deepspeed`` package and run as their own pytest call in ``.ci/run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from deepspeed_script import CASES, PER_DEVICE_BATCH, SAVE_STEPS, STEPS, losses, train
+from launch_utils import _free_port
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO_ROOT, "tests", "deepspeed_script.py")
+TIMEOUT = 600
+pytestmark = pytest.mark.deepspeed
+
+
+def deepspeed_launch(zero_stage: int, out_dir: str) -> tuple[list[str], dict[str, str]]:
+    """The README's command: ``accelerate launch --use_deepspeed`` on 2 CPU processes."""
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch"),
+        *("--use_deepspeed", "--zero_stage", str(zero_stage)),
+        *("--zero3_save_16bit_model", "true", "--num_processes", "2", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())),
+        SCRIPT,
+        out_dir,
+    ]
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "CUDA_VISIBLE_DEVICES": "",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return command, env
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
+def deepspeed_run(request, tmp_path_factory):
+    """Runs every case of the script under ZeRO-``param``; returns its output directory."""
+    out_dir = tmp_path_factory.mktemp(f"zero{request.param}")
+    command, env = deepspeed_launch(request.param, str(out_dir))
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, f"launch failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+    return out_dir, request.param
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """Per case: the 1-process run's step losses and trained student (batches of 2 x PER_DEVICE_BATCH)."""
+    results = {}
+    for case in CASES:
+        trainer = train(str(tmp_path_factory.mktemp(case)), case, 2 * PER_DEVICE_BATCH)
+        assert trainer.args.world_size == 1 and not trainer.is_deepspeed_enabled
+        student = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        results[case] = losses(trainer), student
+    return results
+
+
+def _saved(folder) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_deepspeed_matches_one_process_and_resumes(deepspeed_run, one_process, case):
+    out_dir, stage = deepspeed_run
+    record = json.loads((out_dir / case / "losses.json").read_text())
+    assert record["zero_stage"] == stage
+    want_losses, want_student = one_process[case]
+    assert len(want_losses) == STEPS and len(record["losses"]) == STEPS
+    torch.testing.assert_close(torch.tensor(record["losses"]), torch.tensor(want_losses), rtol=0, atol=1e-5)
+    # Steps after the checkpoint are trained again by the resumed run (earlier ones come from its state).
+    resumed = torch.tensor(record["resumed_losses"][SAVE_STEPS:])
+    torch.testing.assert_close(resumed, torch.tensor(want_losses[SAVE_STEPS:]), rtol=0, atol=1e-5)
+
+    saved, resumed_student = _saved(out_dir / case / "student"), _saved(out_dir / case / "resumed")
+    assert saved.keys() == resumed_student.keys() and set(saved) <= set(want_student)
+    for name, value in saved.items():
+        torch.testing.assert_close(value, want_student[name], rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(resumed_student[name], value, rtol=0, atol=1e-6, msg=name)
+    # The student moved, by far more than the tolerance.
+    assert max((saved[k] - _initial(case)[k]).abs().max().item() for k in saved) > 1e-2
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out_dir / case / "student")
+    for name, value in reloaded.state_dict().items():
+        if name in saved:
+            torch.testing.assert_close(value, saved[name], rtol=0, atol=0, msg=name)
+
+
+def _initial(case: str) -> dict[str, torch.Tensor]:
+    from distillation_utils import teacher_and_student
+    from models_utils import tiny_model
+
+    student = tiny_model(seed=1) if case == "msd" else teacher_and_student()[1]
+    return student.state_dict()
