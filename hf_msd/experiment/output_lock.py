@@ -106,10 +106,13 @@ def release(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def output_dir_lock(output_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold ``output_dir``'s lock (main process only) while the block runs; see the module docstring."""
-    state = PartialState()
-    path = acquire(output_dir) if state.is_main_process else None
+def output_dir_lock(output_dir: str | os.PathLike, main_process: bool | None = None) -> Iterator[None]:
+    """Hold ``output_dir``'s lock while the block runs; see the module docstring. Only the main process of a
+    distributed run locks: ``main_process`` (e.g. ``training_args.process_index == 0``), or, when not given,
+    accelerate's ``PartialState().is_main_process``."""
+    if main_process is None:
+        main_process = PartialState().is_main_process
+    path = acquire(output_dir) if main_process else None
     try:
         yield
     finally:

@@ -661,7 +661,8 @@ def run_experiment(
 
     ``output_dir`` is locked for the run (:mod:`hf_msd.experiment.output_lock`): a second run into the same
     folder raises :class:`~hf_msd.experiment.output_lock.OutputDirLockedError` naming the first."""
-    with output_dir_lock(training_args.output_dir):
+    training_args = for_this_machine(training_args)  # decides which process is the main one
+    with output_dir_lock(training_args.output_dir, main_process=training_args.process_index == 0):
         return _run_stages(model_args, data_args, exp_args, training_args)
 
 
@@ -673,7 +674,6 @@ def _run_stages(
 ) -> dict[str, Any]:
     if training_args.push_to_hub:
         _check_hub_model_id(training_args)  # before any training, not after
-    training_args = for_this_machine(training_args)
     output_dir = Path(training_args.output_dir)
     dataset = load_data(data_args, seed=training_args.seed)
     run = Run(model_args, data_args, exp_args, training_args, dataset)
