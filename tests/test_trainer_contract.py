@@ -254,3 +254,26 @@ def test_args_none_and_plain_training_arguments_are_accepted(tmp_path, monkeypat
     converted = DistillationTrainer(model=model, teacher_model=copy.deepcopy(model), args=plain).args
     assert (converted.learning_rate, converted.seed, converted.output_dir) == (0.123, 7, plain.output_dir)
     assert converted.kd_loss_weight == DistillationTrainingArguments(output_dir="x").kd_loss_weight
+
+
+def test_a_model_whose_config_is_a_plain_object_is_accepted(tmp_path):
+    class PlainConfig:
+        problem_type = "regression"
+
+    class PlainModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = PlainConfig()
+            self.linear = nn.Linear(1, 1)
+
+        def forward(self, input_x, labels=None):
+            y = self.linear(input_x[:, None]).squeeze(-1)
+            return (nn.functional.mse_loss(y, labels), y) if labels is not None else (y,)
+
+    trainer = DistillationTrainer(
+        model=PlainModel(),
+        teacher_model=PlainModel(),
+        args=DistillationTrainingArguments(output_dir=str(tmp_path), **ARGUMENTS, **TERMS_OFF),
+        train_dataset=RegressionDataset(),
+    )
+    assert trainer.train().training_loss > 0

@@ -114,7 +114,8 @@ def _is_default_id2label(id2label: dict | None) -> bool:
 def check_label_spaces(student_config, teacher_config) -> None:
     """Raise a ValueError unless student and teacher predict the same labels (``num_labels``, read through
     the model presets, e.g. LXMERT's ``num_qa_labels``; ``id2label`` where both models set non-default
-    names, and ``problem_type`` where both set it)."""
+    names, and ``problem_type`` where both set it). A config may be any object: missing fields are not
+    compared."""
     student_count, teacher_count = preset_num_labels(student_config), preset_num_labels(teacher_config)
     if student_count != teacher_count:
         raise ValueError(
@@ -122,7 +123,8 @@ def check_label_spaces(student_config, teacher_config) -> None:
             f"student num_labels={student_count}. Build the student with the teacher's "
             "num_labels/id2label."
         )
-    student_labels, teacher_labels = student_config.id2label, teacher_config.id2label
+    student_labels = getattr(student_config, "id2label", None)
+    teacher_labels = getattr(teacher_config, "id2label", None)
     if not _is_default_id2label(student_labels) and not _is_default_id2label(teacher_labels):
         student_names = {int(k): v for k, v in student_labels.items()}
         teacher_names = {int(k): v for k, v in teacher_labels.items()}
@@ -131,7 +133,8 @@ def check_label_spaces(student_config, teacher_config) -> None:
                 f"Teacher and student id2label differ: teacher {teacher_names}, student {student_names}. "
                 "The logits must index the same classes in the same order."
             )
-    student_type, teacher_type = student_config.problem_type, teacher_config.problem_type
+    student_type = getattr(student_config, "problem_type", None)
+    teacher_type = getattr(teacher_config, "problem_type", None)
     if student_type and teacher_type and student_type != teacher_type:
         raise ValueError(
             f"Teacher problem_type={teacher_type!r} and student problem_type={student_type!r} differ."
