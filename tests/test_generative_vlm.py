@@ -9,8 +9,14 @@ saliency ``KL(p_T(x) || p_T(x without m))`` per answer token, averaged over the 
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 import torch
+from distributed_vlm_script import CASES, NUM_EXAMPLES, parameters, train_one_step
+from launch_utils import two_process_launch
+from safetensors.torch import load_file
 from vlm_utils import IDS, msd_args, processor, raw_examples, teacher_and_student
 
 from hf_msd.data import VisionLanguageCollator, check_same_vocabulary
@@ -18,6 +24,8 @@ from hf_msd.data.generative import view_inputs
 from hf_msd.models.vision_language import tiny_llava, word_level_tokenizer
 from hf_msd.trainers import DistillationTrainer, MSDTrainer
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO_ROOT, "tests", "distributed_vlm_script.py")
 PAD, BOS, EOS, IMAGE, USER, ASSISTANT, COLON = 0, 2, 3, 4, 5, 6, 7
 X = -100
 
@@ -287,3 +295,24 @@ def test_msd_without_views_is_refused_by_name(tmp_path):
     )
     with pytest.raises(ValueError, match=r"modality views.*VisionLanguageCollator"):
         trainer.train()
+
+
+@pytest.mark.multiprocess
+def test_two_processes_take_the_one_process_step(tmp_path):
+    """Two processes with 4 examples each (and 2 x 2 with accumulation) take the step of one process on all 8:
+    the token counts are gathered over the processes and the loss multiplied by the world size."""
+    out_dir = tmp_path / "two"
+    command, env = two_process_launch(SCRIPT, str(out_dir))
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"launch failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+    start = parameters(teacher_and_student()[1])
+    for case, (_, _, weighting) in CASES.items():
+        _, student = train_one_step(tmp_path / case, NUM_EXAMPLES, 1, weighting)
+        want = parameters(student)
+        assert max((want[k] - start[k]).abs().max().item() for k in want) > 1e-2
+        for rank in (0, 1):
+            got = load_file(out_dir / case / f"rank{rank}.safetensors")
+            for name in want:
+                torch.testing.assert_close(
+                    got[name], want[name], rtol=1e-4, atol=1e-6, msg=f"{case} {rank} {name}"
+                )
