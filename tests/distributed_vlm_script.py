@@ -1,9 +1,9 @@
 """One SGD step of MSDTrainer on a tiny LLaVA student, run on 2 CPU processes by tests/test_generative_vlm.py.
 
 Launched like tests/distributed_script.py (``accelerate launch --multi_gpu --num_processes 2``, gloo). For
-each case of :data:`CASES` every rank trains the student for one optimizer step on the :data:`NUM_EXAMPLES` raw
-examples (some without a gold answer) and saves its parameters to ``OUT_DIR/<case>/rank<k>.safetensors``; the
-test takes the same step on one process with one batch of all the examples (:func:`train_one_step`).
+each case of :data:`CASES` every rank trains the student for one optimizer step on the :data:`NUM_EXAMPLES`
+raw examples (some without a gold answer) and saves its parameters to ``OUT_DIR/<case>/rank<k>.safetensors``;
+the test takes the same step on one process with one batch of all the examples (:func:`train_one_step`).
 """
 
 from __future__ import annotations
