@@ -201,6 +201,24 @@ class VisionLanguageCollator:
                 batch[view_key(view, key)] = value
         return batch
 
+    def validate(
+        self, dataset: Any, num_labels: int | None = None, multi_label: bool = False, name: str = ""
+    ) -> None:
+        """Check, before training, that ``dataset`` has the columns this collator reads (the trainers'
+        ``check_data`` calls this): the image, the question, and the answer or the teacher's answer."""
+        columns = getattr(dataset, "column_names", None)
+        if columns is None:
+            return
+        missing = [c for c in (self.image_column, self.question_column) if c not in columns]
+        if self.answer_column not in columns and self.teacher_answer_column not in columns:
+            missing.append(f"{self.answer_column} (or {self.teacher_answer_column})")
+        if missing:
+            raise ValueError(
+                f"{name or 'The dataset'} lacks the column(s) {missing} that VisionLanguageCollator reads "
+                "(it has "
+                f"{columns}): rename them, or set image_column / question_column / answer_column."
+            )
+
     def generation_inputs(self, examples: Sequence[Mapping[str, Any]], view: str | None = None) -> dict:
         """Left-padded prompts (no answer) of ``view`` (``None``: image + question; ``"text"``; ``"image"``)
         for ``model.generate``."""
