@@ -251,11 +251,14 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def markdown(config: dict, teacher: dict, summary: dict, command: str) -> str:
+def markdown(config: dict, teacher: dict, summary: dict, command: str, machine: dict) -> str:
     lines = [
         "# Generative MSD on easy-VQA (tiny LLaVA-style models)",
         "",
         f"Command: `{command}`",
+        "",
+        f"Machine: {machine['cpu_count']} CPU cores, {machine['torch_threads']} torch thread(s);"
+        " s/step is the wall time of one optimizer step, teacher online (no cache).",
         "",
         f"Labels on {config['label_fraction']:.0%} of {config['train_samples']} training questions; "
         f"{config['test_samples']} test questions; seeds {config['seeds']}; {config['student_steps']} "
@@ -324,7 +327,7 @@ def run(config: dict, command: str) -> dict:
     with open(os.path.join(config["output_dir"], "results.json"), "w") as handle:
         json.dump(result, handle, indent=2)
     with open(os.path.join(config["output_dir"], "results.md"), "w") as handle:
-        handle.write(markdown(config, teacher_accuracy, summary, command))
+        handle.write(markdown(config, teacher_accuracy, summary, command, result["machine"]))
     return result
 
 
