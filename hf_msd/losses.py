@@ -249,6 +249,26 @@ def token_soft_target_loss(
     return (per_token * mask).sum(dim=-1)
 
 
+def answer_token_logits(
+    logits: torch.Tensor, labels: torch.Tensor, causal: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that predict each scored token (label != -100, after the causal shift), in order and
+    left-aligned, so the same answer in two inputs of different prompt lengths lines up token by token.
+
+    ``logits`` (B, T, V) and ``labels`` (B, T) -> ``(answer_logits (B, A, V), mask (B, A))`` with ``A`` the
+    largest number of scored tokens of an example; ``mask`` marks the real entries.
+    """
+    if causal:
+        logits = logits[:, :-1]
+    scored = token_targets(labels, causal) != IGNORE_INDEX
+    counts = scored.sum(dim=-1)
+    length = int(counts.max()) if counts.numel() else 0
+    order = torch.argsort((~scored).to(torch.int8), dim=-1, stable=True)[:, :length]
+    gathered = logits.gather(1, order[..., None].expand(-1, -1, logits.shape[-1]).to(logits.device))
+    mask = torch.arange(length, device=counts.device)[None] < counts[:, None]
+    return gathered, mask
+
+
 def token_task_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """Cross-entropy of token-level ``logits`` (B, T, V) against ``labels`` (B, T), summed per example over
     the labelled positions (-100 ignored; shifted by one for a causal LM). Returns float32 (B,)."""

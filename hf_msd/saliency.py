@@ -39,7 +39,14 @@ from hf_msd.fingerprint import (
     model_fingerprint,
     object_fingerprint,
 )
-from hf_msd.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL, resolve_problem_type, soft_target_loss
+from hf_msd.losses import (
+    MULTI_LABEL,
+    REGRESSION,
+    SINGLE_LABEL,
+    answer_token_logits,
+    resolve_problem_type,
+    soft_target_loss,
+)
 from hf_msd.modality import Modality, model_inputs, remove, restrict
 from hf_msd.modality_presets import get_logits
 from hf_msd.teacher_cache import cached_logits, has_cached_column, teacher_column, teacher_columns
@@ -85,6 +92,41 @@ def modality_saliency(
                 f"it must return one value per example, shape ({full_logits.shape[0]},)."
             )
     return torch.stack(columns, dim=1).detach()
+
+
+def answer_token_saliency(
+    full_logits: torch.Tensor,
+    full_labels: torch.Tensor,
+    without: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    saliency_fn: SaliencyFn | None = None,
+) -> torch.Tensor:
+    """Saliency of each modality per example for a generative (causal, token-level) teacher, (B, M): the
+    divergence ``saliency_fn`` (default :func:`default_saliency`, single-label) between the teacher's
+    distributions over the answer tokens given ``x`` and given ``x without m``, averaged over the example's
+    answer tokens (0 for an example without any).
+
+    Args:
+        full_logits: (B, T, V) teacher logits on ``x``.
+        full_labels: (B, T) its scored (answer) tokens, -100 elsewhere.
+        without: per modality ``(logits (B, T_m, V), labels (B, T_m))`` of ``x without m``; the answer tokens
+            are matched by their order (:func:`~hf_msd.losses.answer_token_logits`), so each example must have
+            the same number of them in every input.
+    """
+    full, mask = answer_token_logits(full_logits, full_labels)
+    batch, length, vocab = full.shape
+    others = []
+    for index, (logits, labels) in enumerate(without):
+        other, other_mask = answer_token_logits(logits, labels)
+        if other_mask.shape != mask.shape or not bool((other_mask == mask.to(other_mask.device)).all()):
+            raise ValueError(
+                f"The input without modality {index} has other answer tokens per example "
+                f"({other_mask.sum(-1).tolist()}) than the full input ({mask.sum(-1).tolist()}): build the "
+                "modality views with one completion (hf_msd.data.VisionLanguageCollator)."
+            )
+        others.append(other.reshape(-1, vocab))
+    per_token = modality_saliency(full.reshape(-1, vocab), others, SINGLE_LABEL, saliency_fn)
+    per_token = per_token.reshape(batch, length, -1) * mask[..., None].to(per_token.device)
+    return per_token.sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp_min(1).to(per_token.device)
 
 
 def without_logits(

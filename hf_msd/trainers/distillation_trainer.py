@@ -40,6 +40,7 @@ from transformers.models.auto.modeling_auto import (
 from transformers.utils import logging
 
 from .. import intermediate_losses, losses
+from ..data.generative import DISTILLATION_LABELS, VIEW_PREFIX
 from ..data.paired import TEACHER_INPUT_PREFIX
 from ..modality import Modality, default_modalities
 from ..modality_presets import classifier_output, get_logits, get_model_preset
@@ -141,6 +142,21 @@ def check_label_spaces(student_config, teacher_config) -> None:
         )
 
 
+def check_vocabularies(student_config, teacher_config) -> None:
+    """Raise a ValueError naming both models unless a token-level student and its teacher predict over one
+    vocabulary (the text config's ``vocab_size``): their distributions are compared token id by token id, so
+    cross-tokenizer distillation is refused. Compare the tokenizers themselves with
+    :func:`hf_msd.data.check_same_vocabulary`."""
+    sizes = [getattr(c.get_text_config(), "vocab_size", None) for c in (student_config, teacher_config)]
+    if None not in sizes and sizes[0] != sizes[1]:
+        names = [c.name_or_path or c.model_type for c in (student_config, teacher_config)]
+        raise ValueError(
+            f"The student {names[0]!r} has a vocabulary of {sizes[0]} tokens and the teacher {names[1]!r} "
+            f"one of {sizes[1]}: token-level distillation needs teacher and student to share one tokenizer "
+            "(cross-tokenizer distillation is not supported). Build the student with the teacher's tokenizer."
+        )
+
+
 def _config_of(model: nn.Module, purpose: str):
     """``model.config``, or a ValueError saying what a model without one (a plain ``nn.Module``) needs."""
     config = getattr(model, "config", None)
@@ -221,7 +237,12 @@ class DistillationTrainer(Trainer):
     card_method = "kd"
     #: Batch columns starting with one of these prefixes are kept past ``remove_unused_columns`` and removed
     #: before the student's forward. Subclasses may extend it.
-    extra_column_prefixes: tuple[str, ...] = (TEACHER_CACHE_PREFIX, TEACHER_INPUT_PREFIX)
+    extra_column_prefixes: tuple[str, ...] = (
+        TEACHER_CACHE_PREFIX,
+        TEACHER_INPUT_PREFIX,
+        DISTILLATION_LABELS,
+        VIEW_PREFIX,
+    )
 
     def __init__(
         self,
@@ -256,6 +277,8 @@ class DistillationTrainer(Trainer):
         student_config = getattr(student, "config", None)  # None for a plain nn.Module student
         if student_config is not None and getattr(teacher_model, "config", None) is not None:
             check_label_spaces(student_config, teacher_model.config)
+            if self.token_level:
+                check_vocabularies(student_config, teacher_model.config)
         self.teacher_model = teacher_model
         self._teacher_is_student_base = student is teacher_model
         if not self._teacher_is_student_base:  # a shared PEFT base is already frozen and placed
@@ -312,8 +335,10 @@ class DistillationTrainer(Trainer):
             for role, network in (("student", student), ("teacher", teacher_model)):
                 _use_eager_attention(role, network)
         self._log_sums: dict[str, torch.Tensor] = {}
-        self._log_counts = torch.zeros(3, device=self.args.device)  # examples, labelled, labelled tokens
-        #: [examples, labelled examples, labelled tokens] of the accumulated batch (get_batch_samples).
+        #: examples, labelled examples, labelled tokens, distilled tokens (see _counts)
+        self._log_counts = torch.zeros(4, device=self.args.device)
+        #: [examples, labelled examples, labelled tokens, distilled tokens] of the accumulated batch
+        #: (get_batch_samples).
         self._batch_counts: torch.Tensor | None = None
         self._grad_step_of_modules = -1
         self._batches_seen = 0  # training micro-batches, named by check_finite's errors
@@ -608,13 +633,13 @@ class DistillationTrainer(Trainer):
             return 0
         return int(losses.labelled_mask(labels, self._problem_type(labels)).sum())
 
-    def _num_labelled_tokens(self, batch: dict[str, Any]) -> int:
+    def _num_labelled_tokens(self, batch: dict[str, Any], labels: torch.Tensor | None = None) -> int:
         """The positions a token-level model's terms score in ``batch``
-        (:func:`hf_msd.losses.scored_token_mask`: label != -100 after the causal shift; without labels, the
-        real tokens); 0 for a sequence-level model."""
+        (:func:`hf_msd.losses.scored_token_mask`: ``labels`` (default the batch's) != -100 after the causal
+        shift; without labels, the real tokens); 0 for a sequence-level model."""
         if not self.token_level:
             return 0
-        labels = batch.get("labels")
+        labels = batch.get("labels") if labels is None else labels
         mask = losses.scored_token_mask(
             labels if torch.is_tensor(labels) else None,
             batch.get("attention_mask"),
@@ -624,29 +649,50 @@ class DistillationTrainer(Trainer):
         return int(mask.sum())
 
     @staticmethod
+    def distillation_labels(batch: dict[str, Any]) -> torch.Tensor | None:
+        """The tokens a token-level model's distillation terms score: the batch's ``distillation_labels``
+        (:class:`~hf_msd.data.VisionLanguageCollator`: the answer tokens of every example, gold or the
+        teacher's) when it has them, else its ``labels``."""
+        labels = batch.get(DISTILLATION_LABELS)
+        return labels if torch.is_tensor(labels) else batch.get("labels")
+
+    @staticmethod
     def _token_shape(batch: dict[str, Any]) -> torch.Size:
         """(B, T) of a token-level batch, from its ``input_ids`` (or ``inputs_embeds``)."""
         tokens = batch.get("input_ids")
         return tokens.shape if tokens is not None else batch["inputs_embeds"].shape[:2]
 
     def _counts(self, batch: dict[str, Any]) -> torch.Tensor:
-        """``[examples, labelled examples, labelled tokens]`` of one micro-batch."""
+        """``[examples, labelled examples, labelled tokens, distilled tokens]`` of one micro-batch; the last
+        two are 0 for a sequence-level model and differ only when the batch has ``distillation_labels``."""
+        distilled = self.distillation_labels(batch)
         return torch.tensor(
-            [self._batch_size(batch), self._num_labelled(batch), self._num_labelled_tokens(batch)],
+            [
+                self._batch_size(batch),
+                self._num_labelled(batch),
+                self._num_labelled_tokens(batch),
+                self._num_labelled_tokens(batch, distilled if torch.is_tensor(distilled) else None),
+            ],
             dtype=torch.float32,
         )
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """The Trainer's micro-batches and ``num_items_in_batch`` (unchanged: it is what the model's own loss
         and ``compute_loss_func`` receive), plus this library's counts of the whole accumulated batch, summed
-        over processes when ``average_tokens_across_devices``: examples, labelled examples and labelled
-        tokens, the divisors of the terms the library computes (see :meth:`compute_loss`)."""
+        over processes when ``average_tokens_across_devices``: examples, labelled examples, labelled and
+        distilled tokens, the divisors of the terms the library computes (see :meth:`compute_loss`).
+
+        A ``num_items_in_batch`` of 0 (an accumulated batch without a single labelled token, e.g. when few
+        examples carry labels) becomes 1: the model's summed loss over no tokens is then 0, not 0 / 0 = NaN.
+        """
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = torch.where(num_items_in_batch == 0, 1, num_items_in_batch)
         self._batch_counts = None
         if batch_samples:
             counts = sum(self._counts(b) for b in batch_samples).to(device)
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                counts = self.accelerator.gather(counts).reshape(-1, 3).sum(dim=0)
+                counts = self.accelerator.gather(counts).reshape(-1, len(counts)).sum(dim=0)
             self._batch_counts = counts
         return batch_samples, num_items_in_batch
 
@@ -815,7 +861,7 @@ class DistillationTrainer(Trainer):
             return losses.token_soft_target_loss(
                 student_logits,
                 teacher_logits,
-                labels=inputs.get("labels"),
+                labels=self.distillation_labels(inputs),
                 attention_mask=inputs.get("attention_mask"),
                 causal=self.token_level == "causal",
                 temperature=self.args.temperature,
@@ -866,17 +912,24 @@ class DistillationTrainer(Trainer):
             head_reduction=self.args.attention_head_reduction,
         )
 
+    def _is_distillation_token_term(self, name: str) -> bool:
+        """Whether the component ``name`` of a token-level model is a sum over the distilled tokens."""
+        return name == "kd"
+
     def combine_components(
         self,
         components: dict[str, torch.Tensor],
         examples: torch.Tensor | float,
         labelled: torch.Tensor | float,
         tokens: torch.Tensor | float | None = None,
+        distilled: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         """The scalar loss from the library's per-example components (each (B,)); see :meth:`compute_loss`.
 
         ``sum(task) / max(labelled, 1) + sum over the other components of sum(c) / examples``; for a
-        token-level model ``task`` and ``kd`` (sums over labelled tokens) are divided by ``max(tokens, 1)``.
+        token-level model ``task`` (a sum over labelled tokens) is divided by ``max(tokens, 1)`` and the
+        distillation terms (``kd``, sums over the distilled tokens, :meth:`_is_distillation_token_term`) by
+        ``max(distilled, 1)``.
         """
 
         def divisor(count):
@@ -884,7 +937,9 @@ class DistillationTrainer(Trainer):
 
         terms = []
         for name, value in components.items():
-            if self.token_level and name in ("task", "kd"):
+            if self.token_level and self._is_distillation_token_term(name):
+                terms.append(value.sum() / divisor(tokens if distilled is None else distilled))
+            elif self.token_level and name == "task":
                 terms.append(value.sum() / divisor(tokens))
             elif name == "task":
                 terms.append(value.sum() / divisor(labelled))
@@ -915,9 +970,12 @@ class DistillationTrainer(Trainer):
 
         Every other term ``c`` (``kd``, ``hidden``, ``attention``, modality terms) is summed over the examples
         and divided by the number of examples ``N`` of the whole accumulated batch (over every process, from
-        :meth:`get_batch_samples`). For a token-level model (causal LM, token classifier) the ``kd`` term
-        (and a library-computed ``task``) is the per-token divergence summed over the labelled tokens and
-        divided by the labelled tokens of the accumulated batch (after the causal shift). Summed over the
+        :meth:`get_batch_samples`). For a token-level model (causal LM, token classifier, decoder-only
+        image-text-to-text model such as LLaVA) the ``kd`` term (and a library-computed ``task``) is the
+        per-token divergence summed over the labelled tokens and divided by the labelled tokens of the
+        accumulated batch
+        (after the causal shift); the distillation terms score the batch's ``distillation_labels`` when it has
+        them (:meth:`distillation_labels`), the task term its ``labels``. Summed over the
         micro-batches of an optimizer step this is the large-batch loss however the batch is split. Outside
         training (evaluation, direct calls) the counts are this batch's. With several processes the library's
         terms are
@@ -1030,9 +1088,11 @@ class DistillationTrainer(Trainer):
             names = sorted(self._log_sums)
             sums = torch.cat([torch.stack([self._log_sums[name] for name in names]), self._log_counts])
             sums = self.accelerator.reduce(sums, reduction="sum")
-            examples, labelled, tokens = sums[-3:]
-            for name, value in zip(names, sums[:-3]):
-                if self.token_level and name in ("task", "kd"):
+            examples, labelled, tokens, distilled = sums[-4:]
+            for name, value in zip(names, sums[:-4]):
+                if self.token_level and self._is_distillation_token_term(name):
+                    count = distilled
+                elif self.token_level and name == "task":
                     count = tokens
                 else:
                     count = labelled if name == "task" else examples

@@ -11,6 +11,14 @@ and attention losses, when enabled, apply to the full input only. ``w_m`` comes 
 ``args.modality_weighting`` (:mod:`hf_msd.weighting`; saliency in :mod:`hf_msd.saliency`). Like every
 component, the total is summed over the examples of the whole accumulated batch and divided by their
 number.
+
+Generative students (decoder-only image-text-to-text models such as LLaVA, causal LMs): ``x_m`` are the
+modality views a :class:`~hf_msd.data.VisionLanguageCollator` builds from the raw examples (``x_text`` the
+question without image tokens or ``pixel_values``, ``x_image`` the image with an empty question), ``KD`` is
+the per-token distillation over the answer tokens (:func:`hf_msd.losses.token_soft_target_loss`) and each term
+is summed over the answer tokens of the accumulated batch and divided by their number (the same tokens in
+every view). Per-example saliency averages the divergence of the teacher's answer-token distributions over the
+answer tokens (:func:`hf_msd.saliency.answer_token_saliency`).
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
 from .. import losses
+from ..data.generative import DISTILLATION_LABELS, VIEW_NAMES, has_views, view_inputs
 from ..modality import Modality, remove, restrict, validate_modalities
 from ..modality_presets import get_logits
 from ..modality_presets import num_labels as preset_num_labels
 from ..saliency import (
     SaliencyFn,
     SaliencyReport,
+    answer_token_saliency,
     compute_saliency,
     has_cached_saliency_columns,
     modality_saliency,
@@ -143,18 +153,21 @@ class MSDTrainer(DistillationTrainer):
             **trainer_kwargs,
         )
         args = self.args
-        if not self.modalities and args.modality_loss_weight > 0:
+        #: A generative student (causal LM, e.g. LLaVA): the modality views come from the collator.
+        self.generative = self.token_level == "causal"
+        if self.token_level == "tokens" and args.modality_loss_weight > 0:
+            raise ValueError(
+                f"MSDTrainer does not support token classifiers ({type(self._student_base()).__name__}): "
+                "use DistillationTrainer, or set modality_loss_weight=0."
+            )
+        if not self.generative and not self.modalities and args.modality_loss_weight > 0:
             raise ValueError(
                 "modalities is empty and neither model has a preset: pass modalities=[Modality(...), ...]."
             )
-        if self.token_level and args.modality_loss_weight > 0:
-            raise ValueError(
-                f"MSDTrainer does not support token-level students ({type(self._student_base()).__name__}: "
-                "causal LM / token classification): its modality-only passes change the token sequence. "
-                "Use DistillationTrainer."
-            )
         self.saliency_fn = saliency_fn
-        names = [modality.name for modality in self.teacher_modalities]
+        names = list(VIEW_NAMES) if self.generative else [m.name for m in self.teacher_modalities]
+        #: The modalities with a term, in the order of the weights' columns.
+        self.modality_names = names
         student_modalities = getattr(getattr(self._student_base(), "config", None), "modalities", None)
         self._unimodal_student = student_modalities is not None and len(student_modalities) == 1
         self.weighting = build_weighting(
@@ -244,7 +257,11 @@ class MSDTrainer(DistillationTrainer):
     def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The parent's ``{"full": ...}`` plus ``"only"`` (modality name -> the teacher's logits on ``x_m``)
         and ``"without"`` (the logits on each ``x without m``, for per-example saliency), the teacher's
-        passes run as concatenated calls (:meth:`_teacher_logits`)."""
+        passes run as concatenated calls (:meth:`_teacher_logits`). For a generative student see
+        :meth:`_view_teacher_outputs`."""
+        if self.generative:
+            full = super().teacher_outputs(inputs)["full"]
+            return {"full": full, **self._view_teacher_outputs(inputs, full.logits)}
         only, extra = self._teacher_logits(inputs, needs_without=self.weighting.needs_instance_saliency)
         if "full" in extra:
             full = SequenceClassifierOutput(logits=extra["full"])
@@ -252,6 +269,35 @@ class MSDTrainer(DistillationTrainer):
         else:
             full = super().teacher_outputs(inputs)["full"]
         return {"full": full, "only": only, "without": extra.get("without")}
+
+    def _view_teacher_outputs(
+        self, inputs: dict[str, Any], full_logits: torch.Tensor, instance_saliency: bool | None = None
+    ) -> dict[str, Any]:
+        """A generative student's teacher outputs on the collator's views: ``"only"`` (view name -> the
+        teacher's logits (B, T_m, V) on ``x_m``) and, for per-example weights (``instance_saliency``, default
+        whether the weighting needs it), ``"saliency"`` (B, M) from the answer-token distributions
+        (:func:`~hf_msd.saliency.answer_token_saliency`; with two modalities ``x without image`` is ``x_text``
+        and ``x without text`` is ``x_image``)."""
+        only = {}
+        for name in self.modality_names:
+            only[name] = self.teacher_forward(view_inputs(inputs, name), output_intermediates=False).logits
+            self.check_finite(f"The teacher logits on the {name}-only input", only[name])
+        if instance_saliency is None:
+            instance_saliency = self.weighting.needs_instance_saliency
+        saliency = None
+        if instance_saliency:
+            first, second = self.modality_names
+            scored = {name: view_inputs(inputs, name)[DISTILLATION_LABELS] for name in self.modality_names}
+            saliency = answer_token_saliency(
+                full_logits.detach(),
+                self.distillation_labels(inputs),
+                [(only[second], scored[second]), (only[first], scored[first])],
+                self.saliency_fn,
+            )
+        return {"only": only, "saliency": saliency}
+
+    def _is_distillation_token_term(self, name: str) -> bool:
+        return super()._is_distillation_token_term(name) or name.startswith("modality_")
 
     def loss_components(
         self,
@@ -268,6 +314,53 @@ class MSDTrainer(DistillationTrainer):
         components, student = super().loss_components(model, inputs, student, teacher)
         if teacher is None or self.args.modality_loss_weight == 0:
             return components, student
+        if self.generative:
+            terms = self._view_terms(model, inputs, teacher)
+        else:
+            terms = self._modality_terms(model, inputs, student, teacher)
+        batch_size = student.logits.shape[0]
+        weights = self.weighting(batch_size, teacher.get("saliency")).to(student.logits.device)
+        if not self._meta_mode:
+            weights = weights.detach()
+        for index, name in enumerate(self.modality_names):
+            if name in terms:
+                components[f"modality_{name}"] = weights[:, index] * terms[name]
+        if model.training and not self._meta_mode:
+            self._weight_sums = self._weight_sums + weights.detach().sum(dim=0)
+            self._weight_count = self._weight_count + batch_size
+        return components, student
+
+    def _view_terms(self, model: nn.Module, inputs: dict[str, Any], teacher: dict) -> dict[str, torch.Tensor]:
+        """A generative student's unweighted modality terms: view name -> the per-token KD between the
+        student's and the teacher's logits on that view, summed over each example's answer tokens (B,)."""
+        bare = self.accelerator.unwrap_model(model)  # see _modality_terms
+        answers = (self.distillation_labels(inputs) != losses.IGNORE_INDEX).sum(dim=-1)
+        terms = {}
+        for name in self.modality_names:
+            view = view_inputs(inputs, name)
+            labels = view.pop(DISTILLATION_LABELS)
+            if not bool(((labels != losses.IGNORE_INDEX).sum(dim=-1) == answers).all()):
+                raise ValueError(
+                    f"The {name}-only view has other answer tokens than the full input: build the views with "
+                    "one "
+                    "completion per example (hf_msd.data.VisionLanguageCollator)."
+                )
+            logits = get_logits(bare, bare(**view))
+            terms[name] = losses.token_soft_target_loss(
+                logits,
+                teacher["only"][name],
+                labels=labels,
+                causal=True,
+                temperature=self.args.temperature,
+                loss_type=self.args.kd_loss_type,
+            )
+        return terms
+
+    def _modality_terms(
+        self, model: nn.Module, inputs: dict[str, Any], student: StudentOutput, teacher: dict
+    ) -> dict[str, torch.Tensor]:
+        """A classifier's unweighted modality terms: name -> ``KD(T(x_m), S(x_m))`` (B,); also puts the
+        per-example saliency into ``teacher["saliency"]`` when the weighting needs it."""
         problem_type = self._problem_type(inputs.get("labels"))
         student_batch = self.student_inputs(inputs)
         if self._unimodal_student:
@@ -282,37 +375,28 @@ class MSDTrainer(DistillationTrainer):
             # all-reduces them, so the update is the same as on one process.
             bare = self.accelerator.unwrap_model(model)
             student_logits = batched_logits(lambda batch: get_logits(bare, bare(**batch)), student_batches)
-        batch_size = student.logits.shape[0]
-        saliency = None
         if self.weighting.needs_instance_saliency:
-            saliency = modality_saliency(
+            teacher["saliency"] = modality_saliency(
                 teacher["full"].logits.detach(), teacher["without"], problem_type, self.saliency_fn
             )
-        weights = self.weighting(batch_size, saliency).to(student.logits.device)
-        if not self._meta_mode:
-            weights = weights.detach()
-        names = [m.name for m in self.teacher_modalities]
-        for name, logits in zip(self.student_modality_names, student_logits):
-            kd = losses.soft_target_loss(
+        return {
+            name: losses.soft_target_loss(
                 logits,
                 teacher["only"][name],
                 problem_type=problem_type,
                 temperature=self.args.temperature,
                 loss_type=self.args.kd_loss_type,
             )
-            components[f"modality_{name}"] = weights[:, names.index(name)] * kd
-        if model.training and not self._meta_mode:
-            self._weight_sums = self._weight_sums + weights.detach().sum(dim=0)
-            self._weight_count = self._weight_count + batch_size
-        return components, student
+            for name, logits in zip(self.student_modality_names, student_logits)
+        }
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds ``modality_weight_<name>`` (mean over the logging window) and ``meta_validation_loss``."""
         if "loss" in logs and self._weight_count.item() > 0:
             sums = torch.cat([self._weight_sums, self._weight_count[None]])
             sums = self.accelerator.reduce(sums, reduction="sum")
-            for modality, value in zip(self.teacher_modalities, sums[:-1]):
-                logs[f"modality_weight_{modality.name}"] = (value / sums[-1]).item()
+            for name, value in zip(self.modality_names, sums[:-1]):
+                logs[f"modality_weight_{name}"] = (value / sums[-1]).item()
             self._weight_sums = torch.zeros_like(self._weight_sums)
             self._weight_count = torch.zeros_like(self._weight_count)
             if self._last_meta_loss is not None:
@@ -369,6 +453,9 @@ class MSDTrainer(DistillationTrainer):
         def val_loss(lookahead: dict[str, torch.Tensor]) -> torch.Tensor:
             outputs = torch.func.functional_call(student, lookahead, args=(), kwargs=val_inputs)
             logits = get_logits(student, outputs)
+            if self.token_level:  # mean over the labelled tokens
+                task = losses.token_task_loss(logits, held_out["labels"], causal=True)
+                return task.sum() / max(self._num_labelled_tokens(held_out), 1)
             task = losses.task_loss(logits, held_out["labels"], problem_type)
             return task.sum() / max(self._num_labelled(held_out), 1)  # mean over labelled examples
 
@@ -433,6 +520,15 @@ class MSDTrainer(DistillationTrainer):
         return self._prepare_inputs(self.data_collator(examples))
 
     def _validate(self, batch: dict[str, Any]) -> None:
+        if self.generative:
+            if not has_views(batch, self.modality_names):
+                raise ValueError(
+                    f"MSDTrainer with a generative student ({type(self._student_base()).__name__}) needs the "
+                    f"modality views {self.modality_names} in every batch (keys view_<name>__input_ids, "
+                    "...): "
+                    "collate with data_collator=hf_msd.data.VisionLanguageCollator(processor)."
+                )
+            return
         validate_modalities(self.teacher_modalities, self.teacher_inputs(batch), self.teacher_model)
         student = self._student_base()
         if self._unimodal_student:
@@ -443,9 +539,24 @@ class MSDTrainer(DistillationTrainer):
         """The data collator's batch as the teacher sees it (:meth:`teacher_inputs`), for saliency."""
         return self.teacher_inputs(dict(self.data_collator(examples)))
 
+    @torch.no_grad()
+    def _view_saliency(self, dataset) -> SaliencyReport:
+        """The per-example saliency of a generative teacher over ``dataset``, from the collator's views."""
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.args.saliency_batch_size, shuffle=False, collate_fn=self.data_collator
+        )
+        rows = []
+        for batch in loader:
+            batch = self._prepare_inputs(batch)
+            full = self.teacher_forward(batch, output_intermediates=False).logits
+            rows.append(self._view_teacher_outputs(batch, full, instance_saliency=True)["saliency"].cpu())
+        return SaliencyReport(
+            self.modality_names, losses.SINGLE_LABEL, torch.cat(rows), teacher_confidence={}
+        )
+
     def _set_population_saliency(self) -> None:
         dataset = self._saliency_dataset()
-        if has_cached_saliency_columns(
+        if not self.generative and has_cached_saliency_columns(
             dataset, self.teacher_modalities
         ):  # precompute_teacher_outputs' columns
             report = saliency_from_cache(
@@ -461,7 +572,7 @@ class MSDTrainer(DistillationTrainer):
         fingerprint = saliency_fingerprint(
             self.teacher_model,
             dataset,
-            self.teacher_modalities,
+            self.modality_names if self.generative else self.teacher_modalities,
             data_collator=self.data_collator,
             saliency_fn=self.saliency_fn,
             problem_type=self.problem_type,
@@ -470,6 +581,8 @@ class MSDTrainer(DistillationTrainer):
         if os.path.isfile(cache) and SaliencyReport.load_json(cache).fingerprint == fingerprint:
             report = SaliencyReport.load_json(cache)
             logger.info(f"Loaded the population saliency from {cache}.")
+        elif self.generative:
+            report = self._view_saliency(dataset)
         else:
             report = compute_saliency(
                 self.teacher_model,
