@@ -72,6 +72,7 @@ from ..models import (
     student_from_config,
 )
 from ..models.vocabulary import compact_vocabulary
+from ..pipelines import add_pipeline_code
 from ..progress_bars import label_progress_bars
 from ..saliency import compute_saliency, plot_saliency
 from ..teacher_cache import precompute_teacher_outputs
@@ -334,6 +335,7 @@ def train_or_load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
     check_finite("teacher", teacher, result.metrics)
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
+        add_pipeline_code(directory)  # servable as saved: pipeline(model=directory, trust_remote_code=True)
         history = [log for log in trainer.state.log_history if "eval_loss" in log]
         record = result.metrics | {
             "steps": result.global_step,
@@ -516,6 +518,7 @@ def distill_student(run: Run, teacher: PreTrainedModel, processor, teacher_setti
     check_finite("student", student, result.metrics)
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
+        add_pipeline_code(directory)  # servable as saved: pipeline(model=directory, trust_remote_code=True)
         (directory / TRAIN_RESULTS).write_text(json.dumps(result.metrics | {"steps": result.global_step}))
     mark_done(directory, settings)
     return student

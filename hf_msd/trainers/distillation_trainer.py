@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -37,13 +39,14 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
 )
-from transformers.utils import logging
+from transformers.utils import CONFIG_NAME, logging
 
 from .. import intermediate_losses, losses
 from ..data.paired import TEACHER_INPUT_PREFIX
 from ..modality import Modality, default_modalities
 from ..modality_presets import classifier_output, get_logits, get_model_preset
 from ..modality_presets import num_labels as preset_num_labels
+from ..pipelines import add_pipeline_code
 from ..teacher_cache import TEACHER_LOGITS, batch_cached_logits
 from .distillation_config import DistillationTrainingArguments
 from .frozen_modules import keep_frozen_normalization_in_eval
@@ -995,7 +998,16 @@ class DistillationTrainer(Trainer):
             "learning rate / mixed precision settings; nothing of this batch was applied to the student."
         )
 
-    # ---- Model card ----------------------------------------------------------------------------------
+    # ---- Saving and the model card ---------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """`Trainer._save`; the folder of an hf_msd student (its config declares `modalities`) also gets the
+        `multimodal-classification` pipeline (:func:`hf_msd.pipelines.add_pipeline_code`), so what
+        `push_to_hub` uploads is served by `pipeline(model=repo, trust_remote_code=True)`."""
+        super()._save(output_dir, state_dict)
+        config = Path(output_dir if output_dir is not None else self.args.output_dir) / CONFIG_NAME
+        if self.args.should_save and config.is_file() and "modalities" in json.loads(config.read_text()):
+            add_pipeline_code(config.parent)
 
     def create_model_card(self, **kwargs: Any) -> None:
         """Write hf_msd's model card of this run to ``<output_dir>/README.md`` (``push_to_hub`` calls this
