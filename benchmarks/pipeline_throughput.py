@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, pipeline
 
 import hf_msd  # noqa: F401  (registers the multimodal-classification task)
 from hf_msd.data import load_easy_vqa
-from hf_msd.experiment.workflow import _resolve_path
+from hf_msd.experiment.workflow import resolve_path
 from hf_msd.inference_speed import time_interleaved
 from hf_msd.models import (
     MultimodalTransformerForSequenceClassification,
@@ -99,7 +99,7 @@ def main() -> None:
 
     test = load_easy_vqa(max_samples={"test": args.examples})["test"]
     examples = [{"image": row["image"].convert("RGB"), "text": row["question"]} for row in test]
-    tokenizer = AutoTokenizer.from_pretrained(_resolve_path("minilm"))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path("minilm"))
     processor = MultimodalTransformerProcessor(default_image_processor(), tokenizer)
 
     started = time.time()
