@@ -67,10 +67,11 @@ from hf_msd import (
     MultimodalDataCollator,
     precompute_teacher_outputs,
 )
+from hf_msd.architectures import default_modalities
 from hf_msd.experiment import parse_arguments
 from hf_msd.experiment.workflow import load_data, new_student, new_teacher
 from hf_msd.inference_speed import time_interleaved
-from hf_msd.modality import default_modalities, model_inputs, restrict
+from hf_msd.modality import model_inputs, restrict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "examples" / "configs" / "quick_easy_vqa.yaml"

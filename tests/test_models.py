@@ -33,7 +33,7 @@ from hf_msd.models import (
     default_teacher_config,
     make_student,
 )
-from hf_msd.models.presets import MINILM_L6_TEXT_CONFIG
+from hf_msd.models.defaults import MINILM_L6_TEXT_CONFIG
 
 sys.path.insert(0, str(Path(__file__).parent))
 from models_utils import (

@@ -80,7 +80,7 @@ def test_vilt_teacher_fusion_student_end_to_end(tmp_path, pair, weighting):
         train_dataset=examples,
         data_collator=PairedCollator(student_collator, teacher_collator),
     )
-    # Each model keeps its own preset: ViLT masks / fills, the fusion model drops.
+    # Each model keeps its own spec: ViLT masks / fills, the fusion model drops.
     assert [m.removal for m in trainer.teacher_modalities] == ["mask", "fill"]
     assert [m.removal for m in trainer.modalities] == ["drop", "drop"]
     recorders = train_recording_inputs(trainer, teacher, student)

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from hf_msd.architectures import default_modalities
 from hf_msd.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
-from hf_msd.modality import Modality, default_modalities
+from hf_msd.modality import Modality
 from hf_msd.saliency import (
     SaliencyReport,
     compute_saliency,

@@ -22,8 +22,9 @@ from datasets import Dataset, Features, Image, Value
 from transformers import PretrainedConfig
 
 from hf_msd import MultimodalDataCollator, precompute_teacher_outputs
+from hf_msd.architectures import default_modalities
 from hf_msd.losses import MULTI_LABEL, SINGLE_LABEL
-from hf_msd.modality import Modality, default_modalities
+from hf_msd.modality import Modality
 from hf_msd.teacher_cache import compress_topk, expand_topk, teacher_outputs_fingerprint
 from hf_msd.trainers import (
     DistillationTrainer,

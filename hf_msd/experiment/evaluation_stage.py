@@ -10,7 +10,7 @@ from typing import Any
 from accelerate import PartialState
 from transformers import PreTrainedModel
 
-from ..modality import default_modalities
+from ..architectures import default_modalities
 from ..data import easy_vqa_question_types
 from ..evaluation import evaluate_by_modality
 from ..inference_speed import compare_inference_speed

@@ -8,7 +8,7 @@ from pathlib import Path
 from accelerate import PartialState
 from transformers import PreTrainedModel
 
-from ..modality import default_modalities
+from ..architectures import default_modalities
 from ..saliency import compute_saliency, plot_saliency
 from .progress import announce
 from .run import Run, make_collator

@@ -16,7 +16,7 @@ from transformers import (
     set_seed,
 )
 
-from ..modality import default_modalities
+from ..architectures import default_modalities
 from ..losses import resolve_problem_type
 from ..metrics import make_compute_metrics
 from ..models import make_student, student_from_config

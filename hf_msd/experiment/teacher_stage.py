@@ -16,7 +16,7 @@ from transformers import (
     set_seed,
 )
 
-from ..modality import default_modalities
+from ..architectures import default_modalities
 from ..data.labels import align_label_order
 from ..metrics import make_compute_metrics
 from ..modality import model_inputs
