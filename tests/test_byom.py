@@ -19,7 +19,7 @@ from hf_msd.architectures import (
 from hf_msd.modality import Modality, model_inputs, restrict, validate_modalities
 from hf_msd.trainers.msd_config import MSDTrainingArguments
 from hf_msd.trainers.msd_trainer import MSDTrainer
-from tests.byom_utils import (
+from tests.helpers.byom import (
     ARCHITECTURES,
     InputRecorder,
     architecture_batch,
@@ -27,7 +27,7 @@ from tests.byom_utils import (
     tiny_architecture,
     train_recording_inputs,
 )
-from tests.models_utils import tiny_batch, tiny_model
+from tests.helpers.models import tiny_batch, tiny_model
 
 
 def msd_args(tmp_path, **overrides):

@@ -1,4 +1,4 @@
-"""Push to the Hub and serve, end to end, against the local stand-in Hub of tests/hub_server.py.
+"""Push to the Hub and serve, end to end, against the local stand-in Hub of tests/helpers/hub_server.py.
 
 A tiny student is pushed twice, by the workflow (`examples/run_msd.py --push_to_hub`) and by
 `DistillationTrainer.push_to_hub()`; a fresh process in which `import hf_msd` fails then downloads both with
@@ -14,17 +14,16 @@ from pathlib import Path
 
 import huggingface_hub
 import numpy as np
-import pytest
 import torch
 import transformers.utils.hub
 from datasets import Dataset
-from hub_server import LocalHub, metadata_errors
 from huggingface_hub import ModelCard
-from models_utils import tiny_model, tiny_processor
 from PIL import Image
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 from hf_msd import DistillationTrainer, DistillationTrainingArguments
+from tests.helpers.hub_server import LocalHub, metadata_errors
+from tests.helpers.models import tiny_model, tiny_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "what color is the shape?"
@@ -139,12 +138,6 @@ def _push_with_the_trainer(hub: LocalHub, tmp_path: Path, monkeypatch) -> Path:
     trainer.train()
     trainer.push_to_hub(dataset="tiny shapes", finetuned_from="me/tiny-teacher")
     return output_dir
-
-
-@pytest.fixture
-def hub():
-    with LocalHub() as server:
-        yield server
 
 
 def test_push_download_and_serve_without_hf_msd(hub, tmp_path, monkeypatch):

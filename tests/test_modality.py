@@ -11,8 +11,8 @@ from hf_msd.modality import (
     restrict,
     validate_modalities,
 )
-from tests.models_utils import tiny_batch, tiny_model, tiny_vilt
-from tests.models_utils import tiny_vilt_batch as vilt_batch
+from tests.helpers.models import tiny_batch, tiny_model, tiny_vilt
+from tests.helpers.models import tiny_vilt_batch as vilt_batch
 
 TEXT = Modality(
     "text", keys=["input_ids", "attention_mask"], optional_keys=["token_type_ids"], removal="mask"

@@ -36,7 +36,7 @@ from hf_msd.models import (
 from hf_msd.models.defaults import MINILM_L6_TEXT_CONFIG
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models_utils import (
+from tests.helpers.models import (
     TINY_VOCAB,
     tiny_batch,
     tiny_config,

@@ -10,8 +10,8 @@ import torch
 from hf_msd.data import MultimodalDataCollator, PairedCollator
 from hf_msd.trainers.msd_config import MSDTrainingArguments
 from hf_msd.trainers.msd_trainer import MSDTrainer
-from tests.byom_utils import tiny_architecture, train_recording_inputs
-from tests.models_utils import TINY_WORDS, tiny_images, tiny_model, tiny_processor, tiny_vilt_processor
+from tests.helpers.byom import tiny_architecture, train_recording_inputs
+from tests.helpers.models import TINY_WORDS, tiny_images, tiny_model, tiny_processor, tiny_vilt_processor
 
 QUESTIONS = [
     "what color is the circle?",

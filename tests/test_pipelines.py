@@ -7,20 +7,19 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from models_utils import (
-    TINY_WORDS,
-    hand_truncated_ids,
-    tiny_images,
-    tiny_model,
-    tiny_processor,
-    tiny_tokenizer,
-    tiny_vilt,
-    tiny_vilt_processor,
-)
 from PIL import Image
 from transformers import Trainer, TrainingArguments, pipeline
 
 from hf_msd.pipelines import TASK, MultimodalClassificationPipeline, add_pipeline_code
+from tests.helpers.models import (
+    TINY_WORDS,
+    hand_truncated_ids,
+    tiny_images,
+    tiny_model,
+    tiny_tokenizer,
+    tiny_vilt,
+    tiny_vilt_processor,
+)
 
 LABELS = {0: "red", 1: "green", 2: "blue"}
 QUESTIONS = ["what color is the shape?", "is there a red circle in the image?", "what shape is it?"]
@@ -48,11 +47,6 @@ def _assert_matches(output, expected, top_k=None):
     expected = expected[:top_k] if top_k else expected
     assert [label for label, _ in _pairs(output)] == [label for label, _ in expected]
     np.testing.assert_allclose([s for _, s in _pairs(output)], [s for _, s in expected], atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def processor(tmp_path_factory):
-    return tiny_processor(tmp_path_factory.mktemp("processor"))
 
 
 def test_multimodal_student_softmax_scores_top_k_and_batching(processor):

@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from hf_msd.models import DualEncoderConfig, DualEncoderForSequenceClassification
-from tests.models_utils import TINY_VOCAB, tiny_model
+from tests.helpers.models import TINY_VOCAB, tiny_model
 
 BATCH, SEQ, REGIONS, FEAT = 2, 6, 3, 12
 CLS, SEP = TINY_VOCAB.index("[CLS]"), TINY_VOCAB.index("[SEP]")
