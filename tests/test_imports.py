@@ -118,3 +118,9 @@ def test_every_module_imports(name):
 def test_the_listing_covers_what_python_finds():
     found = {m.name for m in pkgutil.walk_packages(hf_msd.__path__, "hf_msd.")}
     assert found - set(MODULES) == set()
+
+
+def test_former_public_names_still_import():
+    from hf_msd import ArchitectureAdapter, ModelPreset, register_architecture, register_model_preset
+
+    assert ModelPreset is ArchitectureAdapter and register_model_preset is register_architecture
