@@ -2,7 +2,8 @@
 
 For each student (the default multimodal student and the text-only student made from the default teacher
 by `make_student`, random weights: speed does not depend on them) and each batch size, two workloads run on
-the same easy-VQA test examples, interleaved round after round (`compare_throughput`, medians):
+the same easy-VQA test examples, interleaved round after round (`hf_msd.inference_speed.time_interleaved`,
+medians):
 
 - pipeline: `pipe(examples, batch_size=b)` on decoded PIL images and questions: tokenisation, image
   processing, collation, forward and post-processing (softmax, labels) all included;
@@ -24,7 +25,6 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ from transformers import AutoTokenizer, pipeline
 
 import hf_msd  # noqa: F401  (registers the multimodal-classification task)
 from hf_msd.data import load_easy_vqa
-from hf_msd.experiment.workflow import _resolve_path
+from hf_msd.experiment.workflow import resolve_path
+from hf_msd.inference_speed import time_interleaved
 from hf_msd.models import (
     MultimodalTransformerForSequenceClassification,
     MultimodalTransformerProcessor,
@@ -42,21 +43,6 @@ from hf_msd.models import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_throughput.json"
-
-
-def compare_throughput(workloads: Mapping[str, Callable[[], int]], rounds: int) -> dict[str, float]:
-    """Examples per second of each workload (``run() -> examples processed``): one untimed warm-up round,
-    then ``rounds`` rounds in which every workload runs once in turn; the median over rounds. Interleaving
-    exposes both workloads to the same machine load, so their ratio is what to read."""
-    for run in workloads.values():
-        run()
-    rates: dict[str, list[float]] = {name: [] for name in workloads}
-    for _ in range(rounds):
-        for name, run in workloads.items():
-            start = time.perf_counter()
-            count = run()
-            rates[name].append(count / (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def students() -> dict[str, MultimodalTransformerForSequenceClassification]:
@@ -82,16 +68,16 @@ def measure(model, processor, examples, batch_size: int, rounds: int) -> dict[st
             kwargs["images"] = [item["image"] for item in chunk]
         batches.append(dict(processor(**kwargs, return_tensors="pt")))
 
-    def run_pipeline() -> int:
-        return len(pipe(inputs, batch_size=batch_size))
-
-    def run_model() -> int:
+    def run_model() -> None:
         with torch.no_grad():
             for batch in batches:
                 model(**batch)
-        return len(inputs)
 
-    rates = compare_throughput({"pipeline": run_pipeline, "model": run_model}, rounds=rounds)
+    # One untimed warm-up round, then interleaved rounds; examples per second from the median round.
+    seconds = time_interleaved(
+        {"pipeline": lambda: pipe(inputs, batch_size=batch_size), "model": run_model}, rounds=rounds
+    )
+    rates = {name: len(inputs) / statistics.median(values) for name, values in seconds.items()}
     return {
         "pipeline_examples_per_second": rates["pipeline"],
         "model_examples_per_second": rates["model"],
@@ -113,7 +99,7 @@ def main() -> None:
 
     test = load_easy_vqa(max_samples={"test": args.examples})["test"]
     examples = [{"image": row["image"].convert("RGB"), "text": row["question"]} for row in test]
-    tokenizer = AutoTokenizer.from_pretrained(_resolve_path("minilm"))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path("minilm"))
     processor = MultimodalTransformerProcessor(default_image_processor(), tokenizer)
 
     started = time.time()

@@ -18,12 +18,14 @@ examples, already collated, is timed for each variant:
   ``x_image``.
 
 Every variant first takes ``--warmup`` steps; then ``--rounds`` rounds each run ``--steps_per_round``
-steps of every variant in turn (interleaved, so that load from other processes hits all variants alike).
-Reported: the median (used for the ratios and targets) and the mean time per step. ``learned`` runs a
-meta step every ``meta_update_interval`` steps: it is timed on its own, interleaved like the rest, and
-its row is the training step plus 1 / ``meta_update_interval`` of the meta step. Separately, interleaved too:
-the caching pass (``precompute_teacher_outputs`` into a fresh folder: fingerprint, input check, teacher
-passes, Arrow write) against plain batched teacher inference (DataLoader + collator + the teacher on
+steps of every variant in turn (interleaved in alternating order by
+:func:`hf_msd.inference_speed.time_interleaved`, so that load from other processes hits all variants
+alike). Reported: the median over rounds (used for the ratios and targets) and the mean of the time per
+step. ``learned`` runs a meta step every ``meta_update_interval`` steps: it is timed on its own,
+interleaved like the rest, and its row is the training step plus 1 / ``meta_update_interval`` of the meta
+step. Separately, interleaved too: the caching pass (``precompute_teacher_outputs`` into a fresh folder:
+fingerprint, input check, teacher passes, Arrow write) against plain batched teacher inference
+(DataLoader + collator + the teacher on
 ``x`` and each ``x_m``) over the same ``--cache_examples`` examples. Peak memory: each training variant
 again in its own process (``--memory``), reporting the process's max RSS (``resource.getrusage``) after
 warm-up and a few steps, and the peak during training alone (the kernel's peak mark reset after loading
@@ -65,9 +67,11 @@ from hf_msd import (
     MultimodalDataCollator,
     precompute_teacher_outputs,
 )
+from hf_msd.architectures import default_modalities
 from hf_msd.experiment import parse_arguments
 from hf_msd.experiment.workflow import load_data, new_student, new_teacher
-from hf_msd.modality import default_modalities, model_inputs, restrict
+from hf_msd.inference_speed import time_interleaved
+from hf_msd.modality import model_inputs, restrict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "examples" / "configs" / "quick_easy_vqa.yaml"
@@ -315,25 +319,31 @@ def component_steps(setup: Setup) -> dict[str, Any]:
 # ---- timing ------------------------------------------------------------------------------------------
 
 
-def time_interleaved(runners: dict[str, tuple[Any, list]], warmup: int, rounds: int, steps: int) -> dict:
-    """``runners``: name -> (fn(batch), batches). Warm-up, then interleaved rounds; seconds per step."""
+def time_steps(runners: dict[str, tuple[Any, list]], warmup: int, rounds: int, steps: int) -> dict:
+    """``runners``: name -> (fn(batch), batches). ``warmup`` untimed steps per variant, then ``rounds``
+    interleaved rounds of ``steps`` steps per variant (:func:`hf_msd.inference_speed.time_interleaved`);
+    seconds per step: the median and the mean over rounds of a round's time divided by its steps."""
     for fn, batches in runners.values():
         for k in range(warmup):
             fn(batches[k % len(batches)])
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, (fn, batches) in runners.items():
+
+    def steps_of(fn, batches) -> Any:
+        def run() -> None:
             for k in range(steps):
-                started = time.perf_counter()
                 fn(batches[k % len(batches)])
-                times[name].append(time.perf_counter() - started)
+
+        return run
+
+    seconds = time_interleaved(
+        {name: steps_of(*runner) for name, runner in runners.items()}, rounds=rounds, warmup_rounds=0
+    )
     return {
         name: {
-            "mean_s": statistics.fmean(values),
-            "median_s": statistics.median(values),
-            "steps": len(values),
+            "mean_s": statistics.fmean(values) / steps,
+            "median_s": statistics.median(values) / steps,
+            "steps": rounds * steps,
         }
-        for name, values in times.items()
+        for name, values in seconds.items()
     }
 
 
@@ -359,14 +369,7 @@ def time_caching_pass(setup: Setup, examples: int, rounds: int) -> dict:
             )
 
     runs = {"plain teacher inference": plain, "caching pass": caching}
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            started = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - started)
+    times = time_interleaved(runs, rounds=rounds, warmup_rounds=1)
     return {
         name: {"mean_s": statistics.fmean(v), "median_s": statistics.median(v), "examples": len(dataset)}
         for name, v in times.items()
@@ -556,7 +559,7 @@ def main() -> None:
         raw_batches = setup.batches(setup.data["train"])
         for name, fn in component_steps(setup).items():
             runners[name] = (fn, raw_batches)
-        times = time_interleaved(runners, args.warmup, args.rounds, args.steps_per_round)
+        times = time_steps(runners, args.warmup, args.rounds, args.steps_per_round)
         amortize_meta_steps(times, setup.training_args.meta_update_interval)
         caching = time_caching_pass(setup, args.cache_examples, args.cache_rounds)
         memory = measure_memory(args, overrides, cache_dir) if args.memory else None

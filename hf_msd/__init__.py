@@ -4,8 +4,10 @@
   hidden states and attention maps (a drop-in for `Trainer`).
 - :class:`MSDTrainer` / :class:`MSDTrainingArguments`: modality-specific distillation (Jin et al., 2021),
   with uniform, saliency-based (population / instance) or meta-learned modality weights.
-- :class:`Modality`: which batch keys form a modality and how it is removed; per-architecture presets
-  (ViLT, VisualBERT, LXMERT, BridgeTower, ours) in :mod:`hf_msd.modality_presets`.
+- :class:`Modality`: which batch keys form a modality and how it is removed (:mod:`hf_msd.modality`);
+  :class:`ArchitectureAdapter`: how hf_msd reads an architecture (its modalities, logits field and label
+  count), registered per ``model_type`` for ViLT, VisualBERT, LXMERT, BridgeTower and ours
+  (:mod:`hf_msd.architectures`; ``ModelPreset`` / ``register_model_preset`` are the former names).
 - :mod:`hf_msd.models`: the multimodal fusion transformer (teacher, multimodal and unimodal students),
   its processor, :func:`make_student` and the CLIP / SigLIP dual encoder; importing hf_msd registers
   them with the Auto classes.
@@ -16,6 +18,7 @@
   columns the trainers read instead of running the teacher (:mod:`hf_msd.teacher_cache`).
 """
 
+from .architectures import ArchitectureAdapter, default_modalities, get_logits, register_architecture
 from .data import (
     DataValidationError,
     MultimodalDataCollator,
@@ -23,8 +26,7 @@ from .data import (
     load_easy_vqa,
     load_local_dataset,
 )
-from .modality import Modality, default_modalities, restrict
-from .modality_presets import ModelPreset, get_logits, register_model_preset
+from .modality import Modality, restrict
 from .models import (
     DualEncoderConfig,
     DualEncoderForSequenceClassification,
@@ -46,7 +48,12 @@ from .trainers import (
 
 __version__ = "0.1.0"
 
+#: Former names of :class:`ArchitectureAdapter` and :func:`register_architecture`, kept for existing code.
+ModelPreset = ArchitectureAdapter
+register_model_preset = register_architecture
+
 __all__ = [
+    "ArchitectureAdapter",
     "DataValidationError",
     "DistillationTrainer",
     "DistillationTrainingArguments",
@@ -72,6 +79,7 @@ __all__ = [
     "make_student",
     "plot_saliency",
     "precompute_teacher_outputs",
+    "register_architecture",
     "register_model_preset",
     "restrict",
 ]

@@ -23,7 +23,8 @@ add your own by inserting a function there):
   model sees the empty question ``[CLS] [SEP]`` (at the original positions). For heads that read a
   position from the mask, such as VisualBERT's VQA head (``attention_mask.sum(1) - 2``).
 
-Presets per architecture (:func:`default_modalities`) live in :mod:`hf_msd.modality_presets`.
+The specs of known architectures (:func:`hf_msd.architectures.default_modalities`) live in
+:mod:`hf_msd.architectures`, which builds on this module.
 """
 
 from __future__ import annotations
@@ -193,15 +194,6 @@ def restrict(batch: Mapping[str, Any], modalities: Sequence[Modality], keep: str
     return remove(batch, modalities, [modality.name for modality in modalities if modality.name != keep])
 
 
-def default_modalities(model) -> list[Modality]:
-    """Preset modalities for a model (or its config), by ``config.model_type``: the registry in
-    :mod:`hf_msd.modality_presets` (ViLT, VisualBERT, LXMERT, BridgeTower, hf_msd's models; add your own
-    with :func:`~hf_msd.modality_presets.register_model_preset`). Raises ``ValueError`` without a preset."""
-    from .modality_presets import preset_modalities  # the presets build on this module
-
-    return preset_modalities(model)
-
-
 def _named_parameters(forward) -> dict[str, inspect.Parameter]:
     return {
         name: parameter
@@ -331,15 +323,11 @@ def _removal_error(model, kept: Modality, removed: list[Modality], key: str, rea
             " ('fill' keeps masks and ids; 'mask_keep_special' keeps [CLS]/[SEP] attended, for heads that "
             "index the attention mask)"
         )
-    from .modality_presets import get_model_preset
-
-    if get_model_preset(model) is not None:
-        hint += f"{', or ' if hint else ''}use the preset `default_modalities(model)`"
-    else:
-        hint += (
-            f"{', or ' if hint else ''}register a removal strategy of your own "
-            "(`hf_msd.modality.register_removal_strategy`)"
-        )
+    hint += (
+        f"{', or ' if hint else ''}register a removal strategy of your own "
+        "(`hf_msd.modality.register_removal_strategy`); for an architecture hf_msd knows, "
+        "`hf_msd.architectures.default_modalities(model)` gives a spec that works"
+    )
     return (
         f"Keeping only modality {kept.name!r} removes the other modalities {strategies} from the batch, but "
         f"key {key!r} {reason} for {type(model).__name__}, with removal={owner.removal!r} already tried: "

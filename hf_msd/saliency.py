@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from hf_msd.architectures import get_logits
 from hf_msd.fingerprint import (
     combine_fingerprints,
     dataset_fingerprint,
@@ -48,7 +49,6 @@ from hf_msd.losses import (
     soft_target_loss,
 )
 from hf_msd.modality import Modality, model_inputs, remove, restrict
-from hf_msd.modality_presets import get_logits
 from hf_msd.teacher_cache import cached_logits, has_cached_column, teacher_column, teacher_columns
 
 SaliencyFn = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
@@ -272,7 +272,7 @@ def compute_saliency(
     ``s_m(x)`` follows the module docstring. Models are put in eval mode for the pass and restored.
 
     Args:
-        teacher: a classifier; its logits (B, C) are read with :func:`hf_msd.modality_presets.get_logits`.
+        teacher: a classifier; its logits (B, C) are read with :func:`hf_msd.architectures.get_logits`.
         dataset: indexable dataset of examples; ``data_collator`` turns a list of them into a batch dict.
         modalities: the modality spec.
         batch_size: examples per forward pass.

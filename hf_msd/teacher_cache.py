@@ -54,9 +54,10 @@ from datasets import Features, Value
 from datasets import Sequence as SequenceFeature
 from transformers.utils import logging
 
+from .architectures import default_modalities
 from .fingerprint import combine_fingerprints, dataset_fingerprint, model_fingerprint, object_fingerprint
 from .losses import REGRESSION, SINGLE_LABEL, resolve_problem_type
-from .modality import Modality, default_modalities, model_inputs, remove, restrict
+from .modality import Modality, model_inputs, remove, restrict
 
 logger = logging.get_logger(__name__)
 
@@ -337,7 +338,8 @@ def precompute_teacher_outputs(
     Args:
         teacher: the frozen teacher; run in eval mode under ``torch.no_grad()`` (its mode is restored).
         dataset: a `datasets.Dataset` of raw examples (the training set as the trainer will read it).
-        modalities: the modality spec; default :func:`~hf_msd.modality.default_modalities` of the teacher.
+        modalities: the modality spec; default the teacher's
+            (:func:`~hf_msd.architectures.default_modalities`).
         data_collator: turns a list of examples into a batch dict of tensors (the trainer's collator).
         batch_size: examples per teacher pass.
         storage_dtype: "float32" or "float16".

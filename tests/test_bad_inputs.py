@@ -3,12 +3,12 @@
 import pytest
 import torch
 from datasets import Dataset, Features, Image, Value
-from distillation_utils import make_args, teacher_and_student, token_dataset
 
 from hf_msd.data import MultimodalDataCollator, validate_examples
 from hf_msd.experiment.arguments import parse_arguments
 from hf_msd.trainers import DistillationTrainer
-from tests.models_utils import (
+from tests.helpers.distillation import make_args, teacher_and_student, token_dataset
+from tests.helpers.models import (
     TINY_WORDS,
     hand_truncated_ids,
     tiny_batch,

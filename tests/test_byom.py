@@ -1,5 +1,6 @@
-"""Bring your own model: the presets of ViLT, VisualBERT, LXMERT, BridgeTower and hf_msd's fusion model as
-teacher and as student in MSDTrainer, logits under other names, spec validation, plain-module students."""
+"""Bring your own model: the registered architectures ViLT, VisualBERT, LXMERT, BridgeTower and hf_msd's
+fusion model as teacher and as student in MSDTrainer, logits under other names, spec validation,
+plain-module students."""
 
 import math
 
@@ -8,11 +9,17 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from hf_msd.modality import Modality, default_modalities, model_inputs, restrict, validate_modalities
-from hf_msd.modality_presets import ModelPreset, get_logits, num_labels, register_model_preset
+from hf_msd.architectures import (
+    ArchitectureAdapter,
+    default_modalities,
+    get_logits,
+    num_labels,
+    register_architecture,
+)
+from hf_msd.modality import Modality, model_inputs, restrict, validate_modalities
 from hf_msd.trainers.msd_config import MSDTrainingArguments
 from hf_msd.trainers.msd_trainer import MSDTrainer
-from tests.byom_utils import (
+from tests.helpers.byom import (
     ARCHITECTURES,
     InputRecorder,
     architecture_batch,
@@ -20,7 +27,7 @@ from tests.byom_utils import (
     tiny_architecture,
     train_recording_inputs,
 )
-from tests.models_utils import tiny_batch, tiny_model
+from tests.helpers.models import tiny_batch, tiny_model
 
 
 def msd_args(tmp_path, **overrides):
@@ -57,7 +64,7 @@ def assert_same_inputs(got: dict, want: dict) -> None:
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_preset_modality_inputs_match_hand_built(name):
+def test_registered_modality_inputs_match_hand_built(name):
     model = tiny_architecture(name)
     batch = architecture_batch(name)
     modalities = default_modalities(model)
@@ -74,7 +81,7 @@ def test_preset_modality_inputs_match_hand_built(name):
 
 @pytest.mark.parametrize("weighting", ["uniform", "population"])
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_msd_trainer_with_preset_teacher_and_student(tmp_path, name, weighting):
+def test_msd_trainer_with_registered_teacher_and_student(tmp_path, name, weighting):
     teacher, student = tiny_architecture(name, seed=0), tiny_architecture(name, seed=1)
     batch = architecture_batch(name)
     trainer = MSDTrainer(
@@ -156,7 +163,7 @@ def test_logits_under_another_name():
     assert get_logits(lxmert, outputs) is outputs.question_answering_score
     assert num_labels(lxmert) == 3 and lxmert.config.num_labels == 2
 
-    class Scores(nn.Module):  # a user's model: no preset, its logits named "scores"
+    class Scores(nn.Module):  # a user's model: not registered, its logits named "scores"
         logits_key = "scores"
 
         def forward(self, x):
@@ -168,7 +175,7 @@ def test_logits_under_another_name():
         get_logits(tiny_model(), SequenceClassifierOutput(loss=torch.zeros(())).__class__())
 
 
-def test_registered_preset_reads_logits_and_modalities():
+def test_registered_architecture_reads_logits_and_modalities():
     class Config:
         model_type = "byom_test_scores"
 
@@ -179,12 +186,14 @@ def test_registered_preset_reads_logits_and_modalities():
             return {"answer_scores": torch.ones(input_ids.shape[0], 3)}
 
     spec = [Modality("text", keys=["input_ids"]), Modality("image", keys=["pixel_values"])]
-    register_model_preset(ModelPreset("byom_test_scores", lambda config: spec, logits_key="answer_scores"))
+    register_architecture(
+        ArchitectureAdapter("byom_test_scores", lambda config: spec, logits_key="answer_scores")
+    )
     model = ScoresModel()
     assert default_modalities(model) == spec
     assert torch.equal(get_logits(model, model(input_ids=torch.zeros(2, 4))), torch.ones(2, 3))
     with pytest.raises(ValueError, match="exist_ok"):
-        register_model_preset(ModelPreset("byom_test_scores", lambda config: spec))
+        register_architecture(ArchitectureAdapter("byom_test_scores", lambda config: spec))
 
 
 class PlainStudent(nn.Module):
@@ -222,7 +231,7 @@ def test_plain_module_student_trains_with_the_teachers_spec(tmp_path):
     finally:
         recorder.remove()
     text = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-    for want in (text, {"pixel_values": batch["pixel_values"]}):  # "drop", the teacher's preset
+    for want in (text, {"pixel_values": batch["pixel_values"]}):  # "drop", the teacher's spec
         assert recorder.saw({k: v[:2] for k, v in want.items()})
     assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
 

@@ -3,7 +3,6 @@ it saves and reloads, students are built from it, and a missing `image_size` is 
 
 import pytest
 import torch
-from models_utils import TINY_IMAGE_SIZE, tiny_batch, tiny_config
 from transformers import AutoModelForSequenceClassification
 
 from hf_msd.models import (
@@ -12,6 +11,7 @@ from hf_msd.models import (
     make_student,
     student_from_config,
 )
+from tests.helpers.models import TINY_IMAGE_SIZE, tiny_batch, tiny_config
 
 RESNET = {
     "model_type": "resnet",

@@ -11,7 +11,6 @@ import easy_vqa
 import numpy as np
 import pytest
 import torch
-from data_utils import IMAGE_SIZE, TinyProcessor, write_png
 from datasets import ClassLabel, Dataset, List
 from datasets import Image as ImageFeature
 from PIL import Image
@@ -24,6 +23,7 @@ from hf_msd.data import (
     load_local_dataset,
     select_subset,
 )
+from tests.helpers.data import IMAGE_SIZE, TinyProcessor, write_png
 
 EASY_VQA_DIR = Path(easy_vqa.__file__).parent / "data"
 

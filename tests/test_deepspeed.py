@@ -16,19 +16,19 @@ import sys
 
 import pytest
 import torch
-from deepspeed_script import CASES, PER_DEVICE_BATCH, SAVE_STEPS, STEPS, losses, train
-from launch_utils import _free_port
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO_ROOT, "tests", "deepspeed_script.py")
+from tests.helpers.launch import REPO_ROOT, SCRIPTS, _free_port, script_env
+from tests.helpers.scripts.deepspeed_script import CASES, PER_DEVICE_BATCH, SAVE_STEPS, STEPS, losses, train
+
+SCRIPT = str(SCRIPTS / "deepspeed_script.py")
 TIMEOUT = 600
 pytestmark = pytest.mark.deepspeed
 
 
 def deepspeed_launch(zero_stage: int, out_dir: str) -> tuple[list[str], dict[str, str]]:
-    """The README's command: ``accelerate launch --use_deepspeed`` on 2 CPU processes."""
+    """The command of docs/workflow.md: ``accelerate launch --use_deepspeed`` on 2 CPU processes."""
     command = [
         *(sys.executable, "-m", "accelerate.commands.launch"),
         *("--use_deepspeed", "--zero_stage", str(zero_stage)),
@@ -37,15 +37,7 @@ def deepspeed_launch(zero_stage: int, out_dir: str) -> tuple[list[str], dict[str
         SCRIPT,
         out_dir,
     ]
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "CUDA_VISIBLE_DEVICES": "",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    return command, env
+    return command, script_env(DS_ACCELERATOR="cpu")
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
@@ -101,8 +93,8 @@ def test_deepspeed_matches_one_process_and_resumes(deepspeed_run, one_process, c
 
 
 def _initial(case: str) -> dict[str, torch.Tensor]:
-    from distillation_utils import teacher_and_student
-    from models_utils import tiny_model
+    from tests.helpers.distillation import teacher_and_student
+    from tests.helpers.models import tiny_model
 
     student = tiny_model(seed=1) if case == "msd" else teacher_and_student()[1]
     return student.state_dict()

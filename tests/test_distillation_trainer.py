@@ -5,12 +5,12 @@ import os
 
 import pytest
 import torch
-from distillation_utils import NUM_LABELS, make_args, teacher_and_student, tiny_bert, token_dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from hf_msd.trainers import DistillationTrainer, DistillationTrainingArguments
 from hf_msd.trainers.training_state import TRAINING_STATE_NAME
+from tests.helpers.distillation import NUM_LABELS, make_args, teacher_and_student, tiny_bert, token_dataset
 
 
 def collate(dataset, n=None):
@@ -72,7 +72,11 @@ def test_label_space_mismatch_is_refused_before_training(tmp_path):
 
 
 def reference_loss(student_logits, teacher_logits, labels, problem_type, temperature, hard, kd):
-    """The issue's formulas, written with plain softmax/sigmoid/log."""
+    """The batch mean of ``hard * task + kd * soft`` per example, written with plain softmax / sigmoid / log:
+    single-label: cross-entropy, and T^2 KL(p_t || p_s) between the softmaxes of the logits / T;
+    multi-label: binary cross-entropy averaged over the labels, and T^2 times the Bernoulli KL of the
+    sigmoids of the logits / T summed over the labels; regression: squared error to the label, and the
+    squared difference of the logits (no temperature)."""
     if problem_type == "single_label_classification":
         task = -torch.log(torch.softmax(student_logits, -1)[torch.arange(len(labels)), labels])
         p_t = torch.softmax(teacher_logits / temperature, -1)

@@ -9,18 +9,17 @@ wrong, the 2-process update would differ from the 1-process one (e.g. by a facto
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 import torch
-from distributed_script import CASES, NUM_EXAMPLES, models, parameters, train_one_step
-from launch_utils import two_process_launch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO_ROOT, "tests", "distributed_script.py")
+from tests.helpers.launch import REPO_ROOT, SCRIPTS, two_process_launch
+from tests.helpers.scripts.distributed_script import CASES, NUM_EXAMPLES, models, parameters, train_one_step
+
+SCRIPT = str(SCRIPTS / "distributed_script.py")
 TIMEOUT = 300
 
 

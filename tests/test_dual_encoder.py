@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from hf_msd.models import DualEncoderConfig, DualEncoderForSequenceClassification, DualEncoderModel
-from tests.byom_utils import architecture_batch, tiny_dual_encoder, tiny_dual_encoder_config
+from tests.helpers.byom import architecture_batch, tiny_dual_encoder, tiny_dual_encoder_config
 
 
 def by_hand(model, input_ids=None, attention_mask=None, pixel_values=None):

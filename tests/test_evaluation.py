@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from models_utils import tiny_images, tiny_model, tiny_processor, tiny_vilt
 from transformers import TrainingArguments
 
+from hf_msd.architectures import default_modalities
 from hf_msd.data import MultimodalDataCollator
 from hf_msd.evaluation import RestrictedCollator, evaluate_by_modality, input_conditions
 from hf_msd.metrics import make_compute_metrics
-from hf_msd.modality import default_modalities
 from hf_msd.models import make_student
+from tests.helpers.models import tiny_images, tiny_model, tiny_processor, tiny_vilt
 
 # 10 examples with batch size 4: the last batch is short and every batch pads its text differently.
 QUESTIONS = [

@@ -111,7 +111,7 @@ def test_changed_teacher_weights_or_data_settings_are_not_reused(tmp_path):
     """A teacher given by path is recorded by its weights' hash; the data settings shape the later stages."""
     from hf_msd.experiment import parse_arguments
     from hf_msd.experiment.workflow import Run, load_data, saliency_report, train_or_load_teacher
-    from tests.models_utils import tiny_model, tiny_processor
+    from tests.helpers.models import tiny_model, tiny_processor
 
     teacher_dir = tmp_path / "teacher"
     tiny_model(num_labels=13, seed=0).save_pretrained(teacher_dir)

@@ -3,12 +3,12 @@ padding in fused sequences. Each test compares with a computation written out he
 
 import pytest
 import torch
-from distillation_utils import make_args, teacher_and_student, token_dataset
 
 from hf_msd.trainers import DistillationTrainer, MSDTrainingArguments
-from tests.models_utils import tiny_batch, tiny_model
+from tests.helpers.distillation import make_args, teacher_and_student, token_dataset
+from tests.helpers.models import tiny_batch, tiny_model
 
-# ---- Non-finite teacher outputs and arguments (issue 17, item 2) ----------------------------------------
+# ---- Non-finite teacher outputs and arguments: refused before any update, naming the batch -------------
 
 
 def test_nan_teacher_weight_stops_training_naming_the_batch_before_any_update(tmp_path):

@@ -5,14 +5,14 @@ import dataclasses
 
 import pytest
 import torch
-from distillation_utils import make_args
-from models_utils import tiny_config, tiny_model
-from msd_utils import stack_collate, text_label_dataset
 from test_conv_towers import RESNET, resnet_model
 
 from hf_msd.models import MultimodalTransformerForSequenceClassification
 from hf_msd.trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from hf_msd.trainers.frozen_modules import keep_frozen_normalization_in_eval
+from tests.helpers.distillation import make_args
+from tests.helpers.models import tiny_config, tiny_model
+from tests.helpers.msd import stack_collate, text_label_dataset
 
 
 def _running_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:

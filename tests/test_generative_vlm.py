@@ -9,23 +9,21 @@ saliency ``KL(p_T(x) || p_T(x without m))`` per answer token, averaged over the 
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 import torch
-from distributed_vlm_script import CASES, NUM_EXAMPLES, parameters, train_one_step
-from launch_utils import two_process_launch
 from safetensors.torch import load_file
-from vlm_utils import IDS, msd_args, processor, raw_examples, teacher_and_student
 
 from hf_msd.data import VisionLanguageCollator, check_same_vocabulary
 from hf_msd.data.generative import view_inputs
 from hf_msd.models.vision_language import tiny_llava, word_level_tokenizer
 from hf_msd.trainers import DistillationTrainer, MSDTrainer
+from tests.helpers.launch import REPO_ROOT, SCRIPTS, two_process_launch
+from tests.helpers.scripts.distributed_vlm_script import CASES, NUM_EXAMPLES, parameters, train_one_step
+from tests.helpers.vlm import IDS, msd_args, processor, raw_examples, teacher_and_student
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO_ROOT, "tests", "distributed_vlm_script.py")
+SCRIPT = str(SCRIPTS / "distributed_vlm_script.py")
 PAD, BOS, EOS, IMAGE, USER, ASSISTANT, COLON = 0, 2, 3, 4, 5, 6, 7
 X = -100
 

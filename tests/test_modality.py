@@ -1,18 +1,18 @@
 import pytest
 import torch
 
+from hf_msd.architectures import default_modalities
 from hf_msd.modality import (
     REMOVAL_STRATEGIES,
     Modality,
-    default_modalities,
     model_inputs,
     register_removal_strategy,
     remove,
     restrict,
     validate_modalities,
 )
-from tests.models_utils import tiny_batch, tiny_model, tiny_vilt
-from tests.models_utils import tiny_vilt_batch as vilt_batch
+from tests.helpers.models import tiny_batch, tiny_model, tiny_vilt
+from tests.helpers.models import tiny_vilt_batch as vilt_batch
 
 TEXT = Modality(
     "text", keys=["input_ids", "attention_mask"], optional_keys=["token_type_ids"], removal="mask"
@@ -91,7 +91,7 @@ def test_unknown_modality_name():
         restrict(vilt_batch(4), [TEXT, IMAGE], keep="audio")
 
 
-def test_vilt_preset_matches_hand_built_inputs():
+def test_vilt_spec_matches_hand_built_inputs():
     model = tiny_vilt()
     modalities = default_modalities(model)
     assert [(m.name, m.removal) for m in modalities] == [("text", "mask"), ("image", "fill")]
@@ -160,12 +160,12 @@ def test_validate_required_forward_argument():
         validate_modalities([text, image], vilt_batch(4), NeedsBoth(), check_forward=False)
 
 
-def test_no_preset_for_unknown_model():
+def test_no_registered_architecture_for_unknown_model():
     with pytest.raises(ValueError, match="model_type='bert'"):
         default_modalities(type("Cfg", (), {"model_type": "bert"})())
 
 
-def test_our_model_preset_drops_and_matches_hand_built_inputs():
+def test_our_model_spec_drops_and_matches_hand_built_inputs():
     model = tiny_model()
     modalities = default_modalities(model)
     assert [(m.name, m.removal) for m in modalities] == [("text", "drop"), ("image", "drop")]

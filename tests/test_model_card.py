@@ -3,11 +3,11 @@ round trip) and the DistillationTrainer / MSDTrainer card written by create_mode
 
 import pytest
 import yaml
-from distillation_utils import make_args, teacher_and_student, token_dataset
 from huggingface_hub import ModelCard
 
 from hf_msd import DistillationTrainer
 from hf_msd.hub import build_model_card, card_speed, hub_id, task_type, training_hyperparameters
+from tests.helpers.distillation import make_args, teacher_and_student, token_dataset
 
 MSD_TITLE = "MSD: Saliency-aware Knowledge Distillation for Multimodal Understanding"
 AGARWAL_TITLE = "From Multimodal to Unimodal Attention in Transformers using Knowledge Distillation"

@@ -33,10 +33,10 @@ from hf_msd.models import (
     default_teacher_config,
     make_student,
 )
-from hf_msd.models.presets import MINILM_L6_TEXT_CONFIG
+from hf_msd.models.defaults import MINILM_L6_TEXT_CONFIG
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models_utils import (
+from tests.helpers.models import (
     TINY_VOCAB,
     tiny_batch,
     tiny_config,
@@ -347,7 +347,6 @@ def test_remote_code_round_trip_without_hf_msd(tmp_path):
     assert saved == [
         "configuration_multimodal_transformer.py",
         "modeling_multimodal_transformer.py",
-        "multimodal_classification.py",  # the pipeline named in config.custom_pipelines
         "processing_multimodal_transformer.py",
     ]
     torch.save(batch, tmp_path / "inputs.pt")
@@ -571,3 +570,22 @@ def test_tiny_vilt_through_auto_classes(tmp_path):
     labels = batch["labels"]
     expected = -(labels * torch.log(p) + (1 - labels) * torch.log(1 - p)).mean() * 4
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_model_code_does_not_look_at_its_callers():
+    # The models behave the same whoever calls them: no frame or stack inspection in their source
+    # (inspect.currentframe / stack, sys._getframe, a frame's f_back / f_locals).
+    import ast
+
+    import hf_msd.models
+
+    frame_access = {"currentframe", "stack", "getouterframes", "_getframe", "f_back", "f_locals"}
+    for path in Path(hf_msd.models.__file__).parent.rglob("*.py"):
+        found = {
+            f"{node.value.id}.{node.attr}" if isinstance(node.value, ast.Name) else node.attr
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute)
+            and node.attr in frame_access
+            and not (isinstance(node.value, ast.Name) and node.value.id == "torch")
+        }
+        assert not found, f"{path.name} inspects its callers: {sorted(found)}"

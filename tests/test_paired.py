@@ -10,8 +10,8 @@ import torch
 from hf_msd.data import MultimodalDataCollator, PairedCollator
 from hf_msd.trainers.msd_config import MSDTrainingArguments
 from hf_msd.trainers.msd_trainer import MSDTrainer
-from tests.byom_utils import tiny_architecture, train_recording_inputs
-from tests.models_utils import TINY_WORDS, tiny_images, tiny_model, tiny_processor, tiny_vilt_processor
+from tests.helpers.byom import tiny_architecture, train_recording_inputs
+from tests.helpers.models import TINY_WORDS, tiny_images, tiny_model, tiny_processor, tiny_vilt_processor
 
 QUESTIONS = [
     "what color is the circle?",
@@ -80,7 +80,7 @@ def test_vilt_teacher_fusion_student_end_to_end(tmp_path, pair, weighting):
         train_dataset=examples,
         data_collator=PairedCollator(student_collator, teacher_collator),
     )
-    # Each model keeps its own preset: ViLT masks / fills, the fusion model drops.
+    # Each model keeps its own spec: ViLT masks / fills, the fusion model drops.
     assert [m.removal for m in trainer.teacher_modalities] == ["mask", "fill"]
     assert [m.removal for m in trainer.modalities] == ["drop", "drop"]
     recorders = train_recording_inputs(trainer, teacher, student)

@@ -1,5 +1,5 @@
-"""The multimodal-classification pipeline (hf_msd/pipelines), the text-classification refusal, what a saved
-model carries for remote code (auto_map, custom_pipelines) and plain logits from Trainer.predict."""
+"""The multimodal-classification pipeline (hf_msd/pipelines), a text student in text-classification, what a
+saved model carries for remote code (auto_map, custom_pipelines) and plain logits from Trainer.predict."""
 
 import json
 
@@ -7,20 +7,19 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from models_utils import (
+from PIL import Image
+from transformers import Trainer, TrainingArguments, pipeline
+
+from hf_msd.pipelines import TASK, MultimodalClassificationPipeline, add_pipeline_code
+from tests.helpers.models import (
     TINY_WORDS,
     hand_truncated_ids,
     tiny_images,
     tiny_model,
-    tiny_processor,
     tiny_tokenizer,
     tiny_vilt,
     tiny_vilt_processor,
 )
-from PIL import Image
-from transformers import Trainer, TrainingArguments, pipeline
-
-from hf_msd.pipelines import TASK, MultimodalClassificationPipeline
 
 LABELS = {0: "red", 1: "green", 2: "blue"}
 QUESTIONS = ["what color is the shape?", "is there a red circle in the image?", "what shape is it?"]
@@ -48,11 +47,6 @@ def _assert_matches(output, expected, top_k=None):
     expected = expected[:top_k] if top_k else expected
     assert [label for label, _ in _pairs(output)] == [label for label, _ in expected]
     np.testing.assert_allclose([s for _, s in _pairs(output)], [s for _, s in expected], atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def processor(tmp_path_factory):
-    return tiny_processor(tmp_path_factory.mktemp("processor"))
 
 
 def test_multimodal_student_softmax_scores_top_k_and_batching(processor):
@@ -88,8 +82,7 @@ def test_image_as_path_or_array_gives_the_same_answer(processor, tmp_path):
 def test_grayscale_and_rgba_arrays_are_converted_as_pil_converts_them(processor, tmp_path):
     # A saved folder, so the pipeline code is the copy that travels with the model (remote code).
     model = _labelled()
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
+    pipeline(TASK, model=model, processor=processor).save_pretrained(tmp_path)
     pipe = pipeline(model=str(tmp_path), trust_remote_code=True)
     rng = np.random.default_rng(1)
     gray = rng.integers(0, 256, (20, 24), dtype=np.uint8)
@@ -220,12 +213,9 @@ def test_bad_inputs_name_the_input(processor, tmp_path):
         text_pipe({"image": image, "text": "a"})
 
 
-def test_text_classification_refuses_a_multimodal_student_but_serves_a_text_student():
+def test_text_classification_serves_a_text_student():
     tokenizer = tiny_tokenizer()
-    multimodal = pipeline("text-classification", model=_labelled(), tokenizer=tokenizer)
-    with pytest.raises(ValueError, match=r"'text-classification' pipeline gives it only part of the input"):
-        multimodal("what color is the shape?")
-    # A text-only student is a text classifier: same answer as the multimodal-classification pipeline.
+    # A text-only student is a text classifier: the same answer as the model called by hand.
     text_model = _labelled(("text",))
     answer = pipeline("text-classification", model=text_model, tokenizer=tokenizer)(
         "what color is the shape?"
@@ -235,14 +225,14 @@ def test_text_classification_refuses_a_multimodal_student_but_serves_a_text_stud
         probabilities = torch.softmax(text_model(**inputs).logits[0], -1)
     assert answer[0]["label"] == LABELS[int(probabilities.argmax())]
     assert answer[0]["score"] == pytest.approx(probabilities.max().item(), abs=1e-6)
-    # Deliberate single-modality calls outside a pipeline (MSD, per-modality evaluation) still work.
-    _labelled()(**inputs)
 
 
 def test_saved_student_names_its_remote_code_and_pipeline(processor, tmp_path):
     model = _labelled()
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
+    # The model alone names its code (auto_map), not a pipeline: that is the pipeline's to save.
+    model.save_pretrained(tmp_path / "model")
+    assert "custom_pipelines" not in json.loads((tmp_path / "model" / "config.json").read_text())
+    pipeline(TASK, model=model, processor=processor).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_multimodal_transformer.MultimodalTransformerConfig",
@@ -293,16 +283,25 @@ def test_trainer_predict_returns_plain_logits(processor, tmp_path):
     assert model(**features, output_hidden_states=True).hidden_states_mask.shape[0] == 3
 
 
-def test_save_without_the_pipeline_code_drops_its_entry(tmp_path, monkeypatch):
-    from transformers.pipelines import PIPELINE_REGISTRY
-
-    monkeypatch.delitem(PIPELINE_REGISTRY.supported_tasks, TASK)  # as where hf_msd's pipeline is not loaded
+def test_pipeline_code_added_to_a_saved_folder_is_what_the_pipeline_saves(processor, tmp_path):
+    # Trainer.save_model writes the model alone; add_pipeline_code completes the folder as
+    # Pipeline.save_pretrained (transformers' own save path) would have.
     model = _labelled()
-    model.config.custom_pipelines = {
-        TASK: {"impl": "multimodal_classification.MultimodalClassificationPipeline"}
-    }
-    model.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config.get("custom_pipelines") == {}  # no entry pointing to a file the folder lacks
-    assert not (tmp_path / "multimodal_classification.py").exists()
-    assert "AutoModelForSequenceClassification" in config["auto_map"]
+    pipeline(TASK, model=model, processor=processor).save_pretrained(tmp_path / "by_pipeline")
+    model = _labelled()  # a fresh config: the pipeline's save wrote custom_pipelines into the first one
+    model.save_pretrained(tmp_path / "by_model")
+    processor.save_pretrained(tmp_path / "by_model")
+    add_pipeline_code(tmp_path / "by_model")
+    by_pipeline, by_model = (
+        json.loads((tmp_path / name / "config.json").read_text()) for name in ("by_pipeline", "by_model")
+    )
+    assert by_model["custom_pipelines"] == by_pipeline["custom_pipelines"]
+    assert (tmp_path / "by_model" / "multimodal_classification.py").read_text() == (
+        tmp_path / "by_pipeline" / "multimodal_classification.py"
+    ).read_text()
+    pipe = pipeline(model=str(tmp_path / "by_model"), trust_remote_code=True)
+    assert pipe.task == TASK
+    image = tiny_images(1)[0]
+    _assert_matches(
+        pipe({"image": image, "text": QUESTIONS[1]}), _expected(model, processor, image, QUESTIONS[1])
+    )

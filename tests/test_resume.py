@@ -5,23 +5,22 @@ learned weights) as a run that was never interrupted."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from resume_script import KILL_AT_STEP, MAX_STEPS, build_trainer
 
 from hf_msd.trainers import MSDTrainer
 from hf_msd.trainers.training_state import TRAINING_STATE_NAME, TrainingState, resolve_checkpoint
-from tests.models_utils import tiny_model
-from tests.msd_utils import oracle_teacher, stack_collate, text_label_dataset
+from tests.helpers.launch import REPO_ROOT, SCRIPTS, script_env
+from tests.helpers.models import tiny_model
+from tests.helpers.msd import oracle_teacher, stack_collate, text_label_dataset
+from tests.helpers.scripts.resume_script import KILL_AT_STEP, MAX_STEPS, build_trainer
 from tests.test_msd_trainer import args_for
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resume_script.py")
-REPO_ROOT = os.path.dirname(os.path.dirname(SCRIPT))
+SCRIPT = str(SCRIPTS / "resume_script.py")
 
 
 def final_state(trainer):
@@ -37,7 +36,7 @@ def test_sigkilled_run_resumes_from_the_last_complete_checkpoint_to_the_uninterr
 ):
     output_dir = tmp_path / "killed"
     # The same number of threads as this process, so float sums (hence the weights) are bit-comparable.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = script_env(OMP_NUM_THREADS=str(torch.get_num_threads()))
     killed = subprocess.run(
         [sys.executable, SCRIPT, str(output_dir)],
         cwd=REPO_ROOT,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch_utils import two_process_launch
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 from hf_msd.data import load_easy_vqa
 from hf_msd.experiment import parse_arguments
+from tests.helpers.launch import two_process_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_msd.py"

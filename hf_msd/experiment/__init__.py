@@ -1,5 +1,6 @@
 """The end-to-end distillation workflow behind ``examples/run_msd.py``, callable from Python: see
-:func:`run_experiment` (stages in :mod:`hf_msd.experiment.workflow`)."""
+:func:`run_experiment` (:mod:`hf_msd.experiment.workflow`; one module per stage: ``data_stage``,
+``teacher_stage``, ``saliency_stage``, ``student_stage``, ``evaluation_stage``, ``report``)."""
 
 from .arguments import DataArguments, ExperimentArguments, ModelArguments, parse_arguments
 from .output_lock import OutputDirLockedError

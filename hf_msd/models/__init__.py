@@ -11,6 +11,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from .defaults import default_image_processor, default_teacher_config
 from .dual_encoder import (
     DualEncoderConfig,
     DualEncoderForSequenceClassification,
@@ -25,7 +26,6 @@ from .multimodal_transformer import (
     MultimodalTransformerPreTrainedModel,
     MultimodalTransformerProcessor,
 )
-from .presets import default_image_processor, default_teacher_config
 from .students import make_student, student_from_config
 
 

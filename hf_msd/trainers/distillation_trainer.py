@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -37,14 +39,15 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
 )
-from transformers.utils import logging
+from transformers.utils import CONFIG_NAME, logging
 
 from .. import intermediate_losses, losses
+from ..architectures import classifier_output, default_modalities, get_architecture, get_logits
+from ..architectures import num_labels as architecture_num_labels
 from ..data.generative import DISTILLATION_LABELS, VIEW_PREFIX
 from ..data.paired import TEACHER_INPUT_PREFIX
-from ..modality import Modality, default_modalities
-from ..modality_presets import classifier_output, get_logits, get_model_preset
-from ..modality_presets import num_labels as preset_num_labels
+from ..modality import Modality
+from ..pipelines import add_pipeline_code
 from ..teacher_cache import TEACHER_LOGITS, batch_cached_logits
 from .distillation_config import DistillationTrainingArguments
 from .frozen_modules import keep_frozen_normalization_in_eval
@@ -66,8 +69,8 @@ class StudentOutput:
     task_loss: torch.Tensor | None = None
 
 
-def _preset_modalities(teacher: nn.Module, student: nn.Module) -> list[Modality]:
-    """The teacher's modality preset, else the student's, else none (a model without a preset)."""
+def _registered_modalities(teacher: nn.Module, student: nn.Module) -> list[Modality]:
+    """The teacher's registered modality spec, else the student's, else none (an unregistered model)."""
     for model in (teacher, student):
         try:
             return default_modalities(model)
@@ -83,19 +86,19 @@ def _modality_specs(
     teacher_modalities: Sequence[Modality] | None,
 ) -> tuple[list[Modality], list[Modality]]:
     """``(student spec, teacher spec)``. Explicit arguments win (``modalities`` serves both when
-    ``teacher_modalities`` is not given). Otherwise a heterogeneous pair (both models have presets, for
-    different ``model_type``s) takes each model's own preset; any other pair takes the teacher's preset, else
-    the student's, for both."""
-    teacher_preset, student_preset = get_model_preset(teacher), get_model_preset(student)
+    ``teacher_modalities`` is not given). Otherwise a heterogeneous pair (both models are registered
+    architectures, of different ``model_type``s) takes each model's own spec; any other pair takes the
+    teacher's spec, else the student's, for both."""
+    teacher_adapter, student_adapter = get_architecture(teacher), get_architecture(student)
     if modalities is not None:
         student_spec = list(modalities)
-    elif teacher_preset and student_preset and teacher_preset.model_type != student_preset.model_type:
+    elif teacher_adapter and student_adapter and teacher_adapter.model_type != student_adapter.model_type:
         student_spec = default_modalities(student)
     else:
-        student_spec = _preset_modalities(teacher, student)
+        student_spec = _registered_modalities(teacher, student)
     if teacher_modalities is not None:
         teacher_spec = list(teacher_modalities)
-    elif modalities is None and teacher_preset is not None:
+    elif modalities is None and teacher_adapter is not None:
         teacher_spec = default_modalities(teacher)
     else:
         teacher_spec = student_spec
@@ -114,10 +117,13 @@ def _is_default_id2label(id2label: dict | None) -> bool:
 
 def check_label_spaces(student_config, teacher_config) -> None:
     """Raise a ValueError unless student and teacher predict the same labels (``num_labels``, read through
-    the model presets, e.g. LXMERT's ``num_qa_labels``; ``id2label`` where both models set non-default
-    names, and ``problem_type`` where both set it). A config may be any object: missing fields are not
-    compared."""
-    student_count, teacher_count = preset_num_labels(student_config), preset_num_labels(teacher_config)
+    the registered architectures, e.g. LXMERT's ``num_qa_labels``; ``id2label`` where both models set
+    non-default names, and ``problem_type`` where both set it). A config may be any object: missing fields
+    are not compared."""
+    student_count, teacher_count = (
+        architecture_num_labels(student_config),
+        architecture_num_labels(teacher_config),
+    )
     if student_count != teacher_count:
         raise ValueError(
             f"Teacher and student label spaces differ: teacher num_labels={teacher_count}, "
@@ -209,13 +215,14 @@ class DistillationTrainer(Trainer):
             If it is the base model of a PEFT student, its outputs are computed with the adapters disabled.
         args: a :class:`DistillationTrainingArguments`.
         modalities: the batch's modalities (:class:`~hf_msd.modality.Modality`) as the student sees them;
-            default the teacher's preset (:func:`~hf_msd.modality.default_modalities`), else the student's,
-            else none; for a heterogeneous pair (two architectures with presets), the student's preset. They
-            matter when the student takes fewer modalities than the teacher (``config.modalities``, e.g.
-            ``["text"]``: the multimodal-to-unimodal setting of Agarwal et al.): the student is then given
-            only its own modalities' keys while the teacher sees the whole batch.
+            default the teacher's registered spec (:func:`~hf_msd.architectures.default_modalities`), else
+            the student's, else none; for a heterogeneous pair (two registered architectures), the student's
+            own. They matter when the student takes fewer modalities than the teacher
+            (``config.modalities``, e.g. ``["text"]``: the multimodal-to-unimodal setting of Agarwal et
+            al.): the student is then given only its own modalities' keys while the teacher sees the whole
+            batch.
         teacher_modalities: the teacher's spec when it differs from the student's (a teacher with another
-            processor); default ``modalities`` if given, else the teacher's preset. Its names are the
+            processor); default ``modalities`` if given, else the teacher's registered spec. Its names are the
             modality set; the student's names must be among them.
         **trainer_kwargs: everything else `transformers.Trainer` accepts (datasets, collator, callbacks...).
 
@@ -465,7 +472,7 @@ class DistillationTrainer(Trainer):
     ) -> torch.Tensor | None:
         """The batch's cached teacher logits ``column`` (dense (B, num_labels), top-k columns expanded by
         :func:`~hf_msd.teacher_cache.batch_cached_logits`) on the trainer's device; ``None`` if not cached."""
-        logits = batch_cached_logits(inputs, column, preset_num_labels(self.teacher_model))
+        logits = batch_cached_logits(inputs, column, architecture_num_labels(self.teacher_model))
         return None if logits is None else logits.to(self.args.device)
 
     # ---- Training-only modules (projections, learned weights) ----------------------------------------
@@ -580,7 +587,7 @@ class DistillationTrainer(Trainer):
         key = tuple(id(dataset) for dataset in datasets_.values())
         if key == self._checked_data:
             return
-        num_labels = preset_num_labels(self._label_config)  # e.g. LXMERT's num_qa_labels
+        num_labels = architecture_num_labels(self._label_config)  # e.g. LXMERT's num_qa_labels
         for name, dataset in datasets_.items():
             extra = [c for c in getattr(dataset, "column_names", None) or [] if self._is_extra_column(c)]
             if extra and self.args.remove_unused_columns:
@@ -721,7 +728,7 @@ class DistillationTrainer(Trainer):
 
         Yes with ``compute_loss_func`` or label smoothing, with custom ``label_names``, and for any model that
         takes labels (a ``labels`` argument or ``**kwargs``) unless the library computes it: sequence
-        classifiers it knows (a model preset, e.g. hf_msd's models and ViLT, or a transformers
+        classifiers it knows (a registered architecture, e.g. hf_msd's models and ViLT, or a transformers
         ``*ForSequenceClassification``), whose per-micro-batch mean the library replaces by the mean over the
         labelled examples of the whole accumulated batch.
         """
@@ -734,7 +741,7 @@ class DistillationTrainer(Trainer):
         if not torch.is_tensor(inputs.get("labels")):
             return False
         student = self._student_base()
-        if get_model_preset(student) is not None or (
+        if get_architecture(student) is not None or (
             type(student).__name__ in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
         ):
             return False
@@ -963,7 +970,7 @@ class DistillationTrainer(Trainer):
           `Trainer.compute_loss` returns, with the Trainer's gradient-accumulation contract (divided by the
           accumulation steps unless the model receives ``num_items_in_batch`` or ``compute_loss_func`` is
           set), times ``hard_label_weight``.
-        - **The library** (hf_msd's models and other models with a preset, transformers'
+        - **The library** (hf_msd's models and other registered architectures, transformers'
           ``*ForSequenceClassification``, models that return no loss): the per-example task loss summed over
           the labelled examples (label != -100) and divided by their number in the whole accumulated batch,
           over every process.
@@ -1056,7 +1063,16 @@ class DistillationTrainer(Trainer):
             "learning rate / mixed precision settings; nothing of this batch was applied to the student."
         )
 
-    # ---- Model card ----------------------------------------------------------------------------------
+    # ---- Saving and the model card ---------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """`Trainer._save`; the folder of an hf_msd student (its config declares `modalities`) also gets the
+        `multimodal-classification` pipeline (:func:`hf_msd.pipelines.add_pipeline_code`), so what
+        `push_to_hub` uploads is served by `pipeline(model=repo, trust_remote_code=True)`."""
+        super()._save(output_dir, state_dict)
+        config = Path(output_dir if output_dir is not None else self.args.output_dir) / CONFIG_NAME
+        if self.args.should_save and config.is_file() and "modalities" in json.loads(config.read_text()):
+            add_pipeline_code(config.parent)
 
     def create_model_card(self, **kwargs: Any) -> None:
         """Write hf_msd's model card of this run to ``<output_dir>/README.md`` (``push_to_hub`` calls this

@@ -37,10 +37,10 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
 from .. import losses
+from ..architectures import get_logits
+from ..architectures import num_labels as architecture_num_labels
 from ..data.generative import DISTILLATION_LABELS, VIEW_NAMES, has_views, view_inputs
 from ..modality import Modality, remove, restrict, validate_modalities
-from ..modality_presets import get_logits
-from ..modality_presets import num_labels as preset_num_labels
 from ..saliency import (
     SaliencyFn,
     SaliencyReport,
@@ -95,8 +95,8 @@ class MSDTrainer(DistillationTrainer):
         args: an :class:`MSDTrainingArguments`.
         modalities, teacher_modalities: the :class:`~hf_msd.modality.Modality` specs (keys and removal
             strategy of each modality) of the student's and the teacher's inputs, as for the parent
-            (default the presets, :func:`~hf_msd.modality.default_modalities`). The teacher's ``x_m`` are
-            made with the teacher's spec from its inputs, the student's with the student's spec.
+            (default the registered specs, :func:`~hf_msd.architectures.default_modalities`). The teacher's
+            ``x_m`` are made with the teacher's spec from its inputs, the student's with the student's spec.
             Checked against the first training batch and both models when ``train()`` starts (errors name
             the key).
         saliency_fn: ``fn(teacher_logits_full, teacher_logits_without_m, problem_type) -> (B,)`` replacing
@@ -162,7 +162,8 @@ class MSDTrainer(DistillationTrainer):
             )
         if not self.generative and not self.modalities and args.modality_loss_weight > 0:
             raise ValueError(
-                "modalities is empty and neither model has a preset: pass modalities=[Modality(...), ...]."
+                "modalities is empty and neither model is a registered architecture: pass "
+                "modalities=[Modality(...), ...]."
             )
         self.saliency_fn = saliency_fn
         names = list(VIEW_NAMES) if self.generative else [m.name for m in self.teacher_modalities]
@@ -563,7 +564,7 @@ class MSDTrainer(DistillationTrainer):
                 dataset,
                 self.teacher_modalities,
                 self.problem_type,
-                preset_num_labels(self.teacher_model),
+                architecture_num_labels(self.teacher_model),
                 self.saliency_fn,
             )
             logger.info(f"Population saliency from the cached teacher outputs: {report.population()}")

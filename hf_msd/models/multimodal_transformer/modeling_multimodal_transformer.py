@@ -35,19 +35,13 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
-from transformers.utils import logging
 
 from .configuration_multimodal_transformer import MultimodalTransformerConfig
-
-logger = logging.get_logger(__name__)
 
 TEXT_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 IMAGE_INPUT_NAMES = ("pixel_values",)
 MAIN_INPUT_NAMES = {"text": "input_ids", "image": "pixel_values"}  # the input that makes a modality present
 PROCESSING_FILE = "processing_multimodal_transformer.py"
-PIPELINE_FILE = "multimodal_classification.py"  # hf_msd's pipeline module, when it sits next to this file
-#: The pipeline task written to `config.custom_pipelines` on save when it is registered.
-PIPELINE_TASK = "multimodal-classification"
 
 
 @dataclass
@@ -248,19 +242,11 @@ def _assemble_blocks(blocks: dict[tuple[str, str], torch.Tensor], lengths: dict[
 
 
 def add_remote_code(config: MultimodalTransformerConfig, save_directory) -> None:
-    """Make a saved folder complete for `trust_remote_code=True` users (called by `save_pretrained`).
-
-    - `config.auto_map` names `AutoModel` (the bare model), `AutoModelForSequenceClassification` and
-      `AutoProcessor`, and the processing file is copied next to the modeling one.
-    - If a pipeline task `PIPELINE_TASK` is registered in transformers' `PIPELINE_REGISTRY` (importing hf_msd
-      registers `multimodal-classification`), it is written to `config.custom_pipelines` and its module file
-      is copied, so `pipeline(model=folder_or_repo, trust_remote_code=True)` builds it. A model loaded as
-      remote code keeps the entry if its pipeline file sits next to this one (it was downloaded).
-
-    An entry whose file cannot be copied is removed rather than left pointing to a missing file.
-    """
-    from transformers.pipelines import PIPELINE_REGISTRY
-
+    """Make a saved folder complete for `trust_remote_code=True` users (called by `save_pretrained`):
+    `config.auto_map` names `AutoModel` (the bare model), `AutoModelForSequenceClassification` and
+    `AutoProcessor`, and the processing file is copied next to the modeling one (transformers copies the
+    configuration and modeling files). The `multimodal-classification` pipeline is not the model's business:
+    saving through the pipeline (`Pipeline.save_pretrained`) adds it to `config.custom_pipelines`."""
     os.makedirs(save_directory, exist_ok=True)
     auto_map = dict(getattr(config, "auto_map", None) or {})
     for cls in (MultimodalTransformerModel, MultimodalTransformerForSequenceClassification):
@@ -272,23 +258,6 @@ def add_remote_code(config: MultimodalTransformerConfig, save_directory) -> None
     else:
         auto_map.pop("AutoProcessor", None)
     config.auto_map = auto_map
-    pipelines = dict(getattr(config, "custom_pipelines", None) or {})
-    task = PIPELINE_REGISTRY.supported_tasks.get(PIPELINE_TASK)
-    pipeline_file = Path(__file__).with_name(PIPELINE_FILE)
-    if task is not None:
-        pipeline_file = Path(inspect.getfile(task["impl"]))
-        entry = {
-            "impl": f"{pipeline_file.stem}.{task['impl'].__name__}",
-            "pt": [c.__name__ for c in task["pt"]],
-        }
-        pipelines[PIPELINE_TASK] = {**entry, **({"type": task["type"]} if "type" in task else {})}
-    if PIPELINE_TASK in pipelines and not _copy_code(pipeline_file, save_directory):
-        logger.warning(
-            f"{pipeline_file.name} not found: the saved config names no {PIPELINE_TASK!r} pipeline."
-        )
-        pipelines.pop(PIPELINE_TASK)
-    if pipelines or getattr(config, "custom_pipelines", None) is not None:
-        config.custom_pipelines = pipelines
 
 
 def _copy_code(source: Path, save_directory) -> bool:
@@ -299,32 +268,6 @@ def _copy_code(source: Path, save_directory) -> bool:
     if source.resolve() != target.resolve():
         shutil.copyfile(source, target)
     return True
-
-
-def _refuse_foreign_pipeline(modalities: list[str], depth: int = 8) -> None:
-    """Raise when a transformers pipeline other than `PIPELINE_TASK` (e.g. `text-classification`, which feeds
-    text only) runs a model that takes several modalities: its answer would silently ignore the image. Called
-    only when a modality is missing, it looks at the `depth` calling frames for a `Pipeline`; deliberate
-    single-modality calls (MSD, per-modality evaluation) do not come from a pipeline and are not affected."""
-    if len(modalities) < 2:
-        return
-    from transformers import Pipeline
-
-    frame = inspect.currentframe()
-    for _ in range(depth):
-        frame = frame.f_back if frame is not None else None
-        if frame is None:
-            return
-        caller = frame.f_locals.get("self")
-        if isinstance(caller, Pipeline):
-            if caller.task == PIPELINE_TASK:
-                return
-            raise ValueError(
-                f"This model takes {list(modalities)}, but the {caller.task or type(caller).__name__!r} "
-                "pipeline gives it only part of the input: its answer would silently ignore the rest. Use "
-                f"pipeline({PIPELINE_TASK!r}, model=...) with {{'image': ..., 'text': ...}} inputs "
-                "(trust_remote_code=True where hf_msd is not installed)."
-            )
 
 
 class MultimodalTransformerPreTrainedModel(PreTrainedModel):
@@ -577,12 +520,15 @@ class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTra
         num_labels)` for regression. Returns `logits` of shape `(batch_size, num_labels)` and the fields
         described in the module docstring. `inputs_embeds` is accepted so callers that always pass it (PEFT's
         `task_type="SEQ_CLS"` wrapper passes `inputs_embeds=None`) work; it must be None: pass `input_ids`.
+
+        A missing modality is not an error (modality-specific distillation and per-modality evaluation call
+        the model with one modality on purpose), so a caller that feeds only part of the input gets an answer
+        from that part alone: `pipeline("text-classification")` on a text+image model ignores the image.
+        Serve a multimodal model with the `multimodal-classification` pipeline.
         """
         if inputs_embeds is not None:
             raise ValueError("inputs_embeds is not supported by this model; pass input_ids.")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if input_ids is None or pixel_values is None:
-            _refuse_foreign_pipeline(self.config.modalities)
         outputs = self.multimodal_transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,

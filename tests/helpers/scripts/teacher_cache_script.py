@@ -1,9 +1,9 @@
 """Teacher-output cache on 2 CPU processes, run by tests/test_teacher_cache.py.
 
-Launched with :func:`launch_utils.two_process_launch` as ``teacher_cache_script.py OUT_DIR``: every rank
-calls :func:`hf_msd.precompute_teacher_outputs` on the same data with ``cache_dir=OUT_DIR/cache`` and writes
-``OUT_DIR/rank<k>.json``: how many examples its teacher ran on, the cached column and the fingerprint.
-"""
+Launched with :func:`tests.helpers.launch.two_process_launch` as ``teacher_cache_script.py OUT_DIR``
+(repository root on ``PYTHONPATH``): every rank calls :func:`hf_msd.precompute_teacher_outputs` on the same
+data with ``cache_dir=OUT_DIR/cache`` and writes ``OUT_DIR/rank<k>.json``: how many examples its teacher ran
+on, the cached column and the fingerprint."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(TESTS), TESTS]
+from accelerate import PartialState
 
-from accelerate import PartialState  # noqa: E402
-
-from hf_msd import MultimodalDataCollator, precompute_teacher_outputs  # noqa: E402
-from tests.models_utils import tiny_model, tiny_processor  # noqa: E402
-from tests.test_teacher_cache import raw_dataset  # noqa: E402
+from hf_msd import MultimodalDataCollator, precompute_teacher_outputs
+from tests.helpers.models import raw_dataset, tiny_model, tiny_processor
 
 
 def main(out_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """Tiny transformers architectures for the bring-your-own-model tests (ViLT, VisualBERT, LXMERT,
 BridgeTower, hf_msd's fusion model and dual encoder), built offline from small configs, with batches and
-the modality-only inputs each preset must produce, written out by hand."""
+the modality-only inputs each registered architecture's spec must produce, written out by hand."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from hf_msd.models import DualEncoderConfig, DualEncoderForSequenceClassification
-from tests.models_utils import TINY_VOCAB, tiny_model
+from tests.helpers.models import TINY_VOCAB, tiny_model
 
 BATCH, SEQ, REGIONS, FEAT = 2, 6, 3, 12
 CLS, SEP = TINY_VOCAB.index("[CLS]"), TINY_VOCAB.index("[SEP]")
@@ -30,7 +30,7 @@ NUM_LABELS = {
     "msd_multimodal_transformer": 3,
     "msd_dual_encoder": 3,
 }
-HF_MSD_MODELS = ("msd_multimodal_transformer", "msd_dual_encoder")  # 16x16 images, "drop" presets
+HF_MSD_MODELS = ("msd_multimodal_transformer", "msd_dual_encoder")  # 16x16 images, "drop" removal
 ARCHITECTURES = list(NUM_LABELS)
 _TEXT = {"vocab_size": len(TINY_VOCAB), "num_attention_heads": 4, "intermediate_size": 64}
 
@@ -174,8 +174,8 @@ def architecture_batch(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def expected_modality_inputs(name: str, batch: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """The modality-only inputs ``{"text": x_text, "image": x_image}`` (labels excluded) that the preset of
-    ``name`` must produce, written out for the B=2, L=6 batch of :func:`architecture_batch`."""
+    """The modality-only inputs ``{"text": x_text, "image": x_image}`` (labels excluded) that the registered
+    spec of ``name`` must produce, written out for the B=2, L=6 batch of :func:`architecture_batch`."""
     text = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     image = {k: v for k, v in batch.items() if k not in text and k != "labels"}
     if name in HF_MSD_MODELS:  # "drop": the other modality's keys are left out

@@ -1,6 +1,6 @@
-"""How hf_msd reads the multimodal architectures users bring: a registry of presets keyed by ``model_type``.
+"""How hf_msd reads the multimodal architectures users bring: a registry of adapters keyed by ``model_type``.
 
-A :class:`ModelPreset` says, for one ``config.model_type``:
+An :class:`ArchitectureAdapter` says, for one ``config.model_type``:
 
 - ``modalities(config)``: the :class:`~hf_msd.modality.Modality` spec (batch keys per modality and how each
   is removed for the modality-only inputs ``x_m``);
@@ -8,7 +8,7 @@ A :class:`ModelPreset` says, for one ``config.model_type``:
   ``question_answering_score``);
 - ``num_labels_attr``: the config field that holds the number of classes (LXMERT: ``num_qa_labels``).
 
-Built-in presets (``x_text`` keeps the text, ``x_image`` keeps the image):
+Built-in adapters (``x_text`` keeps the text, ``x_image`` keeps the image):
 
 - ``msd_multimodal_transformer``, ``msd_dual_encoder`` (hf_msd): text "drop", image "drop" (keys left
   out; only the modalities in ``config.modalities``).
@@ -23,8 +23,9 @@ VisualBERT's VQA head reads position ``attention_mask.sum(1) - 2``: an all-zero 
 so its text removal keeps ``[CLS]`` and ``[SEP]`` attended (the empty question) and the head reads ``[CLS]``.
 LXMERT needs ``visual_feats`` and ``visual_pos`` in every call, so its image is masked, not dropped.
 
-Add an architecture with :func:`register_model_preset`; read logits with :func:`get_logits`, which the
-trainers, saliency and evaluation use.
+The registry is a plain dict, :data:`ARCHITECTURES`, filled by :func:`register_architecture` calls (the
+built-in ones at the end of this module); :func:`default_modalities` reads a model's modality spec from it and
+:func:`get_logits` its logits, for the trainers, saliency and evaluation.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .modality import Modality
 
 
 @dataclass(frozen=True)
-class ModelPreset:
+class ArchitectureAdapter:
     """How hf_msd reads one architecture (see the module docstring).
 
     Args:
@@ -56,39 +57,42 @@ class ModelPreset:
     num_labels_attr: str = "num_labels"
 
 
-MODEL_PRESETS: dict[str, ModelPreset] = {}
+#: ``config.model_type`` -> its adapter; fill it with :func:`register_architecture`.
+ARCHITECTURES: dict[str, ArchitectureAdapter] = {}
 
 
-def register_model_preset(preset: ModelPreset, exist_ok: bool = False) -> ModelPreset:
-    """Add ``preset`` to :data:`MODEL_PRESETS` (``exist_ok`` replaces an existing one)."""
-    if preset.model_type in MODEL_PRESETS and not exist_ok:
+def register_architecture(adapter: ArchitectureAdapter, exist_ok: bool = False) -> ArchitectureAdapter:
+    """Add ``adapter`` to :data:`ARCHITECTURES` (``exist_ok`` replaces an existing one)."""
+    if adapter.model_type in ARCHITECTURES and not exist_ok:
         raise ValueError(
-            f"A preset for model_type={preset.model_type!r} exists; pass exist_ok=True to replace it."
+            f"An adapter for model_type={adapter.model_type!r} exists; pass exist_ok=True to replace it."
         )
-    MODEL_PRESETS[preset.model_type] = preset
-    return preset
+    ARCHITECTURES[adapter.model_type] = adapter
+    return adapter
 
 
 def _config(model) -> Any:
     return getattr(model, "config", model)
 
 
-def get_model_preset(model) -> ModelPreset | None:
-    """The preset of ``model`` (or of a config) by ``config.model_type``; ``None`` without one."""
-    return MODEL_PRESETS.get(getattr(_config(model), "model_type", None))
+def get_architecture(model) -> ArchitectureAdapter | None:
+    """The adapter of ``model`` (or of a config) by ``config.model_type``; ``None`` without one."""
+    return ARCHITECTURES.get(getattr(_config(model), "model_type", None))
 
 
-def preset_modalities(model) -> list[Modality]:
-    """The preset's modality spec for ``model`` (or its config); ``ValueError`` without a preset."""
+def default_modalities(model) -> list[Modality]:
+    """The modality spec of ``model`` (or of its config) from its registered adapter (ViLT, VisualBERT,
+    LXMERT, BridgeTower, hf_msd's models; add your own with :func:`register_architecture`). Raises
+    ``ValueError`` naming the ``model_type`` without one."""
     config = _config(model)
-    preset = get_model_preset(config)
-    if preset is None:
+    adapter = get_architecture(config)
+    if adapter is None:
         raise ValueError(
-            f"No modality preset for model_type={getattr(config, 'model_type', None)!r}; pass "
+            f"No registered architecture for model_type={getattr(config, 'model_type', None)!r}; pass "
             "`modalities=[Modality(...), ...]` naming each modality's batch keys and removal strategy, or "
-            "register one with `hf_msd.modality_presets.register_model_preset`."
+            "register one with `hf_msd.architectures.register_architecture`."
         )
-    return preset.modalities(config)
+    return adapter.modalities(config)
 
 
 def get_logits(model, outputs: Any, has_loss: bool = False) -> torch.Tensor:
@@ -96,9 +100,9 @@ def get_logits(model, outputs: Any, has_loss: bool = False) -> torch.Tensor:
 
     A bare tensor is the logits. A tuple is ``(loss, logits, ...)`` when the model computed a loss
     (``has_loss``), else ``(logits, ...)``. A ``ModelOutput`` / dict gives the field named by
-    ``model.logits_key`` (an attribute a plain module may set), by the model's preset (:class:`ModelPreset`),
-    else ``logits``; without a ``logits`` field, its first entry that is not the loss (the Trainer's
-    convention for predictions).
+    ``model.logits_key`` (an attribute a plain module may set), by the model's adapter
+    (:class:`ArchitectureAdapter`), else ``logits``; without a ``logits`` field, its first entry that is not
+    the loss (the Trainer's convention for predictions).
     """
     if isinstance(outputs, torch.Tensor):
         return outputs
@@ -106,8 +110,8 @@ def get_logits(model, outputs: Any, has_loss: bool = False) -> torch.Tensor:
         return outputs[1] if has_loss else outputs[0]
     key = getattr(model, "logits_key", None)
     if key is None:
-        preset = get_model_preset(model)
-        key = preset.logits_key if preset is not None else "logits"
+        adapter = get_architecture(model)
+        key = adapter.logits_key if adapter is not None else "logits"
     if isinstance(outputs, Mapping):
         value = outputs.get(key)
         if value is None and key == "logits":
@@ -118,8 +122,8 @@ def get_logits(model, outputs: Any, has_loss: bool = False) -> torch.Tensor:
         fields = list(outputs.keys()) if isinstance(outputs, Mapping) else sorted(vars(outputs))
         raise ValueError(
             f"{type(model).__name__}'s output ({type(outputs).__name__}) has no {key!r} (fields: {fields}). "
-            "Name the field that holds the logits: set `model.logits_key = '<field>'`, or register a "
-            "`ModelPreset(model_type, modalities, logits_key='<field>')` for its config.model_type."
+            "Name the field that holds the logits: set `model.logits_key = '<field>'`, or register an "
+            "`ArchitectureAdapter(model_type, modalities, logits_key='<field>')` for its config.model_type."
         )
     return value
 
@@ -139,16 +143,16 @@ def classifier_output(model, outputs: Any) -> Any:
 
 
 def num_labels(model) -> int | None:
-    """The number of classes of ``model`` (or a config), read from its preset's ``num_labels_attr``; ``None``
-    for a model without a config."""
+    """The number of classes of ``model`` (or a config), read from its adapter's ``num_labels_attr``;
+    ``None`` for a model without a config."""
     config = _config(model)
     if config is model and isinstance(model, torch.nn.Module):
         return None
-    preset = get_model_preset(config)
-    return getattr(config, preset.num_labels_attr if preset is not None else "num_labels", None)
+    adapter = get_architecture(config)
+    return getattr(config, adapter.num_labels_attr if adapter is not None else "num_labels", None)
 
 
-# ---- Built-in presets ----------------------------------------------------------------------------------
+# ---- Built-in architectures ----------------------------------------------------------------------------
 
 
 def _pad_id(config) -> int:
@@ -166,13 +170,13 @@ def _masked_text(config, removal: str = "mask", keys=("input_ids", "attention_ma
 
 
 def _hf_msd_modalities(config) -> list[Modality]:
-    presets = {
+    specs = {
         "text": Modality(
             "text", keys=["input_ids"], optional_keys=["attention_mask", "token_type_ids"], removal="drop"
         ),
         "image": Modality("image", keys=["pixel_values"], removal="drop"),
     }
-    return [presets[name] for name in getattr(config, "modalities", None) or ["text", "image"]]
+    return [specs[name] for name in getattr(config, "modalities", None) or ["text", "image"]]
 
 
 def _pixel_image(config) -> Modality:
@@ -214,14 +218,14 @@ def _lxmert_modalities(config) -> list[Modality]:
     ]
 
 
-for _preset in (
-    ModelPreset("msd_multimodal_transformer", _hf_msd_modalities),
-    ModelPreset("msd_dual_encoder", _hf_msd_modalities),
-    ModelPreset("vilt", _vilt_modalities),
-    ModelPreset("bridgetower", _bridgetower_modalities),
-    ModelPreset("visual_bert", _visual_bert_modalities),
-    ModelPreset(
+for _adapter in (
+    ArchitectureAdapter("msd_multimodal_transformer", _hf_msd_modalities),
+    ArchitectureAdapter("msd_dual_encoder", _hf_msd_modalities),
+    ArchitectureAdapter("vilt", _vilt_modalities),
+    ArchitectureAdapter("bridgetower", _bridgetower_modalities),
+    ArchitectureAdapter("visual_bert", _visual_bert_modalities),
+    ArchitectureAdapter(
         "lxmert", _lxmert_modalities, logits_key="question_answering_score", num_labels_attr="num_qa_labels"
     ),
 ):
-    register_model_preset(_preset)
+    register_architecture(_adapter)

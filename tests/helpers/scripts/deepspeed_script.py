@@ -2,14 +2,13 @@
 
 Launched as ``DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES= accelerate launch --use_deepspeed --zero_stage N
 --zero3_save_16bit_model true --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no
-tests/deepspeed_script.py OUT_DIR`` (DeepSpeed's CPU accelerator falls back to gloo). For each case of
-:data:`CASES` every rank trains the tiny student :data:`STEPS` SGD steps of :data:`PER_DEVICE_BATCH` examples
-(the teacher is DeepSpeed's inference engine, partitioned under ZeRO-3), saving a checkpoint every
+tests/helpers/scripts/deepspeed_script.py OUT_DIR`` (DeepSpeed's CPU accelerator falls back to gloo). For each
+case of :data:`CASES` every rank trains the tiny student :data:`STEPS` SGD steps of :data:`PER_DEVICE_BATCH`
+examples (the teacher is DeepSpeed's inference engine, partitioned under ZeRO-3), saving a checkpoint every
 :data:`SAVE_STEPS`; the per-step losses go to ``OUT_DIR/<case>/losses.json`` and the student to
 ``OUT_DIR/<case>/student``. A second trainer then resumes from the first checkpoint and saves its student to
-``OUT_DIR/<case>/resumed``. The test compares all of it with one process taking the same steps on batches
-of twice the size (:func:`train` is shared by both sides).
-"""
+``OUT_DIR/<case>/resumed``. The test compares all of it with one process taking the same steps on batches of
+twice the size (:func:`train` is shared by both sides)."""
 
 from __future__ import annotations
 
@@ -18,14 +17,12 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/: the shared tiny-model helpers
-
-from distillation_utils import make_args, teacher_and_student, token_dataset
-from models_utils import tiny_model
-from msd_utils import stack_collate, text_label_dataset
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from hf_msd.trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
+from tests.helpers.distillation import make_args, teacher_and_student, token_dataset
+from tests.helpers.models import tiny_model
+from tests.helpers.msd import stack_collate, text_label_dataset
 
 CASES = ("kd", "msd")
 PER_DEVICE_BATCH = 4  # on each of 2 processes; the 1-process reference takes batches of 8

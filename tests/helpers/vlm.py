@@ -71,7 +71,7 @@ def raw_examples(n: int = 8, unlabelled: tuple[int, ...] = ()) -> list[dict]:
 
 def msd_args(output_dir, **overrides) -> MSDTrainingArguments:
     """Deterministic CPU arguments for one SGD step (as tests/distillation_utils.make_args)."""
-    from distillation_utils import make_args
+    from tests.helpers.distillation import make_args
 
     base = make_args(output_dir, remove_unused_columns=False, train_sampling_strategy="sequential")
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}

@@ -1,11 +1,10 @@
 """A training run that SIGKILLs itself while saving a checkpoint, for tests/test_resume.py.
 
-``python tests/resume_script.py OUT_DIR`` trains :func:`build_trainer`'s trainer with a checkpoint every 2
-steps and kills its own process (SIGKILL, as an out-of-memory killer or a pre-empted
-node would) in the middle of saving the step-4 checkpoint: after the Trainer wrote it, before the
-training-only state was written. The test then resumes in its own process and compares with an
-uninterrupted run built by the same function.
-"""
+``python tests/helpers/scripts/resume_script.py OUT_DIR`` (repository root on ``PYTHONPATH``) trains
+:func:`build_trainer`'s trainer with a checkpoint every 2 steps and kills its own process (SIGKILL, as an out-
+of-memory killer or a pre-empted node would) in the middle of saving the step-4 checkpoint: after the Trainer
+wrote it, before the training-only state was written. The test then resumes in its own process and compares
+with an uninterrupted run built by the same function."""
 
 from __future__ import annotations
 
@@ -16,13 +15,10 @@ import sys
 
 from transformers import TrainerCallback
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/: the shared tiny-model helpers
-
-from distillation_utils import make_args
-from models_utils import tiny_model
-from msd_utils import stack_collate, text_label_dataset
-
 from hf_msd.trainers import MSDTrainer, MSDTrainingArguments
+from tests.helpers.distillation import make_args
+from tests.helpers.models import tiny_model
+from tests.helpers.msd import stack_collate, text_label_dataset
 
 MAX_STEPS = 4
 KILL_AT_STEP = 4

@@ -6,6 +6,7 @@ seeded, so tests stay fast and deterministic.
 
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from PIL import Image
@@ -226,3 +227,24 @@ def tiny_vilt_processor(folder: str | Path) -> ViltProcessor:
     processor = ViltProcessor(image_processor, tiny_tokenizer())
     processor.save_pretrained(folder)
     return processor
+
+
+QUESTIONS = [
+    "what color is the shape ?",
+    "is there a red circle in the image ?",
+    "does the image contain a triangle ?",
+    "what shape is present ?",
+    "is there not a blue rectangle ?",
+]
+
+
+def raw_dataset(size: int = 12, seed: int = 0, questions: list[str] | None = None) -> datasets.Dataset:
+    """easy-VQA-like raw examples: a 20x20 PIL image, a question and a label in [0, 3)."""
+    questions = questions or [QUESTIONS[i % len(QUESTIONS)] for i in range(size)]
+    features = datasets.Features(
+        {"image": datasets.Image(), "question": datasets.Value("string"), "label": datasets.Value("int64")}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": tiny_images(size, seed=seed), "question": questions, "label": [i % 3 for i in range(size)]},
+        features=features,
+    )

@@ -1,16 +1,15 @@
 """One SGD step of DistillationTrainer, run on 2 CPU processes by tests/test_distributed.py.
 
-Launched as ``accelerate launch --multi_gpu --num_processes 2 --num_machines 1 tests/distributed_script.py
-OUT_DIR`` with no visible GPU: torchrun starts 2 processes and accelerate picks MULTI_CPU (gloo). (With
-``--cpu``, accelerate 1.15's simple launcher starts ONE process unless MPI is used.)
-For each case of :data:`CASES` every rank trains the tiny student (a BERT student of
+Launched as ``accelerate launch --multi_gpu --num_processes 2 --num_machines 1
+tests/helpers/scripts/distributed_script.py OUT_DIR`` with no visible GPU: torchrun starts 2 processes and
+accelerate picks MULTI_CPU (gloo). (With ``--cpu``, accelerate 1.15's simple launcher starts ONE process
+unless MPI is used.) For each case of :data:`CASES` every rank trains the tiny student (a BERT student of
 :class:`DistillationTrainer`, or for ``msd_*`` cases a student made from the tiny multimodal teacher and
 trained by :class:`MSDTrainer` with uniform or learned modality weights) for one optimizer step (two when
-learned) on the whole :data:`NUM_EXAMPLES`-example dataset and saves the student's and the projections'
-(and learned weights') parameters to ``OUT_DIR/<case>/rank<k>.safetensors``. The test compares them with
-the same steps taken by one process on one batch of all the examples (:func:`train_one_step` is shared by
-both sides).
-"""
+learned) on the whole :data:`NUM_EXAMPLES`-example dataset and saves the student's and the projections' (and
+learned weights') parameters to ``OUT_DIR/<case>/rank<k>.safetensors``. The test compares them with the same
+steps taken by one process on one batch of all the examples (:func:`train_one_step` is shared by both
+sides)."""
 
 from __future__ import annotations
 
@@ -21,13 +20,10 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/: the shared tiny-model helpers
-
-from distillation_utils import make_args, teacher_and_student, token_dataset
-from models_utils import tiny_model
-from msd_utils import stack_collate, text_label_dataset
-
 from hf_msd.trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
+from tests.helpers.distillation import make_args, teacher_and_student, token_dataset
+from tests.helpers.models import tiny_model
+from tests.helpers.msd import stack_collate, text_label_dataset
 
 #: Examples in the dataset: exactly one optimizer step's worth in every case (2 x 4, 2 x 2 x 2 and 1 x 8).
 NUM_EXAMPLES = 8

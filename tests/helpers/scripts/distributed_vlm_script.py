@@ -1,6 +1,6 @@
 """One SGD step of MSDTrainer on a tiny LLaVA student, run on 2 CPU processes by tests/test_generative_vlm.py.
 
-Launched like tests/distributed_script.py (``accelerate launch --multi_gpu --num_processes 2``, gloo). For
+Launched like distributed_script.py beside it (``accelerate launch --multi_gpu --num_processes 2``, gloo). For
 each case of :data:`CASES` every rank trains the student for one optimizer step on the :data:`NUM_EXAMPLES`
 raw examples (some without a gold answer) and saves its parameters to ``OUT_DIR/<case>/rank<k>.safetensors``;
 the test takes the same step on one process with one batch of all the examples (:func:`train_one_step`).
@@ -14,12 +14,9 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/: the shared tiny-model helpers
-
-from vlm_utils import msd_args, processor, raw_examples, teacher_and_student
-
 from hf_msd.data import VisionLanguageCollator
 from hf_msd.trainers import MSDTrainer
+from tests.helpers.vlm import msd_args, processor, raw_examples, teacher_and_student
 
 NUM_EXAMPLES = 8
 #: Rows without a gold answer (distilled on their teacher_answer).
