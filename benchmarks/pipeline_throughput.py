@@ -2,7 +2,7 @@
 
 For each student (the default multimodal student and the text-only student made from the default teacher
 by `make_student`, random weights: speed does not depend on them) and each batch size, two workloads run on
-the same easy-VQA test examples, interleaved round after round (`hf_msd.inference_speed.time_interleaved`,
+the same easy-VQA test examples, interleaved round after round (`hf_msd.evaluation.speed.time_interleaved`,
 medians):
 
 - pipeline: `pipe(examples, batch_size=b)` on decoded PIL images and questions: tokenisation, image
@@ -32,8 +32,8 @@ from transformers import AutoTokenizer, pipeline
 
 import hf_msd  # noqa: F401  (registers the multimodal-classification task)
 from hf_msd.data import load_easy_vqa
+from hf_msd.evaluation.speed import time_interleaved
 from hf_msd.experiment.workflow import resolve_path
-from hf_msd.inference_speed import time_interleaved
 from hf_msd.models import (
     MultimodalTransformerForSequenceClassification,
     MultimodalTransformerProcessor,

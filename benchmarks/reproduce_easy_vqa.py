@@ -10,7 +10,7 @@ calls the workflow's stage functions (:mod:`hf_msd.experiment.workflow`), so eac
 ``examples/run_msd.py <config> <flags>`` would train.
 
 1. Two teachers on every train label: the config's teacher (or ``--teacher PATH``) and the same recipe with
-   ``--teacher_modality_dropout p`` (:mod:`hf_msd.modality_dropout`); each scored once on the test split.
+   ``--teacher_modality_dropout p`` (:mod:`hf_msd.modalities.dropout`); each scored once on the test split.
 2. Multimodal students, for each labelled fraction and seed (the seed sets the labelled draw, the
    student's initial weights and the data order; the train / validation split is fixed by the config's
    seed): labels only (trained on the labelled rows alone), KD, MSD uniform / population / instance /
@@ -21,7 +21,7 @@ calls the workflow's stage functions (:mod:`hf_msd.experiment.workflow`), so eac
 4. Unimodal students (text only, image only) at the first fraction, every seed: alone (labels only), KD on
    logits, KD on logits + hidden states, KD on logits + attention maps.
 5. Teacher vs students: parameters and inference latency at batch sizes 1 and 256, interleaved rounds
-   (:func:`hf_msd.inference_speed.compare_inference_speed`).
+   (:func:`hf_msd.evaluation.speed.compare_inference_speed`).
 
 Each arm's result is written to ``<output_dir>/.../arm_result.json`` with its settings and skipped on a rerun
 with the same settings (so an interrupted run resumes); teacher outputs are cached once per teacher

@@ -19,7 +19,7 @@ examples, already collated, is timed for each variant:
 
 Every variant first takes ``--warmup`` steps; then ``--rounds`` rounds each run ``--steps_per_round``
 steps of every variant in turn (interleaved in alternating order by
-:func:`hf_msd.inference_speed.time_interleaved`, so that load from other processes hits all variants
+:func:`hf_msd.evaluation.speed.time_interleaved`, so that load from other processes hits all variants
 alike). Reported: the median over rounds (used for the ratios and targets) and the mean of the time per
 step. ``learned`` runs a meta step every ``meta_update_interval`` steps: it is timed on its own,
 interleaved like the rest, and its row is the training step plus 1 / ``meta_update_interval`` of the meta
@@ -68,10 +68,10 @@ from hf_msd import (
     precompute_teacher_outputs,
 )
 from hf_msd.architectures import default_modalities
+from hf_msd.evaluation.speed import time_interleaved
 from hf_msd.experiment import parse_arguments
 from hf_msd.experiment.workflow import load_data, new_student, new_teacher
-from hf_msd.inference_speed import time_interleaved
-from hf_msd.modality import model_inputs, restrict
+from hf_msd.modalities.modality import model_inputs, restrict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "examples" / "configs" / "quick_easy_vqa.yaml"
@@ -321,7 +321,7 @@ def component_steps(setup: Setup) -> dict[str, Any]:
 
 def time_steps(runners: dict[str, tuple[Any, list]], warmup: int, rounds: int, steps: int) -> dict:
     """``runners``: name -> (fn(batch), batches). ``warmup`` untimed steps per variant, then ``rounds``
-    interleaved rounds of ``steps`` steps per variant (:func:`hf_msd.inference_speed.time_interleaved`);
+    interleaved rounds of ``steps`` steps per variant (:func:`hf_msd.evaluation.speed.time_interleaved`);
     seconds per step: the median and the mean over rounds of a round's time divided by its steps."""
     for fn, batches in runners.values():
         for k in range(warmup):

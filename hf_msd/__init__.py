@@ -4,7 +4,8 @@
   hidden states and attention maps (a drop-in for `Trainer`).
 - :class:`MSDTrainer` / :class:`MSDTrainingArguments`: modality-specific distillation (Jin et al., 2021),
   with uniform, saliency-based (population / instance) or meta-learned modality weights.
-- :class:`Modality`: which batch keys form a modality and how it is removed (:mod:`hf_msd.modality`);
+- :class:`Modality`: which batch keys form a modality and how it is removed
+(:mod:`hf_msd.modalities.modality`);
   :class:`ArchitectureAdapter`: how hf_msd reads an architecture (its modalities, logits field and label
   count), registered per ``model_type`` for ViLT, VisualBERT, LXMERT, BridgeTower and ours
   (:mod:`hf_msd.architectures`; ``ModelPreset`` / ``register_model_preset`` are the former names).
@@ -15,7 +16,7 @@
 - :mod:`hf_msd.data`: easy-VQA, the user's own files, the collator and :class:`PairedCollator` (a teacher
   and a student with different processors).
 - :func:`precompute_teacher_outputs`: the frozen teacher's logits on x and every x_m as cached dataset
-  columns the trainers read instead of running the teacher (:mod:`hf_msd.teacher_cache`).
+  columns the trainers read instead of running the teacher (:mod:`hf_msd.teacher_outputs.cache`).
 """
 
 from .architectures import ArchitectureAdapter, default_modalities, get_logits, register_architecture
@@ -26,7 +27,8 @@ from .data import (
     load_easy_vqa,
     load_local_dataset,
 )
-from .modality import Modality, restrict
+from .distillation.saliency import SaliencyReport, compute_saliency, plot_saliency
+from .modalities.modality import Modality, restrict
 from .models import (
     DualEncoderConfig,
     DualEncoderForSequenceClassification,
@@ -37,8 +39,7 @@ from .models import (
     make_student,
 )
 from .pipelines import MultimodalClassificationPipeline
-from .saliency import SaliencyReport, compute_saliency, plot_saliency
-from .teacher_cache import precompute_teacher_outputs
+from .teacher_outputs.cache import precompute_teacher_outputs
 from .trainers import (
     DistillationTrainer,
     DistillationTrainingArguments,

@@ -2,7 +2,8 @@
 
 An :class:`ArchitectureAdapter` says, for one ``config.model_type``:
 
-- ``modalities(config)``: the :class:`~hf_msd.modality.Modality` spec (batch keys per modality and how each
+- ``modalities(config)``: the :class:`~hf_msd.modalities.modality.Modality` spec (batch keys per modality and
+how each
   is removed for the modality-only inputs ``x_m``);
 - ``logits_key``: the name of the output field that holds the classification logits (LXMERT names them
   ``question_answering_score``);
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .modality import Modality
+from .modalities.modality import Modality
 
 
 @dataclass(frozen=True)

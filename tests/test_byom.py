@@ -16,7 +16,7 @@ from hf_msd.architectures import (
     num_labels,
     register_architecture,
 )
-from hf_msd.modality import Modality, model_inputs, restrict, validate_modalities
+from hf_msd.modalities.modality import Modality, model_inputs, restrict, validate_modalities
 from hf_msd.trainers.msd_config import MSDTrainingArguments
 from hf_msd.trainers.msd_trainer import MSDTrainer
 from tests.helpers.byom import (

@@ -1,4 +1,5 @@
-"""Tests for hf_msd.evaluation: scores per input condition against a hand computation with the model."""
+"""Tests for hf_msd.evaluation.robustness: scores per input condition against a hand computation with the
+model."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from transformers import TrainingArguments
 
 from hf_msd.architectures import default_modalities
 from hf_msd.data import MultimodalDataCollator
-from hf_msd.evaluation import RestrictedCollator, evaluate_by_modality, input_conditions
+from hf_msd.evaluation.robustness import RestrictedCollator, evaluate_by_modality, input_conditions
 from hf_msd.metrics import make_compute_metrics
 from hf_msd.models import make_student
 from tests.helpers.models import tiny_images, tiny_model, tiny_processor, tiny_vilt

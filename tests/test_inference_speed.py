@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_msd.inference_speed import compare_inference_speed, time_interleaved
+from hf_msd.evaluation.speed import compare_inference_speed, time_interleaved
 
 
 def test_time_interleaved_warms_up_then_alternates_the_order():

@@ -1,4 +1,4 @@
-"""hf_msd.losses against formulas written out here with plain math on small fixed tensors."""
+"""hf_msd.distillation.losses against formulas written out here with plain math on small fixed tensors."""
 
 import math
 from types import SimpleNamespace
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_msd import losses
+from hf_msd.distillation import losses
 
 STUDENT = torch.tensor([[1.0, -0.5, 0.2], [0.3, 2.0, -1.0]])
 TEACHER = torch.tensor([[2.0, 0.1, -0.3], [-1.0, 1.5, 0.5]])

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hf_msd.architectures import default_modalities
-from hf_msd.modality import (
+from hf_msd.modalities.modality import (
     REMOVAL_STRATEGIES,
     Modality,
     model_inputs,

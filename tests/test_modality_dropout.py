@@ -1,12 +1,12 @@
-"""hf_msd.modality_dropout and the workflow's --teacher_modality_dropout, against hand-built batches."""
+"""hf_msd.modalities.dropout and the workflow's --teacher_modality_dropout, against hand-built batches."""
 
 import pytest
 import torch
 from torch import nn
 
 from hf_msd.experiment import ExperimentArguments, StageMismatchError, parse_arguments
-from hf_msd.modality import Modality
-from hf_msd.modality_dropout import ModalityDropoutCollator, ModalityDropoutTrainer
+from hf_msd.modalities.dropout import ModalityDropoutCollator, ModalityDropoutTrainer
+from hf_msd.modalities.modality import Modality
 
 MODALITIES = [
     Modality("text", keys=["input_ids"], optional_keys=["attention_mask"]),
@@ -40,7 +40,8 @@ def test_p_zero_leaves_every_batch_unchanged():
 
 
 def test_removed_batches_follow_the_seeded_draws():
-    """Replay the documented draws by hand and build each expected batch without hf_msd.modality."""
+    """Replay the documented draws by hand and build each expected batch without
+    hf_msd.modalities.modality."""
     p, seed = 0.5, 7
     collator = ModalityDropoutCollator(_collate, MODALITIES, probability=p, seed=seed)
     generator = torch.Generator().manual_seed(seed)

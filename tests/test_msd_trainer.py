@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_msd.architectures import default_modalities
-from hf_msd.modality import Modality
+from hf_msd.modalities.modality import Modality
 from hf_msd.trainers.msd_config import MSDTrainingArguments
 from hf_msd.trainers.msd_trainer import SALIENCY_CACHE_NAME, MSDTrainer
 from hf_msd.trainers.training_state import TRAINING_STATE_NAME

@@ -5,9 +5,8 @@ import torch
 from PIL import Image
 
 from hf_msd.architectures import default_modalities
-from hf_msd.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
-from hf_msd.modality import Modality
-from hf_msd.saliency import (
+from hf_msd.distillation.losses import MULTI_LABEL, REGRESSION, SINGLE_LABEL
+from hf_msd.distillation.saliency import (
     SaliencyReport,
     compute_saliency,
     default_saliency,
@@ -15,6 +14,7 @@ from hf_msd.saliency import (
     plot_saliency,
     saliency_fingerprint,
 )
+from hf_msd.modalities.modality import Modality
 from tests.helpers.models import tiny_vilt
 from tests.helpers.models import tiny_vilt_batch as vilt_batch
 from tests.helpers.msd import ThreeInputModel

@@ -23,9 +23,9 @@ from transformers import PretrainedConfig
 
 from hf_msd import MultimodalDataCollator, precompute_teacher_outputs
 from hf_msd.architectures import default_modalities
-from hf_msd.losses import MULTI_LABEL, SINGLE_LABEL
-from hf_msd.modality import Modality
-from hf_msd.teacher_cache import compress_topk, expand_topk, teacher_outputs_fingerprint
+from hf_msd.distillation.losses import MULTI_LABEL, SINGLE_LABEL
+from hf_msd.modalities.modality import Modality
+from hf_msd.teacher_outputs.cache import compress_topk, expand_topk, teacher_outputs_fingerprint
 from hf_msd.trainers import (
     DistillationTrainer,
     DistillationTrainingArguments,
@@ -356,7 +356,7 @@ def tempered(probs, temperature):
 
 
 def test_topk_single_label_reconstruction_and_its_kd_effect_match_the_hand_computation():
-    from hf_msd.losses import soft_target_loss
+    from hf_msd.distillation.losses import soft_target_loss
 
     values, indices, rest = compress_topk(LOGITS, 2, SINGLE_LABEL)
     assert indices.tolist() == TOP
@@ -440,7 +440,7 @@ def test_float16_storage_rounds_to_half_precision(setup, tmp_path):
 
 
 def test_saliency_fingerprint_sees_permutations_collator_settings_lambdas_and_list_content(setup):
-    from hf_msd.saliency import saliency_fingerprint
+    from hf_msd.distillation.saliency import saliency_fingerprint
 
     teacher, modalities = setup["teacher"], default_modalities(setup["teacher"])
     examples = [setup["data"][i] for i in range(6)]

@@ -8,7 +8,7 @@ from datasets import ClassLabel, Dataset, Features, List, Value
 
 from hf_msd.data import MultimodalDataCollator, keep_labels_on_subset, labelled_rows
 from hf_msd.data.splits import num_labelled
-from hf_msd.losses import labelled_mask, task_loss
+from hf_msd.distillation.losses import labelled_mask, task_loss
 from hf_msd.trainers import DistillationTrainer
 from tests.helpers.distillation import make_args, teacher_and_student, token_dataset
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_msd.weighting import (
+from hf_msd.distillation.weighting import (
     InstanceWeighting,
     LearnedWeighting,
     PopulationWeighting,

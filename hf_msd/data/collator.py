@@ -12,7 +12,7 @@ import PIL.Image
 import torch
 from transformers import BatchFeature
 
-from ..losses import IGNORE_INDEX
+from ..distillation.losses import IGNORE_INDEX
 from ..pipelines.multimodal_classification import max_text_tokens, text_positions
 from .validation import validate_examples
 
@@ -58,7 +58,8 @@ class MultimodalDataCollator:
     - regression: float labels -> float32 (B,) or (B, k).
     Examples without `label_column` give a batch without `labels`. An example whose label is `None` is
     unlabelled: its label is -100 (single-label and regression (B,)) or a row of -100 (multi-label and
-    regression (B, k)), which the trainers' task term ignores (`hf_msd.losses.labelled_mask`) while the
+    regression (B, k)), which the trainers' task term ignores (`hf_msd.distillation.losses.labelled_mask`)
+    while the
     distillation terms still use the example.
 
     Columns named in `passthrough_columns`, or starting with one of them plus "_" (by default

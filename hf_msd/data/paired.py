@@ -17,7 +17,8 @@ key                          content
 
 :class:`~hf_msd.trainers.DistillationTrainer` and :class:`~hf_msd.trainers.MSDTrainer` hand the teacher
 the ``teacher_<key>`` entries (renamed ``<key>``) and the student the unprefixed ones, and make each
-model's modality-only inputs with its own :class:`~hf_msd.modality.Modality` spec (``teacher_modalities``
+model's modality-only inputs with its own :class:`~hf_msd.modalities.modality.Modality` spec
+(``teacher_modalities``
 and ``modalities``). Use it with ``remove_unused_columns=False``, so the raw columns reach the collator.
 """
 

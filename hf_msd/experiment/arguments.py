@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from ..modality_dropout import check_modality_dropout
+from ..modalities.dropout import check_modality_dropout
 from ..trainers import MSDTrainingArguments
 from ..trainers.distillation_config import check_weight
 
@@ -247,7 +247,8 @@ class ExperimentArguments:
     teacher_modality_dropout: float = field(
         default=0.0,
         metadata={
-            "help": "Modality dropout p in [0, 1) for a new teacher (hf_msd.modality_dropout): each training "
+            "help": "Modality dropout p in [0, 1) for a new teacher (hf_msd.modalities.dropout): each "
+            "training "
             "batch loses one modality drawn uniformly at random with probability p (removed by its removal "
             "strategy), else stays whole; drawn from a generator seeded by --seed; never on evaluation "
             "batches. 0 = off."

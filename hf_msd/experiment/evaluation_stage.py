@@ -12,9 +12,9 @@ from transformers import PreTrainedModel
 
 from ..architectures import default_modalities
 from ..data import easy_vqa_question_types
-from ..evaluation import evaluate_by_modality
-from ..inference_speed import compare_inference_speed
-from ..losses import resolve_problem_type
+from ..distillation.losses import resolve_problem_type
+from ..evaluation.robustness import evaluate_by_modality
+from ..evaluation.speed import compare_inference_speed
 from ..metrics import make_compute_metrics
 from .progress import announce
 from .run import Run, base_training_args, label_names, make_collator
@@ -54,7 +54,7 @@ def _label_groups(run: Run) -> dict[str, list[int]] | None:
 
 def measure_speed(run: Run, models: Mapping[str, PreTrainedModel], processor) -> dict[str, Any] | None:
     """Stage 5: batched inference speed of the models side by side on the first test examples
-    (:func:`hf_msd.inference_speed.compare_inference_speed`: ``speed_batches`` batches of
+    (:func:`hf_msd.evaluation.speed.compare_inference_speed`: ``speed_batches`` batches of
     ``per_device_eval_batch_size``, ``speed_rounds`` interleaved rounds after a warm-up), on the main
     process only; the first model is the reference of the speed-up. None when ``speed_rounds`` is 0."""
     if run.exp_args.speed_rounds == 0:

@@ -9,7 +9,7 @@ from accelerate import PartialState
 from transformers import PreTrainedModel
 
 from ..architectures import default_modalities
-from ..saliency import compute_saliency, plot_saliency
+from ..distillation.saliency import compute_saliency, plot_saliency
 from .progress import announce
 from .run import Run, make_collator
 from .settings import saliency_settings

@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, TrainingArguments
 
-from ..fingerprint import dataset_fingerprint, model_fingerprint
+from ..teacher_outputs.fingerprint import dataset_fingerprint, model_fingerprint
 from .arguments import ExperimentArguments
 from .run import Run
 from .stages import jsonable, result_settings
@@ -99,7 +99,8 @@ def data_settings(run: Run) -> dict[str, Any]:
 
 def _content(run: Run, *splits: str) -> dict[str, str]:
     """A hash of each split's content (rows and the image files they read), so data changed in place under
-    the same file names does not reuse a stage (:func:`hf_msd.fingerprint.dataset_fingerprint`)."""
+    the same file names does not reuse a stage
+    (:func:`hf_msd.teacher_outputs.fingerprint.dataset_fingerprint`)."""
     return {split: dataset_fingerprint(run.dataset[split]) for split in splits}
 
 

@@ -19,8 +19,8 @@ from transformers import (
 from ..architectures import default_modalities
 from ..data.labels import align_label_order
 from ..metrics import make_compute_metrics
-from ..modality import model_inputs
-from ..modality_dropout import ModalityDropoutCollator, ModalityDropoutTrainer
+from ..modalities.dropout import ModalityDropoutCollator, ModalityDropoutTrainer
+from ..modalities.modality import model_inputs
 from ..models import (
     MultimodalTransformerForSequenceClassification,
     MultimodalTransformerProcessor,

@@ -113,7 +113,7 @@ def training_hyperparameters(args: Any, method: str) -> dict[str, Any]:
 
 def card_speed(inference_speed: Mapping[str, Any] | None) -> dict[str, Any]:
     """``throughput`` / ``throughput_setting`` for :func:`build_model_card` from the workflow summary's
-    ``inference_speed`` (:func:`hf_msd.inference_speed.compare_inference_speed`); empty without it."""
+    ``inference_speed`` (:func:`hf_msd.evaluation.speed.compare_inference_speed`); empty without it."""
     if not inference_speed:
         return {}
     models = inference_speed["models"]
@@ -385,7 +385,8 @@ def trainer_model_card(
     ``config._name_or_path``) and both parameter counts, the student's modalities, the hyper-parameters
     (:func:`training_hyperparameters`), the last evaluation in ``trainer.state.log_history`` (the
     validation split, both modalities; pass ``evaluation=`` with per-modality results, e.g. from
-    :func:`hf_msd.evaluation.evaluate_by_modality`, to show the robustness table) and the saliency plot:
+    :func:`hf_msd.evaluation.robustness.evaluate_by_modality`, to show the robustness table) and the saliency
+    plot:
     ``<output_dir>/saliency.png``, drawn from MSD's cached population saliency when only that exists.
     The arguments of `Trainer.create_model_card` keep their meaning (``dataset`` names the data,
     ``dataset_tags`` gives its Hub id, ``tasks="visual-question-answering"`` marks VQA data); ``language``
@@ -465,7 +466,7 @@ def _saliency_plot(output_dir: Path) -> str | None:
     (and matplotlib is installed)."""
     plot, report = output_dir / "saliency.png", output_dir / "modality_saliency.json"
     if not plot.is_file() and report.is_file():
-        from ..saliency import SaliencyReport, plot_saliency
+        from ..distillation.saliency import SaliencyReport, plot_saliency
 
         try:
             plot_saliency(SaliencyReport.load_json(report), plot)

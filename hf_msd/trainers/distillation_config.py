@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from transformers import TrainingArguments
 
-from .. import losses
+from ..distillation import losses
 
 HIDDEN_STATE_POOLINGS = ("none", "mean", "first")
 ATTENTION_HEAD_REDUCTIONS = ("mean", "match")
@@ -69,7 +69,7 @@ class DistillationTrainingArguments(TrainingArguments):
     The training loss per example is
     ``hard_label_weight * task + kd_loss_weight * kd + hidden_loss_weight * hidden
     + attention_loss_weight * attention``, averaged over the examples of the whole accumulated batch. See
-    :mod:`hf_msd.losses` for each term (and why the KL term is multiplied by ``temperature**2``).
+    :mod:`hf_msd.distillation.losses` for each term (and why the KL term is multiplied by ``temperature**2``).
     """
 
     _VALID_DICT_FIELDS = [
@@ -101,7 +101,8 @@ class DistillationTrainingArguments(TrainingArguments):
         default="kl",
         metadata={
             "help": "Soft-target loss: 'kl' (temperature-scaled KL; per-label binary KL for multi-label) or "
-            "'mse' on logits, or any name registered with hf_msd.losses.register_loss('soft_target', name). "
+            "'mse' on logits, or any name registered with "
+            "hf_msd.distillation.losses.register_loss('soft_target', name). "
             "Regression always uses the MSE to the teacher's output."
         },
     )

@@ -41,14 +41,14 @@ from transformers.models.auto.modeling_auto import (
 )
 from transformers.utils import CONFIG_NAME, logging
 
-from .. import intermediate_losses, losses
 from ..architectures import classifier_output, default_modalities, get_architecture, get_logits
 from ..architectures import num_labels as architecture_num_labels
 from ..data.generative import DISTILLATION_LABELS, VIEW_PREFIX
 from ..data.paired import TEACHER_INPUT_PREFIX
-from ..modality import Modality
+from ..distillation import intermediate_losses, losses
+from ..modalities.modality import Modality
 from ..pipelines import add_pipeline_code
-from ..teacher_cache import TEACHER_LOGITS, batch_cached_logits
+from ..teacher_outputs.cache import TEACHER_LOGITS, batch_cached_logits
 from .distillation_config import DistillationTrainingArguments
 from .frozen_modules import keep_frozen_normalization_in_eval
 from .training_state import TrainingState, resolve_checkpoint
@@ -214,7 +214,8 @@ class DistillationTrainer(Trainer):
             the student's autocast, never given to the optimizer, never wrapped for DDP and never saved.
             If it is the base model of a PEFT student, its outputs are computed with the adapters disabled.
         args: a :class:`DistillationTrainingArguments`.
-        modalities: the batch's modalities (:class:`~hf_msd.modality.Modality`) as the student sees them;
+        modalities: the batch's modalities (:class:`~hf_msd.modalities.modality.Modality`) as the student
+        sees them;
             default the teacher's registered spec (:func:`~hf_msd.architectures.default_modalities`), else
             the student's, else none; for a heterogeneous pair (two registered architectures), the student's
             own. They matter when the student takes fewer modalities than the teacher
@@ -471,7 +472,8 @@ class DistillationTrainer(Trainer):
         self, inputs: dict[str, Any], column: str = TEACHER_CACHE_PREFIX
     ) -> torch.Tensor | None:
         """The batch's cached teacher logits ``column`` (dense (B, num_labels), top-k columns expanded by
-        :func:`~hf_msd.teacher_cache.batch_cached_logits`) on the trainer's device; ``None`` if not cached."""
+        :func:`~hf_msd.teacher_outputs.cache.batch_cached_logits`) on the trainer's device; ``None`` if not
+        cached."""
         logits = batch_cached_logits(inputs, column, architecture_num_labels(self.teacher_model))
         return None if logits is None else logits.to(self.args.device)
 
@@ -633,7 +635,8 @@ class DistillationTrainer(Trainer):
         return next(v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0)
 
     def _num_labelled(self, batch: dict[str, Any]) -> int:
-        """Labelled examples of ``batch`` (:func:`hf_msd.losses.labelled_mask`) when the library computes the
+        """Labelled examples of ``batch`` (:func:`hf_msd.distillation.losses.labelled_mask`) when the library
+        computes the
         task term of a sequence-level model; 0 otherwise (no labels, or the model's own loss is the task)."""
         labels = batch.get("labels")
         if not torch.is_tensor(labels) or self.token_level or self._model_computes_task_loss(batch):
@@ -642,7 +645,8 @@ class DistillationTrainer(Trainer):
 
     def _num_labelled_tokens(self, batch: dict[str, Any], labels: torch.Tensor | None = None) -> int:
         """The positions a token-level model's terms score in ``batch``
-        (:func:`hf_msd.losses.scored_token_mask`: ``labels`` (default the batch's) != -100 after the causal
+        (:func:`hf_msd.distillation.losses.scored_token_mask`: ``labels`` (default the batch's) != -100 after
+        the causal
         shift; without labels, the real tokens); 0 for a sequence-level model."""
         if not self.token_level:
             return 0
@@ -854,7 +858,8 @@ class DistillationTrainer(Trainer):
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, inputs: dict
     ) -> torch.Tensor:
         """The soft-target loss per example: (B, C) logits, or, for a token-level model, the sum over each
-        example's labelled tokens of the per-token divergence (:func:`~hf_msd.losses.token_soft_target_loss`).
+        example's labelled tokens of the per-token divergence
+        (:func:`~hf_msd.distillation.losses.token_soft_target_loss`).
         """
         if student_logits.dim() == 3 and not self.token_level:
             raise ValueError(
@@ -884,7 +889,8 @@ class DistillationTrainer(Trainer):
 
     def _student_span(self, teacher_length: int, student_length: int) -> slice:
         """The teacher's tokens of the student's modalities
-        (:func:`~hf_msd.intermediate_losses.student_token_span`); every token when it takes them all."""
+        (:func:`~hf_msd.distillation.intermediate_losses.student_token_span`); every token when it takes them
+        all."""
         if not self._keys_hidden_from_student:
             return slice(None)
         return intermediate_losses.student_token_span(
@@ -895,7 +901,8 @@ class DistillationTrainer(Trainer):
         )
 
     def _hidden_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
-        """:func:`~hf_msd.intermediate_losses.hidden_states_loss` with this run's layers and projections."""
+        """:func:`~hf_msd.distillation.intermediate_losses.hidden_states_loss` with this run's layers and
+        projections."""
         return intermediate_losses.hidden_states_loss(
             student_outputs,
             teacher_outputs,
@@ -908,7 +915,7 @@ class DistillationTrainer(Trainer):
         )
 
     def _attention_loss(self, student_outputs, teacher_outputs, mask: torch.Tensor | None) -> torch.Tensor:
-        """:func:`~hf_msd.intermediate_losses.attention_maps_loss` with this run's layer map."""
+        """:func:`~hf_msd.distillation.intermediate_losses.attention_maps_loss` with this run's layer map."""
         return intermediate_losses.attention_maps_loss(
             student_outputs,
             teacher_outputs,

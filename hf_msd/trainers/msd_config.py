@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..weighting import WEIGHTINGS
+from ..distillation.weighting import WEIGHTINGS
 from .distillation_config import DistillationTrainingArguments, check_weight
 
 
@@ -14,7 +14,8 @@ class MSDTrainingArguments(DistillationTrainingArguments):
     """:class:`DistillationTrainingArguments` plus the modality-specific terms of :class:`MSDTrainer`.
 
     The loss per example adds ``sum_m w_m * KD(T(x_m), S(x_m))`` to the distillation loss, where ``x_m``
-    keeps only modality ``m`` and ``w_m`` comes from ``modality_weighting`` (see :mod:`hf_msd.weighting`).
+    keeps only modality ``m`` and ``w_m`` comes from ``modality_weighting`` (see
+    :mod:`hf_msd.distillation.weighting`).
     """
 
     modality_weighting: str = field(

@@ -1,24 +1,27 @@
 """`MSDTrainer`: modality-specific distillation (MSD) on top of :class:`DistillationTrainer`.
 
 For a batch ``x`` with modalities ``m = 1..M`` and ``x_m`` the input keeping only modality ``m``
-(:func:`hf_msd.modality.restrict`), the loss per example is::
+(:func:`hf_msd.modalities.modality.restrict`), the loss per example is::
 
     hard_label_weight * CE(S(x), y) + kd_loss_weight * KD(T(x), S(x)) + sum_m w_m * KD(T(x_m), S(x_m))
 
 ``KD`` is the distillation term of :class:`DistillationTrainer` (same ``temperature``, ``T**2``
-scaling, ``kd_loss_type`` and problem types; :func:`hf_msd.losses.soft_target_loss`); the hidden-state
+scaling, ``kd_loss_type`` and problem types; :func:`hf_msd.distillation.losses.soft_target_loss`); the
+hidden-state
 and attention losses, when enabled, apply to the full input only. ``w_m`` comes from
-``args.modality_weighting`` (:mod:`hf_msd.weighting`; saliency in :mod:`hf_msd.saliency`). Like every
+``args.modality_weighting`` (:mod:`hf_msd.distillation.weighting`; saliency in
+:mod:`hf_msd.distillation.saliency`). Like every
 component, the total is summed over the examples of the whole accumulated batch and divided by their
 number.
 
 Generative students (decoder-only image-text-to-text models such as LLaVA, causal LMs): ``x_m`` are the
 modality views a :class:`~hf_msd.data.VisionLanguageCollator` builds from the raw examples (``x_text`` the
 question without image tokens or ``pixel_values``, ``x_image`` the image with an empty question), ``KD`` is
-the per-token distillation over the answer tokens (:func:`hf_msd.losses.token_soft_target_loss`) and each term
+the per-token distillation over the answer tokens (:func:`hf_msd.distillation.losses.token_soft_target_loss`)
+and each term
 is summed over the answer tokens of the accumulated batch and divided by their number (the same tokens in
 every view). Per-example saliency averages the divergence of the teacher's answer-token distributions over the
-answer tokens (:func:`hf_msd.saliency.answer_token_saliency`).
+answer tokens (:func:`hf_msd.distillation.saliency.answer_token_saliency`).
 """
 
 from __future__ import annotations
@@ -36,12 +39,11 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
-from .. import losses
 from ..architectures import get_logits
 from ..architectures import num_labels as architecture_num_labels
 from ..data.generative import DISTILLATION_LABELS, VIEW_NAMES, has_views, view_inputs
-from ..modality import Modality, remove, restrict, validate_modalities
-from ..saliency import (
+from ..distillation import losses
+from ..distillation.saliency import (
     SaliencyFn,
     SaliencyReport,
     answer_token_saliency,
@@ -51,8 +53,9 @@ from ..saliency import (
     saliency_fingerprint,
     saliency_from_cache,
 )
-from ..teacher_cache import teacher_column
-from ..weighting import build_weighting
+from ..distillation.weighting import build_weighting
+from ..modalities.modality import Modality, remove, restrict, validate_modalities
+from ..teacher_outputs.cache import teacher_column
 from .distillation_trainer import DistillationTrainer, StudentOutput
 from .meta_validation import MetaValidationBatches
 from .msd_config import MSDTrainingArguments
@@ -93,14 +96,16 @@ class MSDTrainer(DistillationTrainer):
     Args:
         model, teacher_model, **trainer_kwargs: as for :class:`DistillationTrainer`.
         args: an :class:`MSDTrainingArguments`.
-        modalities, teacher_modalities: the :class:`~hf_msd.modality.Modality` specs (keys and removal
+        modalities, teacher_modalities: the :class:`~hf_msd.modalities.modality.Modality` specs (keys and
+        removal
             strategy of each modality) of the student's and the teacher's inputs, as for the parent
             (default the registered specs, :func:`~hf_msd.architectures.default_modalities`). The teacher's
             ``x_m`` are made with the teacher's spec from its inputs, the student's with the student's spec.
             Checked against the first training batch and both models when ``train()`` starts (errors name
             the key).
         saliency_fn: ``fn(teacher_logits_full, teacher_logits_without_m, problem_type) -> (B,)`` replacing
-            :func:`hf_msd.saliency.default_saliency` for the population / instance / network weights.
+            :func:`hf_msd.distillation.saliency.default_saliency` for the population / instance / network
+            weights.
 
     Forward passes: the teacher runs without grad on ``x`` and each ``x_m`` (and, with more than two
     modalities and per-example saliency, on each ``x without m``); cached ``teacher_logits`` /
@@ -119,7 +124,8 @@ class MSDTrainer(DistillationTrainer):
     trainer's :class:`~hf_msd.trainers.training_state.TrainingState`) so a resume does not recompute.
     ``learned`` weights, their Adam state and the position of the held-out stream are saved there too, so a
     resume continues exactly; every ``meta_update_interval`` optimizer steps
-    :meth:`~hf_msd.weighting.LearnedWeighting.meta_step` runs on the current training batch and a held-out
+    :meth:`~hf_msd.distillation.weighting.LearnedWeighting.meta_step` runs on the current training batch and
+    a held-out
     batch (:class:`~hf_msd.trainers.meta_validation.MetaValidationBatches` over ``eval_dataset``, or a fixed
     ``meta_validation_fraction`` split of the training set made at the start of ``train()``), looking ahead
     over the student's trainable parameters (so LoRA works). With several processes the look-ahead
@@ -277,7 +283,8 @@ class MSDTrainer(DistillationTrainer):
         """A generative student's teacher outputs on the collator's views: ``"only"`` (view name -> the
         teacher's logits (B, T_m, V) on ``x_m``) and, for per-example weights (``instance_saliency``, default
         whether the weighting needs it), ``"saliency"`` (B, M) from the answer-token distributions
-        (:func:`~hf_msd.saliency.answer_token_saliency`; with two modalities ``x without image`` is ``x_text``
+        (:func:`~hf_msd.distillation.saliency.answer_token_saliency`; with two modalities ``x without image``
+        is ``x_text``
         and ``x without text`` is ``x_image``)."""
         only = {}
         for name in self.modality_names:

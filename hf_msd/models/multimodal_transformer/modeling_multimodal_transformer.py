@@ -375,7 +375,7 @@ class MultimodalTransformerModel(MultimodalTransformerPreTrainedModel):
             if extra and modality not in self.modalities:
                 raise ValueError(
                     f"This model takes modalities {self.modalities} but got {extra} ({modality} inputs); "
-                    f"remove those keys from the batch (e.g. with hf_msd.modality.restrict)."
+                    f"remove those keys from the batch (e.g. with hf_msd.modalities.modality.restrict)."
                 )
         if present.intersection(TEXT_INPUT_NAMES) and "input_ids" not in present:
             raise ValueError(

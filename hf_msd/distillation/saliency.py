@@ -6,7 +6,7 @@ changes when ``m`` is removed::
     s_m(x) = D( p_T(x) || p_T(x without m) )
 
 where ``x without m`` is ``x`` with modality ``m`` removed by its removal strategy
-(:func:`hf_msd.modality.remove`; with two modalities, ``x without image`` is ``x_text``) and ``D``
+(:func:`hf_msd.modalities.modality.remove`; with two modalities, ``x without image`` is ``x_text``) and ``D``
 (:func:`default_saliency`) depends on the problem type, with ``t = T(x)`` and ``u = T(x without m)``
 the teacher's logits:
 
@@ -33,14 +33,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hf_msd.architectures import get_logits
-from hf_msd.fingerprint import (
+from ..architectures import get_logits
+from ..modalities.modality import Modality, model_inputs, remove, restrict
+from ..teacher_outputs.cache import cached_logits, has_cached_column, teacher_column, teacher_columns
+from ..teacher_outputs.fingerprint import (
     combine_fingerprints,
     dataset_fingerprint,
     model_fingerprint,
     object_fingerprint,
 )
-from hf_msd.losses import (
+from .losses import (
     MULTI_LABEL,
     REGRESSION,
     SINGLE_LABEL,
@@ -48,8 +50,6 @@ from hf_msd.losses import (
     resolve_problem_type,
     soft_target_loss,
 )
-from hf_msd.modality import Modality, model_inputs, remove, restrict
-from hf_msd.teacher_cache import cached_logits, has_cached_column, teacher_column, teacher_columns
 
 SaliencyFn = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
 FULL = "full"
@@ -109,7 +109,8 @@ def answer_token_saliency(
         full_logits: (B, T, V) teacher logits on ``x``.
         full_labels: (B, T) its scored (answer) tokens, -100 elsewhere.
         without: per modality ``(logits (B, T_m, V), labels (B, T_m))`` of ``x without m``; the answer tokens
-            are matched by their order (:func:`~hf_msd.losses.answer_token_logits`), so each example must have
+            are matched by their order (:func:`~hf_msd.distillation.losses.answer_token_logits`), so each
+            example must have
             the same number of them in every input.
     """
     full, mask = answer_token_logits(full_logits, full_labels)
@@ -138,7 +139,7 @@ def without_logits(
     """Teacher logits on ``x without m`` for each modality, in ``modalities`` order.
 
     With two modalities ``x without m`` is the other modality's ``x_m``, so ``only_logits``
-    (name -> logits on :func:`~hf_msd.modality.restrict` ``(x, m)``) is reused and nothing is run;
+    (name -> logits on :func:`~hf_msd.modalities.modality.restrict` ``(x, m)``) is reused and nothing is run;
     otherwise ``run(remove(batch, m))`` is called once per modality.
     """
     if len(modalities) == 2:
@@ -268,7 +269,8 @@ def compute_saliency(
     """Run the teacher (and optionally the student) over ``dataset`` and measure each modality's saliency.
 
     For every batch ``x`` the teacher is run on ``x``, on each modality-only input ``x_m``
-    (:func:`~hf_msd.modality.restrict`) and, with more than two modalities, on each ``x without m``;
+    (:func:`~hf_msd.modalities.modality.restrict`) and, with more than two modalities, on each ``x without
+    m``;
     ``s_m(x)`` follows the module docstring. Models are put in eval mode for the pass and restored.
 
     Args:
@@ -279,7 +281,8 @@ def compute_saliency(
         saliency_fn: replaces :func:`default_saliency`.
         student: when given, its confidences on ``x`` and each ``x_m`` are recorded for the plots.
         device: where to run (default: the teacher's device).
-        problem_type: default :func:`~hf_msd.losses.resolve_problem_type` of the teacher's config.
+        problem_type: default :func:`~hf_msd.distillation.losses.resolve_problem_type` of the teacher's
+        config.
 
     Returns:
         :class:`SaliencyReport` with ``saliency`` (N, M) and the confidences.
@@ -333,7 +336,8 @@ def saliency_fingerprint(
     teacher, dataset, modalities: Sequence[Modality], data_collator: Callable | None = None, **extra: Any
 ) -> str:
     """A hash that changes when the teacher's weights or config, the dataset, the collator (with its
-    processor settings), the modality spec or any ``extra`` value change (:mod:`hf_msd.fingerprint`).
+    processor settings), the modality spec or any ``extra`` value change
+    (:mod:`hf_msd.teacher_outputs.fingerprint`).
 
     Teacher: its config and the exact bytes of every tensor of its state dict. Dataset: a
     `datasets.Dataset`'s ``_fingerprint``, else the content of every example. Collator, modalities and
@@ -356,7 +360,8 @@ def saliency_from_cache(
     saliency_fn: SaliencyFn | None = None,
 ) -> SaliencyReport:
     """The :class:`SaliencyReport` of a dataset that carries cached teacher outputs
-    (:func:`hf_msd.teacher_cache.precompute_teacher_outputs`): the same values as :func:`compute_saliency`,
+    (:func:`hf_msd.teacher_outputs.cache.precompute_teacher_outputs`): the same values as
+    :func:`compute_saliency`,
     read from the ``teacher_logits`` / ``teacher_logits_<m>`` (/ ``teacher_logits_without_<m>``) columns
     without running the teacher."""
     names = [modality.name for modality in modalities]

@@ -1,7 +1,8 @@
 """Robustness evaluation: a model's metrics with both modalities and with each modality alone.
 
 For every input condition ("both", then each modality name) the test set is collated as usual and, for a
-single-modality condition, restricted with :func:`hf_msd.modality.restrict` (the other modalities removed
+single-modality condition, restricted with :func:`hf_msd.modalities.modality.restrict` (the other modalities
+removed
 by their removal strategy), then scored with ``Trainer.predict`` so that several processes split the work
 and the predictions are gathered (``accelerate launch`` works unchanged).
 
@@ -18,8 +19,8 @@ from typing import Any
 from datasets import Dataset
 from transformers import EvalPrediction, PreTrainedModel, Trainer, TrainingArguments
 
-from .modality import Modality, restrict
-from .progress_bars import label_progress_bars
+from ..modalities.modality import Modality, restrict
+from ..progress_bars import label_progress_bars
 
 BOTH = "both"
 

@@ -5,7 +5,8 @@ what a unimodal student imitates) out of distribution. Modality dropout trains i
 
 - for each *training* batch, draw ``u ~ U[0, 1)``; if ``u < p``, draw one modality uniformly at random among
   the ``M`` modalities and remove it from the whole batch with its own removal strategy
-  (:func:`hf_msd.modality.remove`; with two modalities this is ``restrict(batch, keep=<the other>)``);
+  (:func:`hf_msd.modalities.modality.remove`; with two modalities this is ``restrict(batch, keep=<the
+  other>)``);
   otherwise the batch is unchanged;
 - the draws come from a ``torch.Generator`` seeded with ``seed`` (the training seed), in this order per
   batch: ``u = torch.rand(1)``, then, only when ``u < p``, ``index = torch.randint(M, (1,))``. The same

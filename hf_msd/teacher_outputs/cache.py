@@ -5,13 +5,15 @@ The teacher does not change during distillation, so its outputs on the training 
 :class:`~hf_msd.trainers.MSDTrainer` instead of running it every step. Columns (for modalities ``m``):
 
 - ``teacher_logits``: the teacher on the full input ``x``, (num_labels,) per example;
-- ``teacher_logits_<m>``: the teacher on ``x_m`` (:func:`hf_msd.modality.restrict`, only ``m`` kept);
+- ``teacher_logits_<m>``: the teacher on ``x_m`` (:func:`hf_msd.modalities.modality.restrict`, only ``m``
+kept);
 - ``teacher_logits_without_<m>``: with more than two modalities, the teacher on ``x`` without ``m``
-  (:func:`hf_msd.modality.remove`), for saliency; with two, ``x without m`` is the other ``x_m``.
+  (:func:`hf_msd.modalities.modality.remove`), for saliency; with two, ``x without m`` is the other ``x_m``.
 
 The result is a `datasets.Dataset` made by ``Dataset.map(batched=True)``: Arrow, memory-mapped, written
 atomically by `datasets` to ``<cache_dir>/teacher-outputs-<fingerprint>.arrow`` and loaded from there when
-the fingerprint matches. The fingerprint (:mod:`hf_msd.fingerprint`) covers the dataset, the teacher's
+the fingerprint matches. The fingerprint (:mod:`hf_msd.teacher_outputs.fingerprint`) covers the dataset, the
+teacher's
 config and weights (exact bytes), the collator with its processor settings, the modality specs, the
 storage format and the problem type: any change computes a new file, the old one is left untouched. A
 SHA-256 of the file is stored beside it (``.arrow.sha256``); a cache file that no longer loads, holds
@@ -54,10 +56,10 @@ from datasets import Features, Value
 from datasets import Sequence as SequenceFeature
 from transformers.utils import logging
 
-from .architectures import default_modalities
+from ..architectures import default_modalities
+from ..distillation.losses import REGRESSION, SINGLE_LABEL, resolve_problem_type
+from ..modalities.modality import Modality, model_inputs, remove, restrict
 from .fingerprint import combine_fingerprints, dataset_fingerprint, model_fingerprint, object_fingerprint
-from .losses import REGRESSION, SINGLE_LABEL, resolve_problem_type
-from .modality import Modality, model_inputs, remove, restrict
 
 logger = logging.get_logger(__name__)
 
@@ -351,7 +353,8 @@ def precompute_teacher_outputs(
         deterministic_inputs: skip the check that collating the same examples twice gives the same batch;
             set it only when the randomness does not reach the model's inputs.
         device: where the teacher runs (default: its own device).
-        problem_type: default :func:`~hf_msd.losses.resolve_problem_type` of the teacher's config.
+        problem_type: default :func:`~hf_msd.distillation.losses.resolve_problem_type` of the teacher's
+        config.
 
     Returns:
         The dataset with the teacher columns; its ``_fingerprint`` is the cache fingerprint.

@@ -325,7 +325,7 @@ def _removal_error(model, kept: Modality, removed: list[Modality], key: str, rea
         )
     hint += (
         f"{', or ' if hint else ''}register a removal strategy of your own "
-        "(`hf_msd.modality.register_removal_strategy`); for an architecture hf_msd knows, "
+        "(`hf_msd.modalities.modality.register_removal_strategy`); for an architecture hf_msd knows, "
         "`hf_msd.architectures.default_modalities(model)` gives a spec that works"
     )
     return (

@@ -3,7 +3,8 @@
 Pure tensor code, no trainer: which student layer is compared with which teacher layer (layer maps), the
 learned projections between widths, the mask of real tokens, pooling, and which of the teacher's fused
 tokens belong to a student that takes fewer modalities. The per-layer losses themselves are
-:func:`hf_msd.losses.hidden_state_loss` and :func:`hf_msd.losses.attention_map_loss`.
+:func:`hf_msd.distillation.losses.hidden_state_loss` and
+:func:`hf_msd.distillation.losses.attention_map_loss`.
 """
 
 from __future__ import annotations

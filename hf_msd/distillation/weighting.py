@@ -2,7 +2,7 @@
 
 The MSD loss adds ``sum_m w_m * KD(T(x_m), S(x_m))`` to the usual distillation loss. A weighting
 strategy (registry :data:`WEIGHTINGS`, selected by ``MSDTrainingArguments.modality_weighting``) turns
-the teacher's saliency (:mod:`hf_msd.saliency`) into per-example weights of shape (B, M). With
+the teacher's saliency (:mod:`hf_msd.distillation.saliency`) into per-example weights of shape (B, M). With
 ``lambda = modality_loss_weight`` and ``M`` modalities:
 
 - ``uniform``: ``w_m = lambda``.

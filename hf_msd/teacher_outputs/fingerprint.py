@@ -1,7 +1,8 @@
 """Fingerprints: hashes that change whenever something that shapes a cached result changes.
 
-Shared by the teacher-output cache (:mod:`hf_msd.teacher_cache`) and the population-saliency cache of
-:class:`~hf_msd.trainers.MSDTrainer` (:func:`hf_msd.saliency.saliency_fingerprint`), so both invalidate on
+Shared by the teacher-output cache (:mod:`hf_msd.teacher_outputs.cache`) and the population-saliency cache of
+:class:`~hf_msd.trainers.MSDTrainer` (:func:`hf_msd.distillation.saliency.saliency_fingerprint`), so both
+invalidate on
 the same changes:
 
 - a model (:func:`model_fingerprint`): its config (JSON) and a SHA-256 of the raw bytes of every tensor in

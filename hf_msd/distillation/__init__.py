@@ -1,0 +1,1 @@
+"""Distillation maths: losses, intermediate-layer losses, modality saliency and weighting."""

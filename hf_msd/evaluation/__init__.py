@@ -1,0 +1,1 @@
+"""Measurement: robustness to a missing modality and interleaved inference timing."""

@@ -1,0 +1,1 @@
+"""Modalities: what a modality is in a batch, how it is removed, validated and dropped."""

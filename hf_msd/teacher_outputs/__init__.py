@@ -1,0 +1,1 @@
+"""Teacher outputs computed once: the fingerprinted cache and its fingerprints."""
