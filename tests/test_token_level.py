@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForTokenClassification, LlamaConfig, LlamaForCausalLM
 
-from hf_msd.trainers import DistillationTrainer, DistillationTrainingArguments
+from hf_msd.trainers import DistillationTrainer
+from tests.helpers.distillation import make_args
 
 VOCAB, LENGTH = 24, 7
 
@@ -81,26 +82,10 @@ def hand_ce(logits, labels, causal):
 
 
 def make_trainer(tmp_path, student, teacher, **overrides) -> DistillationTrainer:
-    arguments = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to=[],
-        temperature=2.0,
-        hard_label_weight=0.3,
-        kd_loss_weight=0.7,
-        learning_rate=0.05,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
-    arguments.update(overrides)
-    return DistillationTrainer(
-        model=student, teacher_model=teacher, args=DistillationTrainingArguments(**arguments)
-    )
+    """The shared fast SGD arguments with T = 2 and weights 0.3 (task) / 0.7 (KD)."""
+    arguments = dict(temperature=2.0, hard_label_weight=0.3, kd_loss_weight=0.7, learning_rate=0.05)
+    args = make_args(tmp_path, **{**arguments, **overrides})
+    return DistillationTrainer(model=student, teacher_model=teacher, args=args)
 
 
 @pytest.mark.parametrize("kind", ["causal", "tokens"])

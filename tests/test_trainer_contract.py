@@ -16,6 +16,7 @@ from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainingArg
 from transformers.modeling_outputs import ModelOutput
 
 from hf_msd.trainers import DistillationTrainer, DistillationTrainingArguments, MSDTrainer
+from tests.helpers.distillation import SEQ_LEN, VOCAB, tiny_bert
 
 
 class RegressionConfig(PreTrainedConfig):
@@ -166,22 +167,9 @@ def test_compute_loss_func_is_used(tmp_path):
 
 
 def test_label_smoothing_is_applied_as_by_trainer(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(
-        BertConfig(
-            vocab_size=32,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=8,
-            num_labels=3,
-        )
-    )
+    model = tiny_bert(seed=0)
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 32, (16, 8), generator=generator)
+    ids = torch.randint(1, VOCAB, (16, SEQ_LEN), generator=generator)
     data = [{"input_ids": row, "labels": int(row[0] % 3)} for row in ids]
     arguments = {**ARGUMENTS, "label_smoothing_factor": 0.3, "num_train_epochs": 1}
     arguments["per_device_eval_batch_size"] = 16
