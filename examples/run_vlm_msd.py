@@ -16,7 +16,10 @@ is trained with labels on ``label_fraction`` of the training questions by
 
 Every student gets the same number of optimizer steps. Accuracy is the exact match of the greedy answer on
 the test questions, with image + question, with the question alone and with the image alone, overall and per
-question type. The last seed's student of each method is saved with its processor and a model card
+question type. With ``cache_teacher_outputs: true`` the teacher's answer-token distributions on the three
+inputs are computed once per seed (:func:`hf_msd.teacher_cache.precompute_teacher_outputs`, ``cache_top_k``
+tokens per answer token, all of them when null) and the KD and MSD students read them instead of running the
+teacher. The last seed's student of each method is saved with its processor and a model card
 (``pipeline_tag: image-text-to-text``), ready for ``pipeline("image-text-to-text", model=folder)``; the
 results go to ``<output_dir>/results.json`` and ``results.md``. Config keys: see
 ``examples/configs/vlm_easy_vqa.yaml``; ``--key value`` overrides one (YAML syntax, e.g. ``--seeds [0]``).
@@ -41,6 +44,7 @@ from transformers import Trainer, TrainingArguments
 from hf_msd.data import VisionLanguageCollator, easy_vqa_answers, easy_vqa_question_types, load_easy_vqa
 from hf_msd.data.splits import keep_labels_on_subset
 from hf_msd.models.vision_language import llava_processor, tiny_llava, word_level_tokenizer
+from hf_msd.teacher_cache import precompute_teacher_outputs
 from hf_msd.trainers import (
     DistillationTrainer,
     DistillationTrainingArguments,
@@ -187,6 +191,15 @@ def train_student(config: dict, method: str, processor, teacher, train, seed: in
         args = training_arguments(config, output_dir, seed, DistillationTrainingArguments, **common)
         trainer_class = DistillationTrainer
     data = train.filter(lambda row: row["answer"] is not None) if method == "labels" else train
+    if method != "labels" and config["cache_teacher_outputs"]:
+        data = precompute_teacher_outputs(
+            teacher,
+            data,
+            data_collator=VisionLanguageCollator(processor),
+            top_k=config["cache_top_k"],
+            batch_size=config["eval_batch_size"],
+            cache_dir=os.path.join(config["output_dir"], "teacher_outputs"),
+        )
     trainer = trainer_class(
         model=student, teacher_model=teacher, args=args, train_dataset=data, data_collator=collator
     )
@@ -258,7 +271,13 @@ def markdown(config: dict, teacher: dict, summary: dict, command: str, machine: 
         f"Command: `{command}`",
         "",
         f"Machine: {machine['cpu_count']} CPU cores, {machine['torch_threads']} torch thread(s);"
-        " s/step is the wall time of one optimizer step, teacher online (no cache).",
+        " s/step is the wall time of one optimizer step, "
+        + (
+            f"teacher outputs cached (top {config['cache_top_k'] or 'all'} per answer token; computed once"
+            " per seed before training, not counted)."
+            if config["cache_teacher_outputs"]
+            else "teacher online (no cache)."
+        ),
         "",
         f"Labels on {config['label_fraction']:.0%} of {config['train_samples']} training questions; "
         f"{config['test_samples']} test questions; seeds {config['seeds']}; {config['student_steps']} "
