@@ -12,7 +12,7 @@ import datasets
 import pytest
 import torch
 from test_generative_vlm import X, forward, hand_kd_sum
-from vlm_utils import msd_args, processor, raw_examples, teacher_and_student
+from vlm_utils import idefics3_processor_and_models, msd_args, processor, raw_examples, teacher_and_student
 
 from hf_msd.data import VisionLanguageCollator
 from hf_msd.data.generative import view_inputs
@@ -126,3 +126,28 @@ def test_distillation_trainer_reads_the_cache_and_refuses_other_answers(tmp_path
         match="'teacher_logits' holds \\[2, 2, 2, 2\\] answer tokens per example, the batch's answers \\[3, ",
     ):
         trainer.compute_loss(student, dict(batch))
+
+
+def test_idefics3_cache_gives_the_online_loss(tmp_path):
+    """Another image-text-to-text family (Idefics3: pixel_values per image and a pixel_attention_mask): the
+    collator's views and the cache work the same way."""
+    proc, teacher, student = idefics3_processor_and_models()
+    collator = VisionLanguageCollator(proc)
+    online_batch = collator(examples())
+    assert online_batch["pixel_attention_mask"].shape == (4, 1, 32, 32)
+    assert "pixel_values" not in view_inputs(online_batch, "text")
+    vocab = teacher.config.text_config.vocab_size
+    batch = cached_batch(tmp_path, teacher, collator, top_k=vocab)
+    trainer = MSDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=msd_args(tmp_path / "out", modality_weighting="instance"),
+        data_collator=collator,
+    )
+    assert trainer.generative
+    student.eval()
+    calls = count_teacher_calls(teacher)
+    online = trainer.compute_loss(student, dict(online_batch))
+    assert len(calls) == 3
+    assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx(online.item(), rel=1e-5)
+    assert len(calls) == 3
