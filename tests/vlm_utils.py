@@ -119,14 +119,8 @@ def idefics3_processor_and_models():
             num_key_value_heads=2,
             pad_token_id=tokenizer.pad_token_id,
         )
-        vision = dict(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        )
+        vision = {"hidden_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1, "patch_size": 8}
+        vision.update(image_size=32, intermediate_size=32)
         config = Idefics3Config(
             text_config=text,
             vision_config=vision,
