@@ -191,15 +191,6 @@ def train_student(config: dict, method: str, processor, teacher, train, seed: in
         args = training_arguments(config, output_dir, seed, DistillationTrainingArguments, **common)
         trainer_class = DistillationTrainer
     data = train.filter(lambda row: row["answer"] is not None) if method == "labels" else train
-    if method != "labels" and config["cache_teacher_outputs"]:
-        data = precompute_teacher_outputs(
-            teacher,
-            data,
-            data_collator=VisionLanguageCollator(processor),
-            top_k=config["cache_top_k"],
-            batch_size=config["eval_batch_size"],
-            cache_dir=os.path.join(config["output_dir"], "teacher_outputs"),
-        )
     trainer = trainer_class(
         model=student, teacher_model=teacher, args=args, train_dataset=data, data_collator=collator
     )
@@ -326,8 +317,19 @@ def run(config: dict, command: str) -> dict:
         if needs_teacher_answers:
             teacher_answers = generate_answers(teacher, collator, train, None, config["eval_batch_size"])
             labelled = labelled.add_column("teacher_answer", teacher_answers)
+        distilled = labelled
+        if needs_teacher_answers and config["cache_teacher_outputs"]:
+            distilled = precompute_teacher_outputs(
+                teacher,
+                labelled,
+                data_collator=VisionLanguageCollator(processor),
+                top_k=config["cache_top_k"],
+                batch_size=config["eval_batch_size"],
+                cache_dir=os.path.join(config["output_dir"], "teacher_outputs"),
+            )
         for method in config["methods"]:
-            trainer, seconds = train_student(config, method, processor, teacher, labelled, seed)
+            data = labelled if method == "labels" else distilled
+            trainer, seconds = train_student(config, method, processor, teacher, data, seed)
             scores = accuracy(trainer.model, collator, test, config["eval_batch_size"])
             runs.append({"method": method, "seed": seed, "accuracy": scores, "seconds_per_step": seconds})
             print(json.dumps(runs[-1]), flush=True)
