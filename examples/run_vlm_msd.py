@@ -16,7 +16,11 @@ is trained with labels on ``label_fraction`` of the training questions by
 
 Every student gets the same number of optimizer steps. Accuracy is the exact match of the greedy answer on
 the test questions, with image + question, with the question alone and with the image alone, overall and per
-question type. The last seed's student of each method is saved with its processor and a model card
+question type. With ``cache_teacher_outputs: true`` the teacher's answer-token distributions on the three
+inputs are computed once per seed (:func:`hf_msd.teacher_outputs.cache.precompute_teacher_outputs`,
+``cache_top_k``
+tokens per answer token, all of them when null) and the KD and MSD students read them instead of running the
+teacher. The last seed's student of each method is saved with its processor and a model card
 (``pipeline_tag: image-text-to-text``), ready for ``pipeline("image-text-to-text", model=folder)``; the
 results go to ``<output_dir>/results.json`` and ``results.md``. Config keys: see
 ``examples/configs/vlm_easy_vqa.yaml``; ``--key value`` overrides one (YAML syntax, e.g. ``--seeds [0]``).
@@ -41,6 +45,7 @@ from transformers import Trainer, TrainingArguments
 from hf_msd.data import VisionLanguageCollator, easy_vqa_answers, easy_vqa_question_types, load_easy_vqa
 from hf_msd.data.splits import keep_labels_on_subset
 from hf_msd.models.vision_language import llava_processor, tiny_llava, word_level_tokenizer
+from hf_msd.teacher_outputs.cache import precompute_teacher_outputs
 from hf_msd.trainers import (
     DistillationTrainer,
     DistillationTrainingArguments,
@@ -258,7 +263,13 @@ def markdown(config: dict, teacher: dict, summary: dict, command: str, machine: 
         f"Command: `{command}`",
         "",
         f"Machine: {machine['cpu_count']} CPU cores, {machine['torch_threads']} torch thread(s);"
-        " s/step is the wall time of one optimizer step, teacher online (no cache).",
+        " s/step is the wall time of one optimizer step, "
+        + (
+            f"teacher outputs cached (top {config['cache_top_k'] or 'all'} per answer token; computed once"
+            " per seed before training, not counted)."
+            if config["cache_teacher_outputs"]
+            else "teacher online (no cache)."
+        ),
         "",
         f"Labels on {config['label_fraction']:.0%} of {config['train_samples']} training questions; "
         f"{config['test_samples']} test questions; seeds {config['seeds']}; {config['student_steps']} "
@@ -307,8 +318,19 @@ def run(config: dict, command: str) -> dict:
         if needs_teacher_answers:
             teacher_answers = generate_answers(teacher, collator, train, None, config["eval_batch_size"])
             labelled = labelled.add_column("teacher_answer", teacher_answers)
+        distilled = labelled
+        if needs_teacher_answers and config["cache_teacher_outputs"]:
+            distilled = precompute_teacher_outputs(
+                teacher,
+                labelled,
+                data_collator=VisionLanguageCollator(processor),
+                top_k=config["cache_top_k"],
+                batch_size=config["eval_batch_size"],
+                cache_dir=os.path.join(config["output_dir"], "teacher_outputs"),
+            )
         for method in config["methods"]:
-            trainer, seconds = train_student(config, method, processor, teacher, labelled, seed)
+            data = labelled if method == "labels" else distilled
+            trainer, seconds = train_student(config, method, processor, teacher, data, seed)
             scores = accuracy(trainer.model, collator, test, config["eval_batch_size"])
             runs.append({"method": method, "seed": seed, "accuracy": scores, "seconds_per_step": seconds})
             print(json.dumps(runs[-1]), flush=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration, pipeline
 
 from hf_msd.data import VisionLanguageCollator, load_easy_vqa
@@ -70,3 +71,18 @@ def test_the_example_trains_evaluates_and_serves_the_students(tmp_path):
         output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     expected = collator.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert served.strip() == expected.strip()
+
+    # The same MSD student trained from the teacher's cached outputs (the whole vocabulary per answer token):
+    # the teacher runs once per example before training instead of every step, and the student is the same.
+    cached = tmp_path / "cached"
+    options = {**tiny, "--output_dir": str(cached), "--methods": "[msd]", "--cache_teacher_outputs": "true"}
+    command = [sys.executable, str(SCRIPT), str(CONFIG), *[x for pair in options.items() for x in pair]]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "teacher outputs cached" in (cached / "results.md").read_text()
+    assert list((cached / "teacher_outputs").glob("teacher-outputs-*.arrow"))
+    online_weights = load_file(folder / "model.safetensors")
+    cached_weights = load_file(cached / "student_msd" / "model.safetensors")
+    assert online_weights.keys() == cached_weights.keys()
+    for name, value in online_weights.items():
+        torch.testing.assert_close(cached_weights[name], value, rtol=1e-4, atol=1e-6, msg=name)

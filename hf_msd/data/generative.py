@@ -80,6 +80,17 @@ def _image_tensors(encoded: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     }
 
 
+def _pad_rows(values: Sequence[Any]) -> torch.Tensor:
+    """Per-example arrays (A_i, ...) -> (B, max A_i, ...): float32 padded with NaN, integers (int64) with 0 (a
+    valid index)."""
+    tensors = [torch.as_tensor(np.asarray(value)) for value in values]
+    floating = tensors[0].is_floating_point()
+    tensors = [t.float() if floating else t.long() for t in tensors]
+    return torch.nn.utils.rnn.pad_sequence(
+        tensors, batch_first=True, padding_value=float("nan") if floating else 0
+    )
+
+
 @dataclass
 class VisionLanguageCollator:
     """Collates raw ``(image, question, answer)`` examples into ``x`` and, with ``views=True``, ``x_text`` and
@@ -93,6 +104,11 @@ class VisionLanguageCollator:
             an unlabelled example).
         teacher_answer_column: the field of the answer distilled on for an example without a gold answer.
         views: whether to build the modality views (MSD); plain distillation needs only ``x``.
+        passthrough_columns: example fields named so, or starting with one of them plus "_" (by default the
+            cached teacher outputs of :func:`~hf_msd.teacher_outputs.cache.precompute_teacher_outputs`: one
+            row per
+            answer token), are collated as (B, A, ...) tensors, the rows past an example's own padded with NaN
+            (0 for integer columns) so a reader can count each example's rows.
 
     Example ``{"image": PIL image, "question": "what shape is in the image?", "answer": "circle"}`` becomes
     ``<s>USER : <image>... what shape is in the image ? ASSISTANT :`` + ``circle </s>`` with ``labels`` on
@@ -105,6 +121,7 @@ class VisionLanguageCollator:
     answer_column: str = "answer"
     teacher_answer_column: str = "teacher_answer"
     views: bool = True
+    passthrough_columns: tuple[str, ...] = ("teacher_logits",)
 
     @property
     def tokenizer(self):
@@ -192,6 +209,9 @@ class VisionLanguageCollator:
             for example, (_, target) in zip(examples, answers)
         ]
         batch = self._sequences(self._encode_prompts(examples, None), completions, golds)
+        for key in examples[0]:
+            if any(key == name or key.startswith(f"{name}_") for name in self.passthrough_columns):
+                batch[key] = _pad_rows([example[key] for example in examples])
         if not self.views:
             return batch
         for view in VIEW_NAMES:

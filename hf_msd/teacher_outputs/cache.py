@@ -34,6 +34,15 @@ expanded back to dense logits ``(num_labels,)`` by :func:`expand_topk` when batc
   ``rest = logit(mean_{j not in top k} sigmoid(t_j))`` (the remaining sigmoid mass, spread uniformly).
 - regression: not supported (every output matters).
 
+Generative teachers (a causal vision-language model such as LLaVA, batches of a
+:class:`~hf_msd.data.VisionLanguageCollator`, recognised by their ``distillation_labels``): the columns are
+``teacher_logits`` (on ``x``), ``teacher_logits_image`` and ``teacher_logits_text`` (on the views ``x_image``
+and ``x_text``), each a list with one row per answer token: the teacher's logits at the position that
+predicts it, in order (the vocabulary's ``V`` values, or with ``top_k`` the triple above per token, as
+single-label; ``top_k`` may equal ``V``, which stores every token's log-probability and is exact). The
+trainers place the rows back at the answer positions of each batch
+(:func:`batch_cached_answer_logits`).
+
 Several processes (``accelerate`` / torchrun): the main process computes and writes the file while the
 others wait (``PartialState().main_process_first()``), then they load it; each example is computed once.
 """
@@ -57,7 +66,15 @@ from datasets import Sequence as SequenceFeature
 from transformers.utils import logging
 
 from ..architectures import default_modalities
-from ..distillation.losses import REGRESSION, SINGLE_LABEL, resolve_problem_type
+from ..data.generative import DISTILLATION_LABELS, VIEW_NAMES, VIEW_PREFIX, view_inputs, view_key
+from ..distillation.losses import (
+    IGNORE_INDEX,
+    REGRESSION,
+    SINGLE_LABEL,
+    answer_token_logits,
+    resolve_problem_type,
+    token_targets,
+)
 from ..modalities.modality import Modality, model_inputs, remove, restrict
 from .fingerprint import combine_fingerprints, dataset_fingerprint, model_fingerprint, object_fingerprint
 
@@ -92,18 +109,25 @@ def teacher_columns(modalities: Sequence[Modality]) -> list[str]:
 
 
 def compress_topk(
-    logits: torch.Tensor, k: int, problem_type: str
+    logits: torch.Tensor, k: int, problem_type: str, allow_all: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k storage of teacher logits (B, C) -> ``(values (B, k), indices (B, k) int64, rest (B,))``.
 
     See the module docstring for the definition; :func:`expand_topk` inverts it into dense logits.
+    ``allow_all`` accepts ``k = C`` (every class stored, ``rest`` 0 and unused), as the answer-token storage
+    of a generative teacher does.
     """
     if problem_type == REGRESSION:
         raise ValueError("top_k storage is for classification teachers; a regression teacher has no top k.")
     num_labels = logits.shape[-1]
-    if not 1 <= k < num_labels:
-        raise ValueError(f"top_k must be in [1, num_labels - 1] = [1, {num_labels - 1}], got {k}.")
+    largest = num_labels if allow_all else num_labels - 1
+    if not 1 <= k <= largest:
+        name = "vocab_size" if allow_all else "num_labels - 1"
+        raise ValueError(f"top_k must be in [1, {name}] = [1, {largest}], got {k}.")
     logits = logits.double()
+    if k == num_labels:
+        values, indices = (logits.log_softmax(-1) if problem_type == SINGLE_LABEL else logits).topk(k, dim=-1)
+        return values.float(), indices, torch.zeros(logits.shape[:-1])
     if problem_type == SINGLE_LABEL:
         log_probs = logits.log_softmax(-1)
         values, indices = log_probs.topk(k, dim=-1)
@@ -119,9 +143,10 @@ def compress_topk(
 def expand_topk(
     values: torch.Tensor, indices: torch.Tensor, rest: torch.Tensor, num_labels: int
 ) -> torch.Tensor:
-    """Dense logits (B, num_labels) from top-k storage: ``rest`` everywhere, ``values`` at ``indices``."""
-    dense = rest.float().reshape(-1, 1).expand(values.shape[0], num_labels).clone()
-    return dense.scatter(1, indices.long(), values.float())
+    """Dense logits (..., num_labels) from top-k storage (values and indices (..., k), rest (...)): ``rest``
+    everywhere, ``values`` at ``indices``."""
+    dense = rest.float()[..., None].expand(*values.shape[:-1], num_labels).clone()
+    return dense.scatter(-1, indices.long(), values.float())
 
 
 def batch_cached_logits(batch: Mapping[str, Any], column: str, num_labels: int) -> torch.Tensor | None:
@@ -139,6 +164,43 @@ def batch_cached_logits(batch: Mapping[str, Any], column: str, num_labels: int) 
             f"{column}{TOPK_INDICES} and {column}{REST_LOGIT}; keep all three columns."
         )
     return expand_topk(*parts, num_labels=num_labels).to(parts[0].device)
+
+
+def answer_labels_column(column: str) -> str:
+    """The batch column marking the answer tokens that the cached answer-token column ``column`` belongs to:
+    ``distillation_labels`` for ``teacher_logits`` (``x``), ``view_<m>__distillation_labels`` for
+    ``teacher_logits_<m>`` (the view ``x_m`` of a :class:`~hf_msd.data.VisionLanguageCollator`)."""
+    if column == TEACHER_LOGITS:
+        return DISTILLATION_LABELS
+    return view_key(column[len(TEACHER_LOGITS) + 1 :], DISTILLATION_LABELS)
+
+
+def batch_cached_answer_logits(
+    batch: Mapping[str, Any], column: str, labels: torch.Tensor, vocab_size: int
+) -> torch.Tensor | None:
+    """A generative teacher's cached answer-token logits ``column`` placed where the online teacher's logits
+    would be: (B, T, vocab_size) for ``labels`` (B, T), the row of the ``i``-th answer token of an example at
+    the position that predicts it (the causal shift: position ``t`` predicts the token at ``t + 1``), 0 at
+    every other position (no loss reads them). ``None`` when the batch does not have the column.
+
+    The collated column is (B, A, ...) with the rows past an example's answer tokens NaN
+    (:class:`~hf_msd.data.VisionLanguageCollator` pads them so); an example whose number of cached rows
+    differs from its answer tokens in ``labels`` raises a ValueError.
+    """
+    answers = batch_cached_logits(batch, column, vocab_size)
+    if answers is None:
+        return None
+    stored = ~answers.isnan().any(dim=-1)  # (B, A)
+    scored = token_targets(labels, causal=True) != IGNORE_INDEX  # (B, T - 1)
+    if not torch.equal(stored.sum(-1).cpu(), scored.sum(-1).cpu()):
+        raise ValueError(
+            f"The cached teacher column {column!r} holds {stored.sum(-1).tolist()} answer tokens per "
+            f"example, the batch's answers {scored.sum(-1).tolist()}: the cache was computed for other "
+            "answers. Compute it again with precompute_teacher_outputs on this dataset and collator."
+        )
+    dense = answers.new_zeros(*labels.shape, vocab_size)
+    dense[:, :-1][scored.to(dense.device)] = answers[stored]
+    return dense
 
 
 def has_cached_column(column_names: Sequence[str], column: str) -> bool:
@@ -278,16 +340,26 @@ def _prepare_cache_file(cache_file: str, num_rows: int) -> None:
 
 
 def _storage_features(
-    features: Features, columns: Sequence[str], num_labels: int, storage_dtype: str, top_k: int | None
+    features: Features,
+    columns: Sequence[str],
+    num_labels: int,
+    storage_dtype: str,
+    top_k: int | None,
+    answer_tokens: bool = False,
 ) -> Features:
+    """The features of the stored columns; with ``answer_tokens`` each is a list over the answer tokens."""
     features = features.copy()
+
+    def stored(feature):
+        return SequenceFeature(feature) if answer_tokens else feature
+
     for column in columns:
         if top_k is None:
-            features[column] = SequenceFeature(Value(storage_dtype), length=num_labels)
+            features[column] = stored(SequenceFeature(Value(storage_dtype), length=num_labels))
         else:
-            features[column + TOPK_LOGITS] = SequenceFeature(Value(storage_dtype), length=top_k)
-            features[column + TOPK_INDICES] = SequenceFeature(Value("int32"), length=top_k)
-            features[column + REST_LOGIT] = Value(storage_dtype)
+            features[column + TOPK_LOGITS] = stored(SequenceFeature(Value(storage_dtype), length=top_k))
+            features[column + TOPK_INDICES] = stored(SequenceFeature(Value("int32"), length=top_k))
+            features[column + REST_LOGIT] = stored(Value(storage_dtype))
     return features
 
 
@@ -299,9 +371,12 @@ def teacher_outputs_fingerprint(
     storage_dtype: str = "float32",
     top_k: int | None = None,
     problem_type: str | None = None,
+    answer_tokens: bool = False,
 ) -> str:
     """The cache key of :func:`precompute_teacher_outputs` (64 hex characters)."""
+    layout = {"layout": "answer_tokens"} if answer_tokens else {}
     return combine_fingerprints(
+        **layout,
         format_version=CACHE_FORMAT_VERSION,
         dataset=dataset_fingerprint(dataset),
         teacher=model_fingerprint(teacher),
@@ -341,7 +416,8 @@ def precompute_teacher_outputs(
         teacher: the frozen teacher; run in eval mode under ``torch.no_grad()`` (its mode is restored).
         dataset: a `datasets.Dataset` of raw examples (the training set as the trainer will read it).
         modalities: the modality spec; default the teacher's
-            (:func:`~hf_msd.architectures.default_modalities`).
+            (:func:`~hf_msd.architectures.default_modalities`). Unused for a generative teacher (its views
+            are the collator's ``x_image`` and ``x_text``).
         data_collator: turns a list of examples into a batch dict of tensors (the trainer's collator).
         batch_size: examples per teacher pass.
         storage_dtype: "float32" or "float16".
@@ -372,12 +448,18 @@ def precompute_teacher_outputs(
         raise ValueError("The dataset is empty: there are no teacher outputs to compute.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    modalities = list(modalities) if modalities is not None else default_modalities(teacher)
-    problem_type = problem_type or resolve_problem_type(teacher.config)
-    num_labels = teacher.config.num_labels
-    if top_k is not None:
-        compress_topk(torch.zeros(1, num_labels), top_k, problem_type)  # validates top_k early
-    columns = teacher_columns(modalities)
+    answer_tokens = DISTILLATION_LABELS in data_collator([dataset[0]])
+    if answer_tokens:  # a generative teacher: its answer-token distributions on x and each view
+        modalities, problem_type = list(VIEW_NAMES), SINGLE_LABEL
+        num_labels = teacher.config.get_text_config().vocab_size
+        columns = [teacher_column(), *(teacher_column(name) for name in VIEW_NAMES)]
+    else:
+        modalities = list(modalities) if modalities is not None else default_modalities(teacher)
+        problem_type = problem_type or resolve_problem_type(teacher.config)
+        num_labels = teacher.config.num_labels
+        columns = teacher_columns(modalities)
+    if top_k is not None:  # validates top_k early
+        compress_topk(torch.zeros(1, num_labels), top_k, problem_type, allow_all=answer_tokens)
     stale = [name for name in dataset.column_names if name.startswith(TEACHER_LOGITS)]
     if stale:
         logger.warning(f"Replacing the dataset's existing teacher columns {stale} with new teacher outputs.")
@@ -386,7 +468,7 @@ def precompute_teacher_outputs(
         check_deterministic_inputs(dataset, data_collator)
 
     fingerprint = teacher_outputs_fingerprint(
-        teacher, dataset, modalities, data_collator, storage_dtype, top_k, problem_type
+        teacher, dataset, modalities, data_collator, storage_dtype, top_k, problem_type, answer_tokens
     )
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     # A CPU teacher under torchrun / accelerate: let accelerate find the CPU processes (gloo) if nothing set
@@ -398,7 +480,7 @@ def precompute_teacher_outputs(
             "datasets caching is disabled and no cache_dir was given: with several processes the main "
             "process must write the teacher outputs to a file the others read: pass cache_dir=<folder>."
         )
-    names = [modality.name for modality in modalities]
+    names = [getattr(modality, "name", modality) for modality in modalities]
     computed = []
 
     @torch.no_grad()
@@ -408,6 +490,9 @@ def precompute_teacher_outputs(
             key: value.to(device) if isinstance(value, torch.Tensor) else value
             for key, value in dict(data_collator(examples)).items()
         }
+        if answer_tokens:
+            computed.append(len(examples))
+            return _encode_answer_tokens(_answer_token_logits(teacher, inputs), storage_dtype, top_k)
         inputs = model_inputs(teacher, inputs)
         logits = {teacher_column(): teacher(**inputs).logits}
         for name in names:
@@ -420,7 +505,7 @@ def precompute_teacher_outputs(
         computed.append(len(examples))
         return _encode(logits, storage_dtype, top_k, problem_type)
 
-    features = _storage_features(dataset.features, columns, num_labels, storage_dtype, top_k)
+    features = _storage_features(dataset.features, columns, num_labels, storage_dtype, top_k, answer_tokens)
     was_training = teacher.training
     teacher.eval()
     try:
@@ -453,7 +538,11 @@ def precompute_teacher_outputs(
 
 
 def _encode(
-    logits: Mapping[str, torch.Tensor], storage_dtype: str, top_k: int | None, problem_type: str
+    logits: Mapping[str, torch.Tensor],
+    storage_dtype: str,
+    top_k: int | None,
+    problem_type: str,
+    allow_all: bool = False,
 ) -> dict[str, Any]:
     """Teacher logits (B, C) per column -> the stored arrays (dense, or the top-k triple)."""
     dtype = getattr(torch, storage_dtype)
@@ -463,8 +552,35 @@ def _encode(
         if top_k is None:
             out[column] = values.to(dtype).numpy()
             continue
-        top, indices, rest = compress_topk(values, top_k, problem_type)
+        top, indices, rest = compress_topk(values, top_k, problem_type, allow_all)
         out[column + TOPK_LOGITS] = top.to(dtype).numpy()
         out[column + TOPK_INDICES] = indices.int().numpy()
         out[column + REST_LOGIT] = rest.to(dtype).numpy()
+    return out
+
+
+def _answer_token_logits(teacher: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:
+    """A generative teacher's logits at the positions predicting each answer token, per example ((A_i, V),
+    in order), on ``x`` and on each view of a :class:`~hf_msd.data.VisionLanguageCollator` batch."""
+    inputs = {None: {k: v for k, v in batch.items() if not k.startswith(VIEW_PREFIX)}}
+    inputs.update({name: view_inputs(batch, name) for name in VIEW_NAMES})
+    rows = {}
+    for name, view in inputs.items():
+        labels = view.pop(DISTILLATION_LABELS)
+        view.pop("labels", None)
+        logits, mask = answer_token_logits(teacher(**view).logits, labels)
+        rows[teacher_column(name)] = [example[keep] for example, keep in zip(logits, mask)]
+    return rows
+
+
+def _encode_answer_tokens(
+    rows: Mapping[str, list[torch.Tensor]], storage_dtype: str, top_k: int | None
+) -> dict[str, Any]:
+    """Per-example answer-token logits ((A_i, V) per column) -> the stored lists over the answer tokens."""
+    out: dict[str, Any] = {}
+    for column, examples in rows.items():
+        sizes = [len(example) for example in examples]
+        encoded = _encode({column: torch.cat(examples)}, storage_dtype, top_k, SINGLE_LABEL, allow_all=True)
+        for key, values in encoded.items():
+            out[key] = [part.tolist() for part in torch.as_tensor(values).split(sizes)]
     return out

@@ -48,7 +48,12 @@ from ..data.paired import TEACHER_INPUT_PREFIX
 from ..distillation import intermediate_losses, losses
 from ..modalities.modality import Modality
 from ..pipelines import add_pipeline_code
-from ..teacher_outputs.cache import TEACHER_LOGITS, batch_cached_logits
+from ..teacher_outputs.cache import (
+    TEACHER_LOGITS,
+    answer_labels_column,
+    batch_cached_answer_logits,
+    batch_cached_logits,
+)
 from .distillation_config import DistillationTrainingArguments
 from .frozen_modules import keep_frozen_normalization_in_eval
 from .training_state import TrainingState, resolve_checkpoint
@@ -471,10 +476,21 @@ class DistillationTrainer(Trainer):
     def cached_teacher_logits(
         self, inputs: dict[str, Any], column: str = TEACHER_CACHE_PREFIX
     ) -> torch.Tensor | None:
-        """The batch's cached teacher logits ``column`` (dense (B, num_labels), top-k columns expanded by
-        :func:`~hf_msd.teacher_outputs.cache.batch_cached_logits`) on the trainer's device; ``None`` if not
-        cached."""
-        logits = batch_cached_logits(inputs, column, architecture_num_labels(self.teacher_model))
+        """The batch's cached teacher logits ``column`` on the trainer's device; ``None`` if not cached.
+
+        A classifier's are dense (B, num_labels) (top-k columns expanded by
+        :func:`~hf_msd.teacher_outputs.cache.batch_cached_logits`); a generative teacher's (one row per answer
+        token) are placed at the positions predicting the answer tokens of the column's input (``x`` or a
+        view), (B, T, vocab_size), 0 elsewhere
+        (:func:`~hf_msd.teacher_outputs.cache.batch_cached_answer_logits`)."""
+        if self.token_level == "causal":
+            labels = inputs.get(answer_labels_column(column))
+            if labels is None:  # batches of a causal LM without the collator's answer columns
+                return None
+            vocab_size = self.teacher_model.config.get_text_config().vocab_size
+            logits = batch_cached_answer_logits(inputs, column, labels, vocab_size)
+        else:
+            logits = batch_cached_logits(inputs, column, architecture_num_labels(self.teacher_model))
         return None if logits is None else logits.to(self.args.device)
 
     # ---- Training-only modules (projections, learned weights) ----------------------------------------

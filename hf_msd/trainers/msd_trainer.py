@@ -288,7 +288,10 @@ class MSDTrainer(DistillationTrainer):
         and ``x without text`` is ``x_image``)."""
         only = {}
         for name in self.modality_names:
-            only[name] = self.teacher_forward(view_inputs(inputs, name), output_intermediates=False).logits
+            only[name] = self.cached_teacher_logits(inputs, teacher_column(name))
+            if only[name] is None:
+                view = view_inputs(inputs, name)
+                only[name] = self.teacher_forward(view, output_intermediates=False).logits
             self.check_finite(f"The teacher logits on the {name}-only input", only[name])
         if instance_saliency is None:
             instance_saliency = self.weighting.needs_instance_saliency
@@ -556,7 +559,7 @@ class MSDTrainer(DistillationTrainer):
         rows = []
         for batch in loader:
             batch = self._prepare_inputs(batch)
-            full = self.teacher_forward(batch, output_intermediates=False).logits
+            full = super().teacher_outputs(batch)["full"].logits  # cached or a teacher pass
             rows.append(self._view_teacher_outputs(batch, full, instance_saliency=True)["saliency"].cpu())
         return SaliencyReport(
             self.modality_names, losses.SINGLE_LABEL, torch.cat(rows), teacher_confidence={}

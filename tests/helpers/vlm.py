@@ -84,3 +84,50 @@ def msd_args(output_dir, **overrides) -> MSDTrainingArguments:
     )
     fields.update(overrides)
     return MSDTrainingArguments(**fields)
+
+
+def idefics3_processor_and_models():
+    """An Idefics3 (SmolVLM's architecture) processor on the word-level vocabulary (PIL image processor, no
+    image splitting, 4 image tokens per 32 x 32 image) and a 2-layer teacher and a 1-layer student."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    tokenizer = word_level_tokenizer([*WORDS, "<fake_token_around_image>", "<global-img>"])
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
+    )
+    proc = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=4,
+        chat_template=tokenizer.chat_template,
+    )
+
+    def model(hidden_size, layers, seed):
+        torch.manual_seed(seed)
+        text = dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        vision = {"hidden_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1, "patch_size": 8}
+        vision.update(image_size=32, intermediate_size=32)
+        config = Idefics3Config(
+            text_config=text,
+            vision_config=vision,
+            scale_factor=2,
+            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return Idefics3ForConditionalGeneration(config)
+
+    return proc, model(32, 2, 0), model(16, 1, 1)
