@@ -19,9 +19,20 @@ def test_no_accelerator_means_cpu_without_pinned_memory(tmp_path, recwarn):
     loader = torch.utils.data.DataLoader(list(range(4)), pin_memory=args.dataloader_pin_memory)
     list(loader)
     assert not [w for w in recwarn if "pin_memory" in str(w.message)]
-    # DeepSpeed's CPU back end needs use_cpu=False: kept, only the pinned memory goes.
+
+
+@pytest.mark.deepspeed
+def test_deepspeed_runs_keep_use_cpu_off(tmp_path):
+    # DeepSpeed's CPU back end needs use_cpu=False: kept, only the pinned memory goes. Building these
+    # arguments needs the deepspeed package and registers a global DeepSpeed config: unset it afterwards.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
     deepspeed = {"zero_optimization": {"stage": 2}}
-    assert not for_this_machine(TrainingArguments(str(tmp_path), deepspeed=deepspeed)).use_cpu
+    try:
+        args = for_this_machine(TrainingArguments(str(tmp_path), deepspeed=deepspeed))
+        assert not args.use_cpu and not args.dataloader_pin_memory
+    finally:
+        unset_hf_deepspeed_config()
 
 
 def _unused(model: torch.nn.Module, batch: dict) -> list[str]:
