@@ -55,7 +55,7 @@ from ..distillation.saliency import (
 )
 from ..distillation.weighting import build_weighting
 from ..modalities.modality import Modality, remove, restrict, validate_modalities
-from ..teacher_outputs.cache import teacher_column
+from ..teacher_outputs.cache import has_cached_column, teacher_column
 from .distillation_trainer import DistillationTrainer, StudentOutput
 from .meta_validation import MetaValidationBatches
 from .msd_config import MSDTrainingArguments
@@ -226,7 +226,8 @@ class MSDTrainer(DistillationTrainer):
             else:
                 pending.append((f"only:{name}", restrict(model_batch, self.teacher_modalities, name)))
         need_hidden, need_attentions = self._needs_intermediates(None)
-        if self.cached_teacher_logits(inputs) is None and not (need_hidden or need_attentions):
+        # Cached full-input logits are read by the parent's teacher_outputs; only their presence matters here.
+        if not has_cached_column(list(inputs), teacher_column()) and not (need_hidden or need_attentions):
             pending.append(("full", model_batch))
         if needs_without and len(self.teacher_modalities) > 2:
             for n in names:
