@@ -1,32 +1,52 @@
-"""Reproduce the papers' claims on easy-VQA: labels only vs KD vs MSD, and multimodal to unimodal.
+"""Reproduce the papers' claims on easy-VQA at the main command's budget: labels only vs KD vs MSD, with the
+controls that say where MSD's gain comes from.
 
-    python benchmarks/reproduce_easy_vqa.py            # full run (about an hour on 2 idle CPU cores)
+    python benchmarks/reproduce_easy_vqa.py            # every arm, 3 seeds, 2 worker processes (1 thread
+    each)
     python benchmarks/reproduce_easy_vqa.py --quick    # the same code path on a small slice, 1 seed
 
-Every model comes from ``--config`` (default ``examples/configs/quick_easy_vqa.yaml``, read at run time): the
-teacher recipe (``teacher_*``, ``teacher_config``) and the student recipe (``student_config``, loss weights,
-learning rate, schedule, batch size). The script only adds, per arm, the method and the flags below, and
-calls the workflow's stage functions (:mod:`hf_msd.experiment.workflow`), so each arm is exactly what
-``examples/run_msd.py <config> <flags>`` would train.
+Every model comes from ``--config`` (default ``examples/configs/quick_easy_vqa.yaml``, the main command's
+config, read at run time): the teacher recipe (``teacher_*``, ``teacher_config``) and the student recipe
+(``student_config``, loss weights, learning rate, schedule, batch size and ``num_train_epochs``). The script
+only
+adds, per arm, the method and the flags below and calls the workflow's stage functions
+(:mod:`hf_msd.experiment.workflow`), so each arm is exactly what ``examples/run_msd.py <config> <flags>``
+would
+train. By default every arm trains to the config's own end (its epochs; ``--max_steps`` caps every arm
+instead).
 
-1. Two teachers on every train label: the config's teacher (or ``--teacher PATH``) and the same recipe with
-   ``--teacher_modality_dropout p`` (:mod:`hf_msd.modalities.dropout`); each scored once on the test split.
-2. Multimodal students, for each labelled fraction and seed (the seed sets the labelled draw, the
-   student's initial weights and the data order; the train / validation split is fixed by the config's
-   seed): labels only (trained on the labelled rows alone), KD, MSD uniform / population / instance /
-   learned, all for the same ``max_steps`` optimizer steps, and "KD at MSD wall-clock": KD for
-   ``round(max_steps * t_MSD_population / t_KD)`` steps, both times measured in this run for the same seed
-   and fraction.
-3. From the modality-dropout teacher: KD and MSD population at the first fraction, every seed.
-4. Unimodal students (text only, image only) at the first fraction, every seed: alone (labels only), KD on
-   logits, KD on logits + hidden states, KD on logits + attention maps.
-5. Teacher vs students: parameters and inference latency at batch sizes 1 and 256, interleaved rounds
-   (:func:`hf_msd.evaluation.speed.compare_inference_speed`).
+1. Two teachers on every train label: the config's teacher (or ``--teacher PATH``, e.g. the main command's
+   ``outputs/quick_easy_vqa/teacher``) and the same recipe with ``--teacher_modality_dropout p``
+   (:mod:`hf_msd.modalities.dropout`); each scored once on the test split. Their outputs are cached once
+   (``<output_dir>/<teacher>/teacher_outputs``) and read by every arm; the train / validation split is fixed
+   by
+   the config's seed.
+2. Multimodal students for each seed (the seed sets the labelled draw, the student's initial weights and the
+   data order). At the first labelled fraction (:data:`FIRST_FRACTION_ARMS`): labels only, KD, MSD uniform /
+   population / instance / learned, KD at MSD population's wall-clock, and two controls:
 
-Each arm's result is written to ``<output_dir>/.../arm_result.json`` with its settings and skipped on a rerun
-with the same settings (so an interrupted run resumes); teacher outputs are cached once per teacher
-(``<output_dir>/<teacher>/teacher_outputs``). Results: ``<results_dir>/reproduce_easy_vqa{,_quick}.json``,
-``.md`` (tables, claims with their rules) and ``.png``.
+   - "KD on modality-only inputs": MSD population's passes and weights, but the target of ``S(x_m)`` is the
+     teacher's prediction on the *full* input (``--modality_target full``);
+   - "MSD image term only" / "MSD text term only": MSD population with one modality term
+     (``--modality_terms``).
+
+   "Labels only" trains on the labelled rows for the same optimizer steps as KD (the KD arms' step count on
+   the whole train split), not for the config's epochs over the few labelled rows. "KD at MSD wall-clock" runs
+   ``round(steps * t_MSD_population / t_KD)`` steps, both training times measured in this run for the same
+   seed and fraction. At the other fractions: :data:`OTHER_FRACTION_ARMS`.
+3. From the modality-dropout teacher: :data:`DROPOUT_ARMS` at the first fraction, every seed.
+4. With ``--unimodal``: unimodal students (text only, image only) at the first fraction: alone, KD on logits,
+   KD on logits + hidden states, KD on logits + attention maps.
+5. Teacher vs the MSD population student (and the unimodal KD students): parameters and inference latency at
+   batch sizes 1 and 256, interleaved rounds (:func:`hf_msd.evaluation.speed.compare_inference_speed`).
+
+Arms run in ``--workers`` processes (default 2, one torch thread each; they claim arms in the order of
+:func:`arm_specs`, most informative first). Each arm's result is written to
+``<output_dir>/.../arm_result.json``
+with its settings and skipped on a rerun with the same settings, so an interrupted run resumes; ``--arms``
+keeps
+only the named arms (the report lists the others as not run). Results:
+``<results_dir>/reproduce_easy_vqa{,_quick}.json``, ``.md`` (tables, claims with their rules) and ``.png``.
 """
 
 from __future__ import annotations
@@ -39,8 +59,10 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +70,8 @@ import torch
 import transformers
 
 from hf_msd.experiment import parse_arguments
+from hf_msd.experiment.run import make_collator
+from hf_msd.experiment.student_stage import with_teacher_outputs
 from hf_msd.experiment.workflow import (
     TRAIN_RESULTS,
     Run,
@@ -60,18 +84,32 @@ from hf_msd.experiment.workflow import (
 )
 
 RESULTS_NAME = "reproduce_easy_vqa"
-MAIN_ARMS = {
-    "labels only": ["--method", "none"],
+LABELS_ONLY, WALLCLOCK_ARM, WALLCLOCK_REFERENCE = "labels only", "KD at MSD wall-clock", "MSD population"
+CONTROL_ARM = "KD on modality-only inputs"
+POPULATION = ["--method", "msd", "--modality_weighting", "population"]
+#: Arm -> flags, at the first labelled fraction (plain teacher), in the order they are claimed.
+FIRST_FRACTION_ARMS = {
     "KD": ["--method", "kd"],
+    "MSD population": POPULATION,
+    LABELS_ONLY: ["--method", "none"],
+    CONTROL_ARM: [*POPULATION, "--modality_target", "full"],
+    "MSD image term only": [*POPULATION, "--modality_terms", "image"],
+    "MSD text term only": [*POPULATION, "--modality_terms", "text"],
+    WALLCLOCK_ARM: ["--method", "kd"],  # + --max_steps from the KD and MSD population arms of the seed
     "MSD uniform": ["--method", "msd", "--modality_weighting", "uniform"],
-    "MSD population": ["--method", "msd", "--modality_weighting", "population"],
     "MSD instance": ["--method", "msd", "--modality_weighting", "instance"],
     "MSD learned": ["--method", "msd", "--modality_weighting", "learned"],
 }
-WALLCLOCK_ARM = "KD at MSD wall-clock"
-WALLCLOCK_REFERENCE = "MSD population"
-MSD_ARMS = [name for name in MAIN_ARMS if name.startswith("MSD")]
+#: The first fraction's arms in the order they are claimed: the main comparison, the controls, then (after the
+#: other fractions and the dropout teacher) the wall-clock arm and the other weightings.
+FIRST_TIERS = (
+    ("KD", "MSD population", LABELS_ONLY),
+    (CONTROL_ARM, "MSD image term only", "MSD text term only"),
+    (WALLCLOCK_ARM, "MSD uniform", "MSD instance", "MSD learned"),
+)
+OTHER_FRACTION_ARMS = (LABELS_ONLY, "KD", "MSD population")
 DROPOUT_ARMS = ("KD", "MSD population")
+MSD_ARMS = [name for name in FIRST_FRACTION_ARMS if name.startswith("MSD")]
 #: Hidden-state / attention KD weights of the unimodal students, fixed up front (not tuned).
 UNIMODAL_ARMS = {
     "alone": ["--method", "none"],
@@ -79,11 +117,12 @@ UNIMODAL_ARMS = {
     "KD logits + hidden": ["--method", "kd", "--hidden_loss_weight", "1.0", "--hidden_state_pooling", "mean"],
     "KD logits + attention": ["--method", "kd", "--attention_loss_weight", "1.0"],
 }
+ARM_NAMES = [*FIRST_FRACTION_ARMS, *UNIMODAL_ARMS]
 UNIMODAL_DISTILLED = [name for name in UNIMODAL_ARMS if name != "alone"]
 UNIMODAL_INTERMEDIATE = ("KD logits + hidden", "KD logits + attention")
 SIZE_RATIO_CLAIM, LATENCY_REDUCTION_CLAIM = 2.5, 0.22
 QUICK = {"max_train_samples": 1000, "max_eval_samples": 200, "max_test_samples": 500, "max_steps": 20}
-FULL = {"max_train_samples": None, "max_eval_samples": 1000, "max_test_samples": 3000, "max_steps": 150}
+FULL = {"max_train_samples": None, "max_eval_samples": None, "max_test_samples": None, "max_steps": None}
 
 
 # --- statistics and verdicts (pure functions, unit-tested) ----------------------------------------
@@ -118,11 +157,6 @@ def size_speed_verdict(size_ratio: float, latency_reduction: float) -> str:
     )
 
 
-def wallclock_steps(max_steps: int, msd_seconds: float, kd_seconds: float) -> int:
-    """KD's step budget at MSD's wall-clock time: ``round(max_steps * msd_seconds / kd_seconds)`` (>= 1)."""
-    return max(1, round(max_steps * msd_seconds / kd_seconds))
-
-
 def fmt(value: float | None, digits: int = 4) -> str:
     return (
         "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
@@ -134,7 +168,7 @@ def fmt_mean_std(values: Sequence[float]) -> str:
     return f"{fmt(mean)} ± {fmt(std)}"
 
 
-# --- running the arms -----------------------------------------------------------------------------
+# --- the arms -------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -147,26 +181,112 @@ class Setup:
     output_dir: Path
 
 
+@dataclasses.dataclass(frozen=True)
+class ArmSpec:
+    """One student arm: which group of the report it fills, its teacher, fraction, seed and flags, and the
+    arms whose results its flags need (``depends``, keys of :func:`arm_specs`)."""
+
+    group: tuple[str, ...]  # ("main", fraction) / ("dropout",) / ("unimodal", modality)
+    name: str
+    teacher: str
+    fraction: float
+    seed: int
+    flags: tuple[str, ...]
+    depends: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The arm's folder relative to the output dir, unique per arm."""
+        parts = [self.teacher, f"fraction_{self.fraction}", f"seed_{self.seed}"]
+        if self.group[0] == "unimodal":
+            parts.append(self.group[1])
+        return "/".join([*parts, _slug(self.name)])
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" + ", "_").replace(" ", "_").replace("-", "")
+
+
+def arm_specs(options: argparse.Namespace) -> list[ArmSpec]:
+    """Every arm of the run, in the order the workers claim them: for each tier, every seed (so the arms that
+    finish first are the ones the claims need most, and a cut run still has whole arms)."""
+    first, others = options.fractions[0], options.fractions[1:]
+    selected = set(options.arms or ARM_NAMES)
+    main, plain = ("main", str(first)), "plain"
+    tiers = [
+        [(main, n, plain, first, FIRST_FRACTION_ARMS[n]) for n in tier if n in selected]
+        for tier in FIRST_TIERS
+    ]
+    tiers.insert(
+        2,
+        [(("main", str(f)), n, plain, f, FIRST_FRACTION_ARMS[n]) for f in others for n in OTHER_FRACTION_ARMS]
+        + [(("dropout",), n, "dropout", first, FIRST_FRACTION_ARMS[n]) for n in DROPOUT_ARMS],
+    )
+    tiers[2] = [arm for arm in tiers[2] if arm[1] in selected]
+    if options.unimodal:
+        tiers.append(
+            [
+                (("unimodal", m), n, "plain", first, [*f, "--student_modalities", m])
+                for m in ("text", "image")
+                for n, f in UNIMODAL_ARMS.items()
+                if n in selected
+            ]
+        )
+    specs = []
+    for tier in tiers:
+        for seed in options.seeds:
+            for group, name, teacher, fraction, flags in tier:
+                spec = ArmSpec(group, name, teacher, fraction, seed, tuple(flags))
+                if name == WALLCLOCK_ARM:
+                    depends = (dataclasses.replace(spec, name=n).key for n in ("KD", WALLCLOCK_REFERENCE))
+                    spec = dataclasses.replace(spec, depends=tuple(depends))
+                specs.append(spec)
+    return specs
+
+
+def student_steps(setup: Setup) -> int:
+    """The optimizer steps of a KD / MSD student of the config on the whole train split:
+    ``ceil(train examples / (batch size x gradient accumulation)) x epochs`` (or ``--max_steps``)."""
+    if setup.options.max_steps is not None:
+        return setup.options.max_steps
+    _, _, _, args = parse_arguments([setup.options.config, *setup.base_flags])
+    per_epoch = math.ceil(len(setup.dataset["train"]) / args.per_device_train_batch_size)
+    return max(1, per_epoch // args.gradient_accumulation_steps) * math.ceil(args.num_train_epochs)
+
+
+def wallclock_steps(steps: int, msd_seconds: float, kd_seconds: float) -> int:
+    """KD's step budget at MSD's wall-clock time: ``round(steps * msd_seconds / kd_seconds)`` (>= 1)."""
+    return max(1, round(steps * msd_seconds / kd_seconds))
+
+
 def _run(setup: Setup, flags: Sequence[str], output_dir: Path) -> Run:
     """A workflow ``Run`` for ``<config> <base flags> <flags>`` on the shared data."""
     argv = [setup.options.config, *setup.base_flags, *flags, "--output_dir", str(output_dir)]
     return Run(*parse_arguments(argv), setup.dataset)
 
 
-def _cached(path: Path, settings: dict, compute) -> dict:
-    """``compute()``'s result, stored in ``path`` with ``settings``; reused if the settings match."""
+def _record(path: Path, settings: dict) -> dict | None:
+    """The result stored in ``path`` if it was made with ``settings``."""
     if path.exists():
         record = json.loads(path.read_text())
         if record["settings"] == settings:
             return record["result"]
-    result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": settings, "result": result}, indent=2, default=str))
+    return None
+
+
+def _cached(path: Path, settings: dict, compute: Callable[[], dict]) -> dict:
+    """``compute()``'s result, stored in ``path`` with ``settings``; reused if the settings match."""
+    result = _record(path, settings)
+    if result is None:
+        result = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"settings": settings, "result": result}, indent=2, default=str))
     return result
 
 
 def _teacher(setup: Setup, name: str, flags: Sequence[str]) -> dict:
-    """Train (or load) one teacher and score it once on the test split."""
+    """Train (or load) one teacher, score it once on the test split and cache its outputs on the train and
+    validation splits (before any worker starts, so no two processes write the same cache)."""
     run = _run(setup, flags, setup.output_dir / name)
     start = time.perf_counter()
     teacher, processor, settings = train_or_load_teacher(run)
@@ -181,25 +301,45 @@ def _teacher(setup: Setup, name: str, flags: Sequence[str]) -> dict:
 
     record = {"teacher": settings, "base_flags": setup.base_flags}
     result = _cached(setup.output_dir / name / "teacher_evaluation.json", record, score)
+    cache = str(setup.output_dir / name / "teacher_outputs")
+    kd = _run(setup, ["--method", "kd", "--teacher_cache_dir", cache], setup.output_dir / name)
+    collator = make_collator(kd, teacher, processor)
+    for split in ("train", "validation"):
+        with_teacher_outputs(kd, teacher, collator, setup.dataset[split])
     return {"name": name, "model": teacher, "processor": processor, "settings": settings, **result}
 
 
-def _arm(
-    setup: Setup, teacher: dict, flags: Sequence[str], directory: Path, seed: int, fraction: float
-) -> dict:
+def _arm_flags(setup: Setup, spec: ArmSpec) -> list[str] | None:
+    """The arm's flags with its step budget; None while an arm it depends on has no result."""
+    steps = student_steps(setup)
+    flags = [*spec.flags, "--seed", str(spec.seed), "--labeled_fraction", str(spec.fraction)]
+    flags += ["--teacher_cache_dir", str(setup.output_dir / spec.teacher / "teacher_outputs")]
+    if spec.name == WALLCLOCK_ARM:
+        kd, msd = (_stored_result(setup.output_dir / key) for key in spec.depends)
+        if kd is None or msd is None:
+            return None
+        flags += ["--max_steps", str(wallclock_steps(steps, msd["train_runtime"], kd["train_runtime"]))]
+    elif "none" in spec.flags or setup.options.max_steps is not None:
+        flags += ["--max_steps", str(steps)]  # labels only: the KD arms' steps, not epochs over few rows
+    return flags
+
+
+def _stored_result(directory: Path) -> dict | None:
+    path = directory / "arm_result.json"
+    return json.loads(path.read_text())["result"] if path.exists() else None
+
+
+def _arm_settings(setup: Setup, teacher: dict, flags: list[str]) -> dict:
+    return {"flags": flags, "base_flags": setup.base_flags, "teacher": teacher["settings"]}
+
+
+def run_arm(setup: Setup, teachers: Mapping[str, dict], spec: ArmSpec) -> dict:
     """Train one student arm (``distill_student``) and score it on the test split; resumable."""
-    cache = str(setup.output_dir / teacher["name"] / "teacher_outputs")
-    all_flags = [
-        *flags,
-        "--seed",
-        str(seed),
-        "--labeled_fraction",
-        str(fraction),
-        "--teacher_cache_dir",
-        cache,
-    ]
-    run = _run(setup, all_flags, directory)
-    settings = {"flags": all_flags, "base_flags": setup.base_flags, "teacher": teacher["settings"]}
+    teacher, directory = teachers[spec.teacher], setup.output_dir / spec.key
+    flags = _arm_flags(setup, spec)
+    if flags is None:
+        raise RuntimeError(f"{spec.key} needs the results of {list(spec.depends)} first.")
+    run = _run(setup, flags, directory)
 
     def train_and_score() -> dict:
         start = time.perf_counter()
@@ -212,10 +352,69 @@ def _arm(
             "steps": training["steps"],
             "parameters": sum(p.numel() for p in student.parameters()),
             "wall_seconds": time.perf_counter() - start,
+            "torch_threads": torch.get_num_threads(),
         }
 
-    print(f"== {directory.relative_to(setup.output_dir)}", flush=True)
-    return _cached(directory / "arm_result.json", settings, train_and_score)
+    print(f"== {spec.key}", flush=True)
+    try:
+        result = _cached(directory / "arm_result.json", _arm_settings(setup, teacher, flags), train_and_score)
+    except (ValueError, NotImplementedError) as error:
+        if spec.group[0] != "unimodal" or spec.name not in UNIMODAL_INTERMEDIATE:
+            raise
+        return {
+            "unsupported": f"{type(error).__name__}: {error}"
+        }  # hidden / attention KD the library refuses
+    if spec.name == WALLCLOCK_ARM:
+        kd, msd = (_stored_result(setup.output_dir / key) for key in spec.depends)
+        result["wallclock"] = {"msd_seconds": msd["train_runtime"], "kd_seconds": kd["train_runtime"]}
+    return result
+
+
+def _is_done(setup: Setup, teachers: Mapping[str, dict], spec: ArmSpec) -> bool:
+    flags = _arm_flags(setup, spec)
+    if flags is None:
+        return False
+    path = setup.output_dir / spec.key / "arm_result.json"
+    return _record(path, _arm_settings(setup, teachers[spec.teacher], flags)) is not None
+
+
+def work(
+    setup: Setup, teachers: Mapping[str, dict], specs: Sequence[ArmSpec], poll_seconds: float = 10
+) -> None:
+    """A worker: claims (an exclusive ``.claim`` file per arm) and runs the first unclaimed arm whose
+    dependencies are done, until every arm is done or claimed by another worker."""
+    pending = list(specs)
+    while pending:
+        started = False
+        for spec in list(pending):
+            if any(_stored_result(setup.output_dir / key) is None for key in spec.depends):
+                continue
+            pending.remove(spec)
+            if _is_done(setup, teachers, spec):
+                continue
+            claim = setup.output_dir / spec.key / ".claim"
+            claim.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue  # another worker runs it
+            run_arm(setup, teachers, spec)
+            started = True
+            break
+        if pending and not started:
+            time.sleep(poll_seconds)  # waiting for another worker's arm this one depends on
+
+
+def run_workers(options: argparse.Namespace, argv: Sequence[str], specs: Sequence[ArmSpec]) -> None:
+    """Run the arms in ``options.workers`` processes of this script (one torch thread each) and wait."""
+    for claim in options.output_dir.rglob(".claim"):
+        claim.unlink()  # claims of an earlier, interrupted run
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", *argv]  # before --override
+    workers = [subprocess.Popen(command, env=env) for _ in range(options.workers)]
+    failed = [w.args for w in workers if w.wait() != 0]
+    if failed:
+        raise RuntimeError(f"A worker process failed (see its output above): {failed[0]}")
 
 
 def _student_size_ratio(setup: Setup, teacher: dict) -> float:
@@ -226,61 +425,15 @@ def _student_size_ratio(setup: Setup, teacher: dict) -> float:
     return teacher["parameters"] / sum(p.numel() for p in student.parameters())
 
 
-def _unsupported(error: Exception) -> dict:
-    return {"unsupported": f"{type(error).__name__}: {error}"}
-
-
-def run_main_arms(setup: Setup, teacher: dict) -> dict:
-    """fraction -> arm -> seed -> result, including the KD arm at MSD population's wall-clock time."""
-    opts, results = setup.options, {}
-    for fraction in opts.fractions:
-        arms: dict[str, dict] = {name: {} for name in [*MAIN_ARMS, WALLCLOCK_ARM]}
-        for seed in opts.seeds:
-            where = setup.output_dir / teacher["name"] / f"fraction_{fraction}" / f"seed_{seed}"
-            for name, flags in MAIN_ARMS.items():
-                arms[name][seed] = _arm(setup, teacher, flags, where / _slug(name), seed, fraction)
-            msd, kd = arms[WALLCLOCK_REFERENCE][seed], arms["KD"][seed]
-            steps = wallclock_steps(opts.max_steps, msd["train_runtime"], kd["train_runtime"])
-            flags = ["--method", "kd", "--max_steps", str(steps)]
-            result = _arm(setup, teacher, flags, where / _slug(WALLCLOCK_ARM), seed, fraction)
-            result["wallclock"] = {"msd_seconds": msd["train_runtime"], "kd_seconds": kd["train_runtime"]}
-            arms[WALLCLOCK_ARM][seed] = result
-        results[str(fraction)] = arms
-    return results
-
-
-def run_dropout_arms(setup: Setup, teacher: dict) -> dict:
-    """arm -> seed -> result for the modality-dropout teacher at the first fraction."""
-    fraction = setup.options.fractions[0]
-    arms: dict[str, dict] = {name: {} for name in DROPOUT_ARMS}
-    for seed in setup.options.seeds:
-        where = setup.output_dir / teacher["name"] / f"fraction_{fraction}" / f"seed_{seed}"
-        for name in DROPOUT_ARMS:
-            arms[name][seed] = _arm(setup, teacher, MAIN_ARMS[name], where / _slug(name), seed, fraction)
-    return arms
-
-
-def run_unimodal_arms(setup: Setup, teacher: dict) -> dict:
-    """modality -> arm -> seed -> result (or {"unsupported": reason}) at the first fraction."""
-    fraction, results = setup.options.fractions[0], {}
-    for modality in ("text", "image"):
-        arms: dict[str, dict] = {name: {} for name in UNIMODAL_ARMS}
-        for seed in setup.options.seeds:
-            where = setup.output_dir / teacher["name"] / f"fraction_{fraction}" / f"seed_{seed}" / modality
-            for name, flags in UNIMODAL_ARMS.items():
-                flags = [*flags, "--student_modalities", modality]
-                try:
-                    arms[name][seed] = _arm(setup, teacher, flags, where / _slug(name), seed, fraction)
-                except (ValueError, NotImplementedError) as error:
-                    if name not in UNIMODAL_INTERMEDIATE:
-                        raise
-                    arms[name][seed] = _unsupported(error)  # hidden / attention KD the library refuses
-        results[modality] = arms
-    return results
-
-
-def _slug(name: str) -> str:
-    return name.lower().replace(" + ", "_").replace(" ", "_").replace("-", "")
+def collect(setup: Setup, teachers: Mapping[str, dict], specs: Sequence[ArmSpec]) -> dict:
+    """The report's arm results: {"main": {fraction: {arm: {seed: result}}}, "dropout": {...}, "unimodal":
+    {modality: {...}}}, running any arm that has no stored result."""
+    groups: dict[str, Any] = {"main": {}, "dropout": {}, "unimodal": {}}
+    for spec in specs:
+        kind, *rest = spec.group
+        arms = groups[kind].setdefault(rest[0], {}) if rest else groups[kind]
+        arms.setdefault(spec.name, {})[spec.seed] = run_arm(setup, teachers, spec)
+    return groups
 
 
 def measure_latency(setup: Setup, teacher: dict, students: Mapping[str, Path]) -> dict:
@@ -328,21 +481,30 @@ def _claim(name: str, candidate: Mapping, baseline: Mapping) -> dict:
     }
 
 
+#: (claim, candidate arm, baseline arm) at every fraction: (1) MSD vs KD, (1b) at equal wall-clock, (1c) vs
+#: labels only, (5) the controls. Made only for the arms that ran.
+PAIRED_CLAIMS = [
+    *((f"(1) {name} beats KD", name, "KD") for name in MSD_ARMS),
+    (f"(1b) MSD population beats {WALLCLOCK_ARM}", "MSD population", WALLCLOCK_ARM),
+    *((f"(1c) {name} beats {LABELS_ONLY}", name, LABELS_ONLY) for name in ("KD", "MSD population")),
+    (f"(5a) MSD population beats {CONTROL_ARM}", "MSD population", CONTROL_ARM),
+    (f"(5b) {CONTROL_ARM} beats KD", CONTROL_ARM, "KD"),
+    ("(5c) MSD population beats MSD image term only", "MSD population", "MSD image term only"),
+    ("(5d) MSD population beats MSD text term only", "MSD population", "MSD text term only"),
+]
+
+
 def build_claims(report: dict) -> list[dict]:
-    """Claims 1-4 (rules in :func:`paired_verdict` and :func:`size_speed_verdict`) from the raw results."""
-    claims = []
-    for fraction, arms in report["main"].items():
-        for name in MSD_ARMS:
-            claims.append(_claim(f"(1) {name} beats KD at {fraction} labels", arms[name], arms["KD"]))
-        claims.append(
-            _claim(
-                f"(1b) MSD population beats {WALLCLOCK_ARM} at {fraction} labels",
-                arms["MSD population"],
-                arms[WALLCLOCK_ARM],
-            )
-        )
+    """Claims 1-5 (rules in :func:`paired_verdict` and :func:`size_speed_verdict`) from the raw results, for
+    the arms that ran."""
+    claims = [
+        _claim(f"{claim} at {fraction} labels", arms[candidate], arms[baseline])
+        for fraction, arms in report["main"].items()
+        for claim, candidate, baseline in PAIRED_CLAIMS
+        if candidate in arms and baseline in arms
+    ]
     first = str(report["settings"]["fractions"][0])
-    for name in DROPOUT_ARMS:
+    for name in report["dropout"]:
         claims.append(
             _claim(
                 f"(2) the modality-dropout teacher helps {name} at {first} labels",
@@ -478,14 +640,20 @@ def render_markdown(report: dict) -> str:
         f"Command: `{s['command']}`. Machine: {m['cpus']} CPU cores, torch {m['torch']}, transformers "
         f"{m['transformers']}, {m['torch_threads']} torch thread(s), load average "
         f"{m['load_average_start']} at the start. Whole run: {report['wall_seconds'] / 60:.1f} min.",
-        f"Seeds {s['seeds']}, labelled fractions {s['fractions']}, {s['max_steps']} optimizer steps for "
-        f"every arm except '{WALLCLOCK_ARM}'; training pool {s['train_examples']} questions, test "
+        f"Seeds {s['seeds']}, labelled fractions {s['fractions']}; {s['steps']} optimizer steps for every "
+        f"arm ({s['budget']}) except '{WALLCLOCK_ARM}'; training pool {s['train_examples']} questions, test "
         f"{s['test_examples']} questions; config `{s['config']}`; modality-dropout p = "
-        f"{s['modality_dropout']}.",
+        f"{s['modality_dropout']}; {s['workers']} worker process(es) with {s['worker_threads']} torch "
+        "thread(s) each, so training times are comparable within this run only.",
         "",
-        "Notes: the test split is scored only once per model, never used to choose anything. 'MSD learned' "
-        "meta-learns its modality weights on the labelled validation split, which no other student arm "
-        "uses. Unimodal students' 'acc (both)' is their accuracy on their own modality.",
+        "Notes: the test split is scored only once per model, never used to choose anything. "
+        f"'{LABELS_ONLY}' trains on the labelled rows for the same optimizer steps as KD. "
+        f"'{CONTROL_ARM}': MSD population's passes and weights with the teacher's full-input prediction as "
+        "the target of every modality-only pass. 'MSD image / text term only': MSD population with one "
+        "modality term. 'MSD learned' meta-learns its modality weights on the labelled validation split, "
+        "which no other student arm uses. Unimodal students' 'acc (both)' is their accuracy on their own "
+        "modality.",
+        *([f"Not run: {', '.join(s['not_run'])} (not in --arms)."] if s["not_run"] else []),
         "",
         "## Teachers (test split)",
         "",
@@ -495,8 +663,9 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"## Multimodal students, labels on {fraction} of the train split (plain teacher)", ""]
         lines += _table_header(type_keys) + _arm_rows(arms, type_keys)
     first = s["fractions"][0]
-    lines += ["", f"## Modality-dropout teacher, labels on {first}", ""]
-    lines += _table_header(type_keys) + _arm_rows(report["dropout"], type_keys)
+    if report["dropout"]:
+        lines += ["", f"## Modality-dropout teacher, labels on {first}", ""]
+        lines += _table_header(type_keys) + _arm_rows(report["dropout"], type_keys)
     for modality, arms in report["unimodal"].items():
         lines += ["", f"## {modality}-only students, labels on {first} (plain teacher)", ""]
         lines += _table_header(type_keys) + _arm_rows(arms, type_keys)
@@ -514,7 +683,8 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = {f"labels {f}": arms for f, arms in report["main"].items()}
-    groups["dropout teacher"] = report["dropout"]
+    if report["dropout"]:
+        groups["dropout teacher"] = report["dropout"]
     for modality, arms in report["unimodal"].items():
         groups[f"{modality} only"] = {
             n: a for n, a in arms.items() if not any("unsupported" in r for r in a.values())
@@ -544,16 +714,22 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.1])
     parser.add_argument("--seeds", type=int, nargs="+", help="Default 0 1 2 (quick: 0).")
     parser.add_argument(
-        "--max_steps", type=int, help=f"Steps per arm (default {FULL['max_steps']}, quick 20)."
+        "--arms", nargs="+", choices=ARM_NAMES, help="Run only these arms (by name; default all)."
+    )
+    parser.add_argument("--unimodal", action="store_true", help="Also train the unimodal students.")
+    parser.add_argument(
+        "--max_steps", type=int, help="Steps of every arm (default: the config's epochs; quick 20)."
     )
     parser.add_argument(
         "--max_train_samples", type=int, help="Training pool size (default: all; quick 1000)."
     )
-    parser.add_argument(
-        "--max_eval_samples", type=int, help="Validation questions (default 1000; quick 200)."
-    )
-    parser.add_argument("--max_test_samples", type=int, help="Test questions (default 3000; quick 500).")
+    parser.add_argument("--max_eval_samples", type=int, help="Validation questions (default all; quick 200).")
+    parser.add_argument("--max_test_samples", type=int, help="Test questions (default all; quick 500).")
     parser.add_argument("--modality_dropout", type=float, default=0.3, help="p of the second teacher.")
+    parser.add_argument("--workers", type=int, help="Processes that train arms (default 2, quick 1).")
+    parser.add_argument(
+        "--worker", action="store_true", help=argparse.SUPPRESS
+    )  # set on the worker processes
     parser.add_argument("--latency_rounds", type=int, default=5)
     parser.add_argument("--latency_single_batches", type=int, default=32, help="Batches of 1 per round.")
     parser.add_argument("--latency_batches", type=int, default=4, help="Batches of the eval size per round.")
@@ -574,16 +750,19 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(options, key) is None:
             setattr(options, key, value)
     options.seeds = options.seeds or ([0] if options.quick else [0, 1, 2])
+    options.workers = options.workers or (1 if options.quick else 2)
     suffix = "_quick" if options.quick else ""
     options.output_dir = Path(options.output_dir or f"outputs/{RESULTS_NAME}{suffix}")
     options.results_name = RESULTS_NAME + suffix
     if not 0 < options.modality_dropout < 1:
         parser.error(f"--modality_dropout must be in (0, 1), got {options.modality_dropout}.")
+    if options.workers < 1:
+        parser.error(f"--workers must be >= 1, got {options.workers}.")
     return options
 
 
 def _base_flags(options: argparse.Namespace) -> list[str]:
-    flags = ["--max_steps", str(options.max_steps), "--speed_rounds", "0"]
+    flags = ["--speed_rounds", "0"]
     for key in ("max_train_samples", "max_eval_samples", "max_test_samples"):
         if getattr(options, key) is not None:
             flags += [f"--{key}", str(getattr(options, key))]
@@ -606,53 +785,62 @@ def _machine() -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     options = parse_options(argv)
     start, machine = time.perf_counter(), _machine()
     base = _base_flags(options)
     _, data_args, _, training_args = parse_arguments([options.config, *base])
     dataset = load_data(data_args, seed=training_args.seed)  # the split is fixed by the config's seed
     setup = Setup(options, base, dataset, options.output_dir)
+    specs = arm_specs(options)
     plain = _teacher(setup, "plain", ["--teacher_name_or_path", options.teacher] if options.teacher else [])
+    teachers = {"plain": plain}
+    if any(spec.teacher == "dropout" for spec in specs):
+        flags = ["--teacher_modality_dropout", str(options.modality_dropout)]
+        teachers["dropout"] = _teacher(setup, "dropout", flags)
+    if options.worker:
+        work(setup, teachers, specs)
+        return {}
     size_ratio = _student_size_ratio(setup, plain)
     if size_ratio < 3 and not options.quick:
         raise ValueError(
             f"{options.config}: its student_config gives a student with only {size_ratio:.2f}x fewer "
             "parameters than the teacher; the comparison needs >= 3x: make the student smaller."
         )
-    dropout = _teacher(setup, "dropout", ["--teacher_modality_dropout", str(options.modality_dropout)])
-    main_arms = run_main_arms(setup, plain)
+    if options.workers > 1:
+        run_workers(options, argv, specs)
     report = {
         "settings": {
-            "command": "python benchmarks/reproduce_easy_vqa.py "
-            + " ".join(argv if argv is not None else []),
+            "command": " ".join(["python benchmarks/reproduce_easy_vqa.py", *argv]),
             "config": options.config,
             "seeds": options.seeds,
             "fractions": options.fractions,
-            "max_steps": options.max_steps,
+            "steps": student_steps(setup),
+            "budget": "--max_steps" if options.max_steps else "the config's epochs on the whole train split",
+            "not_run": [n for n in ARM_NAMES if n not in {s.name for s in specs} and n not in UNIMODAL_ARMS],
             "modality_dropout": options.modality_dropout,
+            "workers": options.workers,
+            "worker_threads": 1 if options.workers > 1 else torch.get_num_threads(),
             "base_flags": base,
             "split_seed": training_args.seed,
             "train_examples": len(dataset["train"]),
             "test_examples": len(dataset["test"]),
-            "unimodal_arms": UNIMODAL_ARMS,
+            "unimodal_arms": UNIMODAL_ARMS if options.unimodal else None,
+            "student_size_ratio": size_ratio,
         },
         "machine": machine,
-        "teachers": {},
-        "main": main_arms,
-        "dropout": run_dropout_arms(setup, dropout),
-        "unimodal": run_unimodal_arms(setup, plain),
+        "teachers": {
+            name: {k: teacher[k] for k in ("evaluation", "parameters", "stage_seconds")}
+            for name, teacher in teachers.items()
+        },
+        **collect(setup, teachers, specs),
     }
-    first = setup.output_dir / "plain" / f"fraction_{options.fractions[0]}" / f"seed_{options.seeds[0]}"
-    students = {"MSD population student": first / _slug("MSD population") / "student"}
-    students |= {
-        f"{m}-only KD student": first / m / _slug("KD logits") / "student" for m in ("text", "image")
-    }
+    first = next(s for s in specs if s.name == "MSD population" and s.group[0] == "main")
+    students = {"MSD population student": setup.output_dir / first.key / "student"}
+    for spec in specs:
+        if spec.group[0] == "unimodal" and spec.name == "KD logits" and spec.seed == options.seeds[0]:
+            students[f"{spec.group[1]}-only KD student"] = setup.output_dir / spec.key / "student"
     report["latency"] = measure_latency(setup, plain, students)
-    for teacher in (plain, dropout):
-        report["teachers"][teacher["name"]] = {
-            k: teacher[k] for k in ("evaluation", "parameters", "stage_seconds")
-        }
-    report["settings"]["student_size_ratio"] = size_ratio
     report["claims"] = build_claims(report)
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     report["wall_seconds"] = time.perf_counter() - start
@@ -669,6 +857,4 @@ def write_results(report: dict, results_dir: Path, name: str) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
+    main()

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from ..distillation.weighting import WEIGHTINGS
 from .distillation_config import DistillationTrainingArguments, check_weight
 
+#: Targets of the modality terms: the teacher on ``x_m`` (MSD) or on the full ``x`` (a control).
+MODALITY_TARGETS = ("modality", "full")
+
 
 @dataclass
 class MSDTrainingArguments(DistillationTrainingArguments):
@@ -16,6 +19,12 @@ class MSDTrainingArguments(DistillationTrainingArguments):
     The loss per example adds ``sum_m w_m * KD(T(x_m), S(x_m))`` to the distillation loss, where ``x_m``
     keeps only modality ``m`` and ``w_m`` comes from ``modality_weighting`` (see
     :mod:`hf_msd.distillation.weighting`).
+
+    Two options exist for ablations (controls that say where MSD's gain comes from):
+    ``modality_target="full"`` replaces the target of every modality term by the teacher's prediction on the
+    *full* input, ``KD(T(x), S(x_m))`` (the student still sees each ``x_m`` with the same weights, but
+    learns nothing of the teacher's per-modality predictions), and ``modality_terms`` keeps the terms of
+    the named modalities only (their weights unchanged; the others are dropped).
     """
 
     modality_weighting: str = field(
@@ -31,6 +40,20 @@ class MSDTrainingArguments(DistillationTrainingArguments):
         metadata={
             "help": "lambda (>= 0): the scale of the modality weights; every weighting averages to lambda "
             "per modality (weights sum to lambda * number of modalities)."
+        },
+    )
+    modality_target: str = field(
+        default="modality",
+        metadata={
+            "help": "Target of the modality terms: 'modality' (MSD: the teacher's prediction on x_m, T(x_m)) "
+            "or 'full' (a control: the teacher's prediction on the full input, T(x), as S(x_m)'s target)."
+        },
+    )
+    modality_terms: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Names of the modalities that get a term (e.g. 'image'); default every modality. The "
+            "kept terms' weights are those of the full weighting."
         },
     )
     saliency_batch_size: int = field(
@@ -75,6 +98,13 @@ class MSDTrainingArguments(DistillationTrainingArguments):
                 f"choose one of {sorted(WEIGHTINGS)}."
             )
         check_weight("modality_loss_weight", self.modality_loss_weight)
+        if self.modality_target not in MODALITY_TARGETS:
+            raise ValueError(
+                f"modality_target={self.modality_target!r} is unknown; "
+                f"choose one of {list(MODALITY_TARGETS)}."
+            )
+        if self.modality_terms is not None and not self.modality_terms:
+            raise ValueError("modality_terms is empty: name at least one modality, or leave it unset (all).")
         for name in ("saliency_batch_size", "meta_update_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")

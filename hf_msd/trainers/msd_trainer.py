@@ -173,8 +173,20 @@ class MSDTrainer(DistillationTrainer):
             )
         self.saliency_fn = saliency_fn
         names = list(VIEW_NAMES) if self.generative else [m.name for m in self.teacher_modalities]
-        #: The modalities with a term, in the order of the weights' columns.
+        #: The modalities of the weighting, in the order of its columns.
         self.modality_names = names
+        unknown = sorted(set(args.modality_terms or ()) - set(names))
+        if unknown:
+            raise ValueError(
+                f"modality_terms names {unknown}, not modalities of this teacher: choose from {names}."
+            )
+        #: The modalities that get a term (``args.modality_terms``, default all).
+        self.term_names = [n for n in names if args.modality_terms is None or n in args.modality_terms]
+        if self.generative and args.modality_target != "modality":
+            raise ValueError(
+                "modality_target='full' is not supported for generative students (each view has its own "
+                "token sequence): use modality_target='modality'."
+            )
         student_modalities = getattr(getattr(self._student_base(), "config", None), "modalities", None)
         self._unimodal_student = student_modalities is not None and len(student_modalities) == 1
         self.weighting = build_weighting(
@@ -348,7 +360,7 @@ class MSDTrainer(DistillationTrainer):
         bare = self.accelerator.unwrap_model(model)  # see _modality_terms
         answers = (self.distillation_labels(inputs) != losses.IGNORE_INDEX).sum(dim=-1)
         terms = {}
-        for name in self.modality_names:
+        for name in self.term_names:
             view = view_inputs(inputs, name)
             labels = view.pop(DISTILLATION_LABELS)
             if not bool(((labels != losses.IGNORE_INDEX).sum(dim=-1) == answers).all()):
@@ -371,16 +383,16 @@ class MSDTrainer(DistillationTrainer):
     def _modality_terms(
         self, model: nn.Module, inputs: dict[str, Any], student: StudentOutput, teacher: dict
     ) -> dict[str, torch.Tensor]:
-        """A classifier's unweighted modality terms: name -> ``KD(T(x_m), S(x_m))`` (B,); also puts the
+        """A classifier's unweighted modality terms: name -> ``KD(T(x_m), S(x_m))`` (B,), or ``KD(T(x),
+        S(x_m))`` with ``modality_target="full"``, for the modalities in :attr:`term_names`; also puts the
         per-example saliency into ``teacher["saliency"]`` when the weighting needs it."""
         problem_type = self._problem_type(inputs.get("labels"))
         student_batch = self.student_inputs(inputs)
+        names = [n for n in self.student_modality_names if n in self.term_names]
         if self._unimodal_student:
-            student_logits = [student.logits]
+            student_logits = [student.logits] if names else []
         else:
-            student_batches = [
-                restrict(student_batch, self.modalities, n) for n in self.student_modality_names
-            ]
+            student_batches = [restrict(student_batch, self.modalities, n) for n in names]
             # Only the full-input pass (in the parent) goes through a DDP wrapper: a second forward through
             # DDP in one step fails ("mark a variable ready only once"). The modality-only passes use the
             # bare module; autograd sums their gradients into the same parameters before DDP's reducer
@@ -391,15 +403,16 @@ class MSDTrainer(DistillationTrainer):
             teacher["saliency"] = modality_saliency(
                 teacher["full"].logits.detach(), teacher["without"], problem_type, self.saliency_fn
             )
+        full_input = self.args.modality_target == "full"
         return {
             name: losses.soft_target_loss(
                 logits,
-                teacher["only"][name],
+                teacher["full"].logits if full_input else teacher["only"][name],
                 problem_type=problem_type,
                 temperature=self.args.temperature,
                 loss_type=self.args.kd_loss_type,
             )
-            for name, logits in zip(self.student_modality_names, student_logits)
+            for name, logits in zip(names, student_logits)
         }
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
