@@ -122,7 +122,7 @@ UNIMODAL_DISTILLED = [name for name in UNIMODAL_ARMS if name != "alone"]
 UNIMODAL_INTERMEDIATE = ("KD logits + hidden", "KD logits + attention")
 SIZE_RATIO_CLAIM, LATENCY_REDUCTION_CLAIM = 2.5, 0.22
 QUICK = {"max_train_samples": 1000, "max_eval_samples": 200, "max_test_samples": 500, "max_steps": 20}
-FULL = {"max_train_samples": None, "max_eval_samples": None, "max_test_samples": None, "max_steps": None}
+FULL = {"max_train_samples": None, "max_eval_samples": None, "max_test_samples": None, "max_steps": -1}
 
 
 # --- statistics and verdicts (pure functions, unit-tested) ----------------------------------------
@@ -246,12 +246,13 @@ def arm_specs(options: argparse.Namespace) -> list[ArmSpec]:
 
 def student_steps(setup: Setup) -> int:
     """The optimizer steps of a KD / MSD student of the config on the whole train split:
-    ``ceil(train examples / (batch size x gradient accumulation)) x epochs`` (or ``--max_steps``)."""
+    ``ceil(epochs x (ceil(train examples / batch size) // gradient accumulation))``, as ``Trainer`` counts
+    them on one process (or ``--max_steps``)."""
     if setup.options.max_steps is not None:
         return setup.options.max_steps
     _, _, _, args = parse_arguments([setup.options.config, *setup.base_flags])
     per_epoch = math.ceil(len(setup.dataset["train"]) / args.per_device_train_batch_size)
-    return max(1, per_epoch // args.gradient_accumulation_steps) * math.ceil(args.num_train_epochs)
+    return math.ceil(args.num_train_epochs * max(1, per_epoch // args.gradient_accumulation_steps))
 
 
 def wallclock_steps(steps: int, msd_seconds: float, kd_seconds: float) -> int:
@@ -399,6 +400,7 @@ def work(
             except FileExistsError:
                 continue  # another worker runs it
             run_arm(setup, teachers, spec)
+            claim.unlink()  # the arm's record now says it is done
             started = True
             break
         if pending and not started:
@@ -718,7 +720,9 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--unimodal", action="store_true", help="Also train the unimodal students.")
     parser.add_argument(
-        "--max_steps", type=int, help="Steps of every arm (default: the config's epochs; quick 20)."
+        "--max_steps",
+        type=int,
+        help="Steps of every arm; -1 (the default; quick: 20) trains every arm for the config's epochs.",
     )
     parser.add_argument(
         "--max_train_samples", type=int, help="Training pool size (default: all; quick 1000)."
@@ -750,7 +754,9 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(options, key) is None:
             setattr(options, key, value)
     options.seeds = options.seeds or ([0] if options.quick else [0, 1, 2])
-    options.workers = options.workers or (1 if options.quick else 2)
+    if options.workers is None:
+        options.workers = 1 if options.quick else 2
+    options.max_steps = None if options.max_steps < 0 else options.max_steps
     suffix = "_quick" if options.quick else ""
     options.output_dir = Path(options.output_dir or f"outputs/{RESULTS_NAME}{suffix}")
     options.results_name = RESULTS_NAME + suffix

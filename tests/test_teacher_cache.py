@@ -170,8 +170,11 @@ def base_kwargs(setup, cache_dir):
 
 def test_unchanged_inputs_reuse_the_cache_without_running_the_teacher(setup, cached_once):
     cache_dir, first = cached_once
-    # Equal content, new objects: a reloaded teacher, a fresh collator, the data set rebuilt.
+    # Equal content, new objects: a reloaded teacher, a fresh collator, the data set rebuilt. The teacher was
+    # loaded from elsewhere and evaluated by a Trainer since (which sets config.use_cache = False): neither
+    # changes what it computes.
     teacher = copy.deepcopy(setup["teacher"])
+    teacher.config.use_cache, teacher.config._name_or_path = False, "/somewhere/else"
     kwargs = {
         **base_kwargs(setup, cache_dir),
         "teacher": teacher,

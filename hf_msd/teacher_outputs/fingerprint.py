@@ -5,7 +5,8 @@ Shared by the teacher-output cache (:mod:`hf_msd.teacher_outputs.cache`) and the
 invalidate on
 the same changes:
 
-- a model (:func:`model_fingerprint`): its config (JSON) and a SHA-256 of the raw bytes of every tensor in
+- a model (:func:`model_fingerprint`): its config (JSON, without the runtime flags such as ``use_cache``
+  that a ``Trainer`` changes) and a SHA-256 of the raw bytes of every tensor in
   its ``state_dict`` (parameters and buffers) with name, dtype and shape, so any changed weight, including
   a permutation of two columns, changes the hash;
 - a dataset (:func:`dataset_fingerprint`): a `datasets.Dataset`'s own ``_fingerprint`` (which `datasets`
@@ -59,10 +60,22 @@ def tensors_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     return digest.hexdigest()
 
 
+#: Config fields that say how a model was last called or where it was loaded from, not what it computes:
+#: left out of :func:`model_fingerprint` (``Trainer`` sets ``use_cache=False`` on the model it evaluates).
+RUNTIME_CONFIG_FIELDS = frozenset(
+    {"use_cache", "output_attentions", "output_hidden_states", "return_dict", "_name_or_path"}
+)
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of ``model``'s config and of every tensor of its ``state_dict`` (exact bytes)."""
+    """A hash of ``model``'s config (without :data:`RUNTIME_CONFIG_FIELDS`) and of every tensor of its
+    ``state_dict`` (exact bytes)."""
     config = getattr(model, "config", None)
-    config_text = config.to_json_string() if hasattr(config, "to_json_string") else repr(config)
+    if hasattr(config, "to_dict"):
+        values = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_CONFIG_FIELDS}
+        config_text = json.dumps(values, sort_keys=True, default=repr)
+    else:
+        config_text = repr(config)
     with torch.no_grad():
         weights = tensors_fingerprint(model.state_dict().items())
     return combine_fingerprints(type=type(model).__qualname__, config=config_text, weights=weights)
