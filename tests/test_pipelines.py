@@ -305,3 +305,19 @@ def test_pipeline_code_added_to_a_saved_folder_is_what_the_pipeline_saves(proces
     _assert_matches(
         pipe({"image": image, "text": QUESTIONS[1]}), _expected(model, processor, image, QUESTIONS[1])
     )
+
+
+def test_compiled_pipeline_gives_the_eager_answers_and_keeps_the_model(processor):
+    """pipeline(..., compile=True): the model runs through torch.compile (inductor), one input and a batch
+    of questions of different lengths give the eager scores, and the pipeline's model is still the model."""
+    torch._dynamo.reset()
+    model = _labelled()
+    pipe = pipeline(TASK, model=model, processor=processor, compile=True)
+    assert pipe.model is model and type(pipe.forward_model).__name__ == "OptimizedModule"
+    images = tiny_images(3, size=20)
+    expected = [_expected(model, processor, image, text) for image, text in zip(images, QUESTIONS)]
+    _assert_matches(pipe({"image": images[0], "text": QUESTIONS[0]}), expected[0])
+    inputs = [{"image": image, "text": text} for image, text in zip(images, QUESTIONS)]
+    for output, reference in zip(pipe(inputs, batch_size=3), expected):
+        _assert_matches(output, reference)
+    torch._dynamo.reset()

@@ -54,6 +54,7 @@ from ..teacher_outputs.cache import (
     batch_cached_answer_logits,
     batch_cached_logits,
 )
+from .compilation import allow_recompiles, mark_batch_dynamic
 from .distillation_config import DistillationTrainingArguments
 from .frozen_modules import keep_frozen_normalization_in_eval
 from .training_state import TrainingState, resolve_checkpoint
@@ -286,6 +287,8 @@ class DistillationTrainer(Trainer):
                 "teacher with its weights (from_pretrained without device_map='meta' / init_empty_weights)."
             )
         super().__init__(model=model, args=args, **trainer_kwargs)
+        if self.args.torch_compile:  # one compiled forward, several input signatures (see .compilation)
+            allow_recompiles()
         student = self._student_base()
         student_config = getattr(student, "config", None)  # None for a plain nn.Module student
         if student_config is not None and getattr(teacher_model, "config", None) is not None:
@@ -553,6 +556,13 @@ class DistillationTrainer(Trainer):
         if new:
             optimizer.add_param_group({"params": new, "weight_decay": self.args.weight_decay})
         return optimizer
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """`Trainer`'s, then, with ``torch_compile``, the batch dimensions marked dynamic
+        (:func:`~hf_msd.trainers.compilation.mark_batch_dynamic`): a new batch size or padded length, or a
+        modality-only pass, does not recompile the student."""
+        inputs = super()._prepare_inputs(inputs)
+        return mark_batch_dynamic(inputs) if self.args.torch_compile else inputs
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None

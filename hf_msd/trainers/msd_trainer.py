@@ -56,6 +56,7 @@ from ..distillation.saliency import (
 from ..distillation.weighting import build_weighting
 from ..modalities.modality import Modality, remove, restrict, validate_modalities
 from ..teacher_outputs.cache import has_cached_column, teacher_column
+from .compilation import uncompiled
 from .distillation_trainer import DistillationTrainer, StudentOutput
 from .meta_validation import MetaValidationBatches
 from .msd_config import MSDTrainingArguments
@@ -554,7 +555,9 @@ class MSDTrainer(DistillationTrainer):
                     "collate with data_collator=hf_msd.data.VisionLanguageCollator(processor)."
                 )
             return
-        validate_modalities(self.teacher_modalities, self.teacher_inputs(batch), self.teacher_model)
+        validate_modalities(
+            self.teacher_modalities, self.teacher_inputs(batch), uncompiled(self.teacher_model)
+        )
         student = self._student_base()
         if self._unimodal_student:
             return

@@ -1,0 +1,43 @@
+"""``torch_compile=True`` with the distillation trainers: one compiled forward serves every input signature.
+
+``Trainer`` compiles the student (and accelerate the teacher) with ``torch.compile``. A distillation step
+calls the compiled forward on several input signatures: the full input and, with MSD, each modality-only
+input (other keys, other shapes), with grad for the student and without for the teacher, and in eval mode
+for evaluation. Teacher and student of one class share one code object, hence one dynamo cache. These helpers
+keep that to one graph per signature: the batch (and token) dimensions are marked dynamic up front, so a
+new batch size or padded length does not recompile, and the recompile limit leaves room for every signature.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+#: dynamo's per-code-object recompile limit while compiling (torch's default is 8): MSD on two modalities
+#: needs up to 3 signatures x (student train, student eval, teacher) = 9 graphs of one forward.
+RECOMPILE_LIMIT = 64
+
+
+def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
+    """Raise ``torch._dynamo.config.recompile_limit`` to at least ``limit`` (never lowers it)."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, limit)
+
+
+def mark_batch_dynamic(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Mark dim 0 (batch) of every tensor in ``inputs``, and dim 1 of 2-D integer tensors (token ids and
+    masks, padded to each batch's longest), as dynamic for ``torch.compile`` (a no-op in eager mode)."""
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            torch._dynamo.maybe_mark_dynamic(value, 0)
+            if value.dim() == 2 and not value.is_floating_point():
+                torch._dynamo.maybe_mark_dynamic(value, 1)
+    return inputs
+
+
+def uncompiled(module: nn.Module) -> nn.Module:
+    """The module under a ``torch.compile`` wrapper (itself if not compiled): for one-off calls (input checks
+    on a single example) that should not add a graph to the compiled forward's cache."""
+    return getattr(module, "_orig_mod", module)
