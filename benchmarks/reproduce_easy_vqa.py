@@ -108,6 +108,8 @@ FIRST_TIERS = (
     (WALLCLOCK_ARM, "MSD uniform", "MSD instance", "MSD learned"),
 )
 OTHER_FRACTION_ARMS = (LABELS_ONLY, "KD", "MSD population")
+#: The tier of the other fractions' and the dropout teacher's arms (``--secondary_seeds``).
+SECONDARY_TIER = 2
 DROPOUT_ARMS = ("KD", "MSD population")
 MSD_ARMS = [name for name in FIRST_FRACTION_ARMS if name.startswith("MSD")]
 #: Hidden-state / attention KD weights of the unimodal students, fixed up front (not tuned).
@@ -218,11 +220,11 @@ def arm_specs(options: argparse.Namespace) -> list[ArmSpec]:
         for tier in FIRST_TIERS
     ]
     tiers.insert(
-        2,
+        SECONDARY_TIER,
         [(("main", str(f)), n, plain, f, FIRST_FRACTION_ARMS[n]) for f in others for n in OTHER_FRACTION_ARMS]
         + [(("dropout",), n, "dropout", first, FIRST_FRACTION_ARMS[n]) for n in DROPOUT_ARMS],
     )
-    tiers[2] = [arm for arm in tiers[2] if arm[1] in selected]
+    tiers[SECONDARY_TIER] = [arm for arm in tiers[SECONDARY_TIER] if arm[1] in selected]
     if options.unimodal:
         tiers.append(
             [
@@ -233,8 +235,8 @@ def arm_specs(options: argparse.Namespace) -> list[ArmSpec]:
             ]
         )
     specs = []
-    for tier in tiers:
-        for seed in options.seeds:
+    for index, tier in enumerate(tiers):
+        for seed in options.secondary_seeds if index == SECONDARY_TIER else options.seeds:
             for group, name, teacher, fraction, flags in tier:
                 spec = ArmSpec(group, name, teacher, fraction, seed, tuple(flags))
                 if name == WALLCLOCK_ARM:
@@ -473,7 +475,10 @@ def _accuracies(arm: Mapping[Any, dict], condition: str = "both", key: str = "ac
 
 
 def _claim(name: str, candidate: Mapping, baseline: Mapping) -> dict:
-    a, b = _accuracies(candidate), _accuracies(baseline)
+    """The paired claim on the seeds both arms have (the secondary groups may have fewer)."""
+    seeds = sorted(set(candidate) & set(baseline), key=int)
+    a = _accuracies({s: candidate[s] for s in seeds})
+    b = _accuracies({s: baseline[s] for s in seeds})
     return {
         "claim": name,
         "verdict": paired_verdict(a, b),
@@ -642,7 +647,8 @@ def render_markdown(report: dict) -> str:
         f"Command: `{s['command']}`. Machine: {m['cpus']} CPU cores, torch {m['torch']}, transformers "
         f"{m['transformers']}, {m['torch_threads']} torch thread(s), load average "
         f"{m['load_average_start']} at the start. Whole run: {report['wall_seconds'] / 60:.1f} min.",
-        f"Seeds {s['seeds']}, labelled fractions {s['fractions']}; {s['steps']} optimizer steps for every "
+        f"Seeds {s['seeds']} (other fractions and the dropout teacher: {s['secondary_seeds']}), labelled "
+        f"fractions {s['fractions']}; {s['steps']} optimizer steps for every "
         f"arm ({s['budget']}) except '{WALLCLOCK_ARM}'; training pool {s['train_examples']} questions, test "
         f"{s['test_examples']} questions; config `{s['config']}`; modality-dropout p = "
         f"{s['modality_dropout']}; {s['workers']} worker process(es) with {s['worker_threads']} torch "
@@ -716,6 +722,12 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.1])
     parser.add_argument("--seeds", type=int, nargs="+", help="Default 0 1 2 (quick: 0).")
     parser.add_argument(
+        "--secondary_seeds",
+        type=int,
+        nargs="+",
+        help="Seeds of the other fractions and of the dropout teacher's arms (default: --seeds).",
+    )
+    parser.add_argument(
         "--arms", nargs="+", choices=ARM_NAMES, help="Run only these arms (by name; default all)."
     )
     parser.add_argument("--unimodal", action="store_true", help="Also train the unimodal students.")
@@ -754,6 +766,7 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(options, key) is None:
             setattr(options, key, value)
     options.seeds = options.seeds or ([0] if options.quick else [0, 1, 2])
+    options.secondary_seeds = options.secondary_seeds or options.seeds
     if options.workers is None:
         options.workers = 1 if options.quick else 2
     options.max_steps = None if options.max_steps < 0 else options.max_steps
@@ -820,6 +833,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "command": " ".join(["python benchmarks/reproduce_easy_vqa.py", *argv]),
             "config": options.config,
             "seeds": options.seeds,
+            "secondary_seeds": options.secondary_seeds,
             "fractions": options.fractions,
             "steps": student_steps(setup),
             "budget": "--max_steps" if options.max_steps else "the config's epochs on the whole train split",

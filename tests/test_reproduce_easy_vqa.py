@@ -198,6 +198,22 @@ def test_size_speed_verdict_and_step_budget_on_hand_made_numbers():
         bench.paired_verdict([0.1], [0.1, 0.2])
 
 
+def test_claims_pair_the_seeds_both_arms_have():
+    """A secondary group (--secondary_seeds) with fewer seeds is compared on those seeds only."""
+
+    def arm(accuracies):
+        return {str(seed): {"evaluation": {"both": {"accuracy": a}}} for seed, a in accuracies.items()}
+
+    claim = bench._claim("c", arm({0: 0.9, 1: 0.7}), arm({0: 0.8, 1: 0.75, 2: 0.1}))
+    assert claim["candidate"] == [0.9, 0.7] and claim["baseline"] == [0.8, 0.75]
+    assert claim["differences"] == pytest.approx([0.1, -0.05]) and claim["verdict"] == "mixed"
+    options = bench.parse_options(["--seeds", "0", "1", "2", "--secondary_seeds", "0", "1"])
+    specs = bench.arm_specs(options)
+    assert {s.seed for s in specs if s.group == ("dropout",)} == {0, 1}
+    assert {s.seed for s in specs if s.group == ("main", "0.1")} == {0, 1}
+    assert {s.seed for s in specs if s.group == ("main", "0.02")} == {0, 1, 2}
+
+
 def test_bad_options_are_refused():
     with pytest.raises(SystemExit):
         bench.parse_options(["--modality_dropout", "1.0"])
