@@ -429,15 +429,22 @@ def _student_size_ratio(setup: Setup, teacher: dict) -> float:
     return teacher["parameters"] / sum(p.numel() for p in student.parameters())
 
 
-def collect(setup: Setup, teachers: Mapping[str, dict], specs: Sequence[ArmSpec]) -> dict:
+def collect(
+    setup: Setup, teachers: Mapping[str, dict], specs: Sequence[ArmSpec], report_only: bool = False
+) -> tuple[dict, list[str]]:
     """The report's arm results: {"main": {fraction: {arm: {seed: result}}}, "dropout": {...}, "unimodal":
-    {modality: {...}}}, running any arm that has no stored result."""
+    {modality: {...}}}, running any arm that has no stored result; with ``report_only`` such arms are left
+    out instead and returned as the second element (their keys)."""
     groups: dict[str, Any] = {"main": {}, "dropout": {}, "unimodal": {}}
+    missing = []
     for spec in specs:
+        if report_only and not _is_done(setup, teachers, spec):
+            missing.append(spec.key)
+            continue
         kind, *rest = spec.group
         arms = groups[kind].setdefault(rest[0], {}) if rest else groups[kind]
         arms.setdefault(spec.name, {})[spec.seed] = run_arm(setup, teachers, spec)
-    return groups
+    return groups, missing
 
 
 def measure_latency(setup: Setup, teacher: dict, students: Mapping[str, Path]) -> dict:
@@ -662,6 +669,7 @@ def render_markdown(report: dict) -> str:
         "which no other student arm uses. Unimodal students' 'acc (both)' is their accuracy on their own "
         "modality.",
         *([f"Not run: {', '.join(s['not_run'])} (not in --arms)."] if s["not_run"] else []),
+        *([f"Not finished when the report was written: {', '.join(s['missing'])}."] if s["missing"] else []),
         "",
         "## Teachers (test split)",
         "",
@@ -744,8 +752,11 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modality_dropout", type=float, default=0.3, help="p of the second teacher.")
     parser.add_argument("--workers", type=int, help="Processes that train arms (default 2, quick 1).")
     parser.add_argument(
-        "--worker", action="store_true", help=argparse.SUPPRESS
-    )  # set on the worker processes
+        "--report_only",
+        action="store_true",
+        help="Train nothing: report the arms recorded so far (e.g. of a run stopped at its time budget).",
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # the worker processes
     parser.add_argument("--latency_rounds", type=int, default=5)
     parser.add_argument("--latency_single_batches", type=int, default=32, help="Batches of 1 per round.")
     parser.add_argument("--latency_batches", type=int, default=4, help="Batches of the eval size per round.")
@@ -826,8 +837,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"{options.config}: its student_config gives a student with only {size_ratio:.2f}x fewer "
             "parameters than the teacher; the comparison needs >= 3x: make the student smaller."
         )
-    if options.workers > 1:
+    if options.workers > 1 and not options.report_only:
         run_workers(options, argv, specs)
+    groups, missing = collect(setup, teachers, specs, options.report_only)
     report = {
         "settings": {
             "command": " ".join(["python benchmarks/reproduce_easy_vqa.py", *argv]),
@@ -838,6 +850,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "steps": student_steps(setup),
             "budget": "--max_steps" if options.max_steps else "the config's epochs on the whole train split",
             "not_run": [n for n in ARM_NAMES if n not in {s.name for s in specs} and n not in UNIMODAL_ARMS],
+            "missing": missing,
             "modality_dropout": options.modality_dropout,
             "workers": options.workers,
             "worker_threads": 1 if options.workers > 1 else torch.get_num_threads(),
@@ -853,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             name: {k: teacher[k] for k in ("evaluation", "parameters", "stage_seconds")}
             for name, teacher in teachers.items()
         },
-        **collect(setup, teachers, specs),
+        **groups,
     }
     first = next(s for s in specs if s.name == "MSD population" and s.group[0] == "main")
     students = {"MSD population student": setup.output_dir / first.key / "student"}

@@ -167,6 +167,17 @@ def test_plot_resume_and_a_subset_of_arms(tiny_run):
     assert list(subset["main"]["0.25"]) == ["KD", "MSD population"] and subset["dropout"]
     assert bench.LABELS_ONLY in subset["settings"]["not_run"]
     assert "Not run: " in (results / "reproduce_easy_vqa_quick.md").read_text()
+    # A run stopped at its time budget: --report_only reports what is recorded and trains nothing.
+    learned = next(p for p in records if "msd_learned" in str(p))
+    learned.unlink()
+    partial = bench.main([*argv[:at], "--report_only", *argv[at:]])
+    assert not learned.exists()
+    assert partial["settings"]["missing"] == ["plain/fraction_0.25/seed_0/msd_learned"]
+    assert "MSD learned" not in partial["main"]["0.25"] and "KD" in partial["main"]["0.25"]
+    assert (
+        "Not finished when the report was written: plain/fraction_0.25/seed_0/msd_learned."
+        in (results / "reproduce_easy_vqa_quick.md").read_text()
+    )
 
 
 @pytest.mark.parametrize(
