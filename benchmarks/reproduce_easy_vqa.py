@@ -637,7 +637,8 @@ def _claim_lines(claims: list[dict]) -> list[str]:
     return lines
 
 
-RULES = """Claim rules (fixed before the run): (1)-(3) compare two arms paired by seed on test accuracy
+RULES = """Claim rules (fixed before the run): (1)-(3) and (5) compare two arms paired by seed on test
+accuracy
 with both modalities (text only for a text student, image only for an image student: their "both" is their own
 input): **held** if the candidate is higher on every seed, **mixed** if only its mean over seeds is higher,
 **not held** otherwise. (4) the seeds' claim "2.5x fewer parameters and 22% less inference time": **held**
@@ -653,7 +654,12 @@ def render_markdown(report: dict) -> str:
         "",
         f"Command: `{s['command']}`. Machine: {m['cpus']} CPU cores, torch {m['torch']}, transformers "
         f"{m['transformers']}, {m['torch_threads']} torch thread(s), load average "
-        f"{m['load_average_start']} at the start. Whole run: {report['wall_seconds'] / 60:.1f} min.",
+        f"{m['load_average_start']} at the start. "
+        + (
+            "This command trained nothing (--report_only): it reports the arms a run recorded."
+            if s["report_only"]
+            else f"Whole run: {report['wall_seconds'] / 60:.1f} min."
+        ),
         f"Seeds {s['seeds']} (other fractions and the dropout teacher: {s['secondary_seeds']}), labelled "
         f"fractions {s['fractions']}; {s['steps']} optimizer steps for every "
         f"arm ({s['budget']}) except '{WALLCLOCK_ARM}'; training pool {s['train_examples']} questions, test "
@@ -851,6 +857,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "budget": "--max_steps" if options.max_steps else "the config's epochs on the whole train split",
             "not_run": [n for n in ARM_NAMES if n not in {s.name for s in specs} and n not in UNIMODAL_ARMS],
             "missing": missing,
+            "report_only": options.report_only,
             "modality_dropout": options.modality_dropout,
             "workers": options.workers,
             "worker_threads": 1 if options.workers > 1 else torch.get_num_threads(),
