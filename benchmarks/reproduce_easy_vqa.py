@@ -186,7 +186,7 @@ class Setup:
 @dataclasses.dataclass(frozen=True)
 class ArmSpec:
     """One student arm: which group of the report it fills, its teacher, fraction, seed and flags, and the
-    arms whose results its flags need (``depends``, keys of :func:`arm_specs`)."""
+    arms whose results its flags need (``depends``)."""
 
     group: tuple[str, ...]  # ("main", fraction) / ("dropout",) / ("unimodal", modality)
     name: str
@@ -194,7 +194,7 @@ class ArmSpec:
     fraction: float
     seed: int
     flags: tuple[str, ...]
-    depends: tuple[str, ...] = ()
+    depends: tuple[ArmSpec, ...] = ()
 
     @property
     def key(self) -> str:
@@ -240,8 +240,11 @@ def arm_specs(options: argparse.Namespace) -> list[ArmSpec]:
             for group, name, teacher, fraction, flags in tier:
                 spec = ArmSpec(group, name, teacher, fraction, seed, tuple(flags))
                 if name == WALLCLOCK_ARM:
-                    depends = (dataclasses.replace(spec, name=n).key for n in ("KD", WALLCLOCK_REFERENCE))
-                    spec = dataclasses.replace(spec, depends=tuple(depends))
+                    depends = tuple(
+                        dataclasses.replace(spec, name=n, flags=tuple(FIRST_FRACTION_ARMS[n]))
+                        for n in ("KD", WALLCLOCK_REFERENCE)
+                    )
+                    spec = dataclasses.replace(spec, depends=depends)
                 specs.append(spec)
     return specs
 
@@ -312,13 +315,13 @@ def _teacher(setup: Setup, name: str, flags: Sequence[str]) -> dict:
     return {"name": name, "model": teacher, "processor": processor, "settings": settings, **result}
 
 
-def _arm_flags(setup: Setup, spec: ArmSpec) -> list[str] | None:
-    """The arm's flags with its step budget; None while an arm it depends on has no result."""
+def _arm_flags(setup: Setup, teachers: Mapping[str, dict], spec: ArmSpec) -> list[str] | None:
+    """The arm's flags with its step budget; None while an arm it depends on has no current result."""
     steps = student_steps(setup)
     flags = [*spec.flags, "--seed", str(spec.seed), "--labeled_fraction", str(spec.fraction)]
     flags += ["--teacher_cache_dir", str(setup.output_dir / spec.teacher / "teacher_outputs")]
     if spec.name == WALLCLOCK_ARM:
-        kd, msd = (_stored_result(setup.output_dir / key) for key in spec.depends)
+        kd, msd = (_result(setup, teachers, dependency) for dependency in spec.depends)
         if kd is None or msd is None:
             return None
         flags += ["--max_steps", str(wallclock_steps(steps, msd["train_runtime"], kd["train_runtime"]))]
@@ -327,9 +330,14 @@ def _arm_flags(setup: Setup, spec: ArmSpec) -> list[str] | None:
     return flags
 
 
-def _stored_result(directory: Path) -> dict | None:
-    path = directory / "arm_result.json"
-    return json.loads(path.read_text())["result"] if path.exists() else None
+def _result(setup: Setup, teachers: Mapping[str, dict], spec: ArmSpec) -> dict | None:
+    """The arm's stored result if it was made with the settings the arm has now, else None (a record of other
+    settings is stale: it is neither reported nor fed to the arms that depend on it)."""
+    flags = _arm_flags(setup, teachers, spec)
+    if flags is None:
+        return None
+    path = setup.output_dir / spec.key / "arm_result.json"
+    return _record(path, _arm_settings(setup, teachers[spec.teacher], flags))
 
 
 def _arm_settings(setup: Setup, teacher: dict, flags: list[str]) -> dict:
@@ -339,9 +347,9 @@ def _arm_settings(setup: Setup, teacher: dict, flags: list[str]) -> dict:
 def run_arm(setup: Setup, teachers: Mapping[str, dict], spec: ArmSpec) -> dict:
     """Train one student arm (``distill_student``) and score it on the test split; resumable."""
     teacher, directory = teachers[spec.teacher], setup.output_dir / spec.key
-    flags = _arm_flags(setup, spec)
+    flags = _arm_flags(setup, teachers, spec)
     if flags is None:
-        raise RuntimeError(f"{spec.key} needs the results of {list(spec.depends)} first.")
+        raise RuntimeError(f"{spec.key} needs the results of {[d.key for d in spec.depends]} first.")
     run = _run(setup, flags, directory)
 
     def train_and_score() -> dict:
@@ -368,17 +376,9 @@ def run_arm(setup: Setup, teachers: Mapping[str, dict], spec: ArmSpec) -> dict:
             "unsupported": f"{type(error).__name__}: {error}"
         }  # hidden / attention KD the library refuses
     if spec.name == WALLCLOCK_ARM:
-        kd, msd = (_stored_result(setup.output_dir / key) for key in spec.depends)
+        kd, msd = (_result(setup, teachers, dependency) for dependency in spec.depends)
         result["wallclock"] = {"msd_seconds": msd["train_runtime"], "kd_seconds": kd["train_runtime"]}
     return result
-
-
-def _is_done(setup: Setup, teachers: Mapping[str, dict], spec: ArmSpec) -> bool:
-    flags = _arm_flags(setup, spec)
-    if flags is None:
-        return False
-    path = setup.output_dir / spec.key / "arm_result.json"
-    return _record(path, _arm_settings(setup, teachers[spec.teacher], flags)) is not None
 
 
 def work(
@@ -390,10 +390,10 @@ def work(
     while pending:
         started = False
         for spec in list(pending):
-            if any(_stored_result(setup.output_dir / key) is None for key in spec.depends):
+            if any(_result(setup, teachers, dependency) is None for dependency in spec.depends):
                 continue
             pending.remove(spec)
-            if _is_done(setup, teachers, spec):
+            if _result(setup, teachers, spec) is not None:
                 continue
             claim = setup.output_dir / spec.key / ".claim"
             claim.parent.mkdir(parents=True, exist_ok=True)
@@ -438,7 +438,7 @@ def collect(
     groups: dict[str, Any] = {"main": {}, "dropout": {}, "unimodal": {}}
     missing = []
     for spec in specs:
-        if report_only and not _is_done(setup, teachers, spec):
+        if report_only and _result(setup, teachers, spec) is None:
             missing.append(spec.key)
             continue
         kind, *rest = spec.group
