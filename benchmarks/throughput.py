@@ -15,7 +15,11 @@ examples, already collated, is timed for each variant:
 - ``MSD <weighting> online`` / ``cached`` for ``uniform``, ``population`` and ``learned`` weights;
 - the student's own passes in isolation (forward + backward of the cross-entropy on ``x``, ``x_text``,
   ``x_image``), the optimizer step alone, and the teacher's no-grad forward on ``x``, ``x_text``,
-  ``x_image``.
+  ``x_image``;
+- with ``--compile 1`` (default), ``F``, ``KD cached`` and ``MSD <weighting> cached`` again with
+  ``torch_compile=True`` (``<variant> compiled``: the student compiled by the trainer's accelerator, as
+  ``Trainer.train`` compiles it, default inductor backend). Their untimed warm-up steps, which compile, are
+  timed apart. The inductor cache starts cold (a fresh ``TORCHINDUCTOR_CACHE_DIR`` unless one is set).
 
 Every variant first takes ``--warmup`` steps; then ``--rounds`` rounds each run ``--steps_per_round``
 steps of every variant in turn (interleaved in alternating order by
@@ -23,7 +27,10 @@ steps of every variant in turn (interleaved in alternating order by
 alike). Reported: the median over rounds (used for the ratios and targets) and the mean of the time per
 step. ``learned`` runs a meta step every ``meta_update_interval`` steps: it is timed on its own,
 interleaved like the rest, and its row is the training step plus 1 / ``meta_update_interval`` of the meta
-step. Separately, interleaved too: the caching pass (``precompute_teacher_outputs`` into a fresh folder:
+step. Then inference: the teacher and the student, eager and (with ``--compile 1``) compiled, on the same
+``--inference_examples`` questions at each of ``--inference_batch_sizes`` (default 1 and 256), interleaved
+by :func:`hf_msd.evaluation.speed.compare_inference_speed`, whose compile warm-up is timed apart.
+Separately, interleaved too: the caching pass (``precompute_teacher_outputs`` into a fresh folder:
 fingerprint, input check, teacher passes, Arrow write) against plain batched teacher inference
 (DataLoader + collator + the teacher on
 ``x`` and each ``x_m``) over the same ``--cache_examples`` examples. Peak memory: each training variant
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -51,6 +59,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from results_files import write_results
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForSequenceClassification,
@@ -68,22 +78,25 @@ from hf_msd import (
     precompute_teacher_outputs,
 )
 from hf_msd.architectures import default_modalities
-from hf_msd.evaluation.speed import time_interleaved
+from hf_msd.evaluation.speed import compare_inference_speed, time_interleaved
 from hf_msd.experiment import parse_arguments
 from hf_msd.experiment.workflow import load_data, new_student, new_teacher
 from hf_msd.modalities.modality import model_inputs, restrict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "examples" / "configs" / "quick_easy_vqa.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
 #: The statistic the ratios and targets use.
 STAT = "median_s"
+WEIGHTINGS = ("uniform", "population", "learned")
 TRAINER_VARIANTS = [
     "F",
     "KD online",
     "KD cached",
-    *(f"MSD {w} {mode}" for w in ("uniform", "population", "learned") for mode in ("online", "cached")),
+    *(f"MSD {w} {mode}" for w in WEIGHTINGS for mode in ("online", "cached")),
 ]
+#: Variants also timed with ``torch_compile=True`` ("<variant> compiled"): those that only run the student.
+COMPILED_VARIANTS = ["F", "KD cached", *(f"MSD {w} cached" for w in WEIGHTINGS)]
+COMPILED = " compiled"
 
 
 def _parse() -> tuple[argparse.Namespace, list[str]]:
@@ -97,6 +110,16 @@ def _parse() -> tuple[argparse.Namespace, list[str]]:
         "--cache_examples", type=int, default=512, help="Examples of the caching-pass timing."
     )
     parser.add_argument("--cache_rounds", type=int, default=3, help="Interleaved rounds of the caching pass.")
+    parser.add_argument(
+        "--compile", type=int, default=1, help="1: time the compiled variants and compiled inference too."
+    )
+    parser.add_argument(
+        "--inference_batch_sizes", type=int, nargs="*", default=[1, 256], help="Batch sizes of inference."
+    )
+    parser.add_argument(
+        "--inference_examples", type=int, default=512, help="Examples each model runs per inference round."
+    )
+    parser.add_argument("--inference_rounds", type=int, default=7, help="Interleaved rounds of inference.")
     parser.add_argument("--memory", type=int, default=1, help="1: measure peak memory (subprocesses).")
     parser.add_argument(
         "--memory_variants",
@@ -218,23 +241,31 @@ class Setup:
 
 
 def build_trainer(setup: Setup, variant: str):
-    """The trainer of ``variant`` (sharing the student: its weights drift, its cost does not) and the
-    batches it trains on (collated from the cached dataset for ``cached`` variants)."""
+    """The trainer of ``variant`` (eager variants share the student: its weights drift, its cost does not),
+    the model its steps call (for ``<variant> compiled``: a copy of the student compiled by the trainer's
+    accelerator, as ``Trainer.train`` does with ``torch_compile=True``) and the batches it trains on
+    (collated from the cached dataset for ``cached`` variants)."""
+    compiled = variant.endswith(COMPILED)
+    variant = variant.removesuffix(COMPILED)
     cached = variant.endswith("cached")
     train = setup.cached("train") if cached else setup.data["train"]
     validation = setup.cached("validation") if cached else setup.data["validation"]
-    common = {"model": setup.student, "train_dataset": train, "data_collator": setup.collator}
+    # accelerate marks a model it prepared and never compiles it again: each compiled variant gets its own
+    # copy of the student (dynamo still shares the compiled graphs between copies).
+    student = copy.deepcopy(setup.student) if compiled else setup.student
+    common = {"model": student, "train_dataset": train, "data_collator": setup.collator}
+    options = {"torch_compile": True} if compiled else {}
     if variant == "F":
-        trainer = Trainer(args=setup.args(TrainingArguments), **common)
+        trainer = Trainer(args=setup.args(TrainingArguments, **options), **common)
     elif variant.startswith("KD"):
         trainer = DistillationTrainer(
-            teacher_model=setup.teacher, args=setup.args(DistillationTrainingArguments), **common
+            teacher_model=setup.teacher, args=setup.args(DistillationTrainingArguments, **options), **common
         )
     else:
         weighting = variant.split()[1]
         trainer = MSDTrainer(
             teacher_model=setup.teacher,
-            args=setup.args(MSDTrainingArguments, modality_weighting=weighting),
+            args=setup.args(MSDTrainingArguments, modality_weighting=weighting, **options),
             modalities=setup.modalities,
             eval_dataset=validation,
             **common,
@@ -250,34 +281,41 @@ def build_trainer(setup: Setup, variant: str):
             trainer.population_setup_seconds = time.perf_counter() - started
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(), which this loop replaces
-    return trainer, setup.batches(train)
+    model = trainer.accelerator.prepare_model(trainer.model) if compiled else trainer.model
+    if compiled and not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        raise RuntimeError(f"{variant} compiled: the trainer's accelerator did not compile the student.")
+    return trainer, model, setup.batches(train)
 
 
-def trainer_step(trainer, batch: dict[str, Any]) -> None:
+def trainer_step(trainer, model, batch: dict[str, Any]) -> None:
     """One optimizer step as ``Trainer.train`` takes it: forward, loss, backward, optimizer step."""
-    trainer.training_step(trainer.model, dict(batch))
+    trainer.training_step(model, dict(batch))
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.state.global_step += 1
 
 
-def meta_step_runner(trainer):
+def meta_step_runner(trainer, model):
     """One meta step of a ``learned`` MSDTrainer (look-ahead + weight update) on a batch."""
 
     def run(batch):
-        trainer._meta_step(trainer.model, trainer._prepare_inputs(dict(batch)))
+        trainer._meta_step(model, trainer._prepare_inputs(dict(batch)))
 
     return run
 
 
 def amortize_meta_steps(times: dict, interval: int) -> None:
     """Adds ``MSD learned <mode>``: the training step plus 1 / ``interval`` of a meta step."""
-    for mode in ("online", "cached"):
+    for mode in ("online", "cached", "cached compiled"):
+        if f"MSD learned {mode} step" not in times:
+            continue
         step, meta = times.pop(f"MSD learned {mode} step"), times[f"MSD learned {mode} meta step"]
         times[f"MSD learned {mode}"] = {
             key: step[key] + meta[key] / interval for key in ("mean_s", "median_s")
         }
-        times[f"MSD learned {mode}"].update(steps=step["steps"], meta_update_interval=interval)
+        times[f"MSD learned {mode}"].update(
+            steps=step["steps"], meta_update_interval=interval, warmup_s=step["warmup_s"] + meta["warmup_s"]
+        )
 
 
 def component_steps(setup: Setup) -> dict[str, Any]:
@@ -322,10 +360,15 @@ def component_steps(setup: Setup) -> dict[str, Any]:
 def time_steps(runners: dict[str, tuple[Any, list]], warmup: int, rounds: int, steps: int) -> dict:
     """``runners``: name -> (fn(batch), batches). ``warmup`` untimed steps per variant, then ``rounds``
     interleaved rounds of ``steps`` steps per variant (:func:`hf_msd.evaluation.speed.time_interleaved`);
-    seconds per step: the median and the mean over rounds of a round's time divided by its steps."""
-    for fn, batches in runners.values():
+    seconds per step: the median and the mean over rounds of a round's time divided by its steps; and the
+    seconds of the warm-up steps (for a compiled variant: its compilation, for the graphs not compiled yet by
+    an earlier variant)."""
+    warmup_seconds = {}
+    for name, (fn, batches) in runners.items():
+        start = time.perf_counter()
         for k in range(warmup):
             fn(batches[k % len(batches)])
+        warmup_seconds[name] = time.perf_counter() - start
 
     def steps_of(fn, batches) -> Any:
         def run() -> None:
@@ -342,9 +385,36 @@ def time_steps(runners: dict[str, tuple[Any, list]], warmup: int, rounds: int, s
             "mean_s": statistics.fmean(values) / steps,
             "median_s": statistics.median(values) / steps,
             "steps": rounds * steps,
+            "warmup_s": warmup_seconds[name],
         }
         for name, values in seconds.items()
     }
+
+
+def time_inference(setup: Setup, batch_sizes: list[int], examples: int, rounds: int, compile: bool) -> dict:
+    """Teacher and student inference on the same ``examples`` train questions (collated beforehand), for each
+    batch size: eager and, with ``compile``, compiled (default inductor), interleaved by
+    :func:`hf_msd.evaluation.speed.compare_inference_speed` (its compile warm-up timed apart)."""
+    pool = [setup.data["train"][i] for i in range(min(examples, len(setup.data["train"])))]
+    if len(pool) < max(batch_sizes):
+        raise ValueError(
+            f"--inference_examples ({len(pool)} available) must be at least the largest of "
+            f"--inference_batch_sizes {batch_sizes}."
+        )
+    results = {}
+    for size in batch_sizes:
+        batches = [
+            {key: value for key, value in setup.collator(pool[i : i + size]).items() if key != "labels"}
+            for i in range(0, len(pool) - size + 1, size)
+        ]
+        results[str(size)] = compare_inference_speed(
+            {"teacher": setup.teacher, "student": setup.student},
+            {"teacher": batches, "student": batches},
+            rounds=rounds,
+            progress=False,
+            compile_options={} if compile else None,
+        )
+    return results
 
 
 def time_caching_pass(setup: Setup, examples: int, rounds: int) -> dict:
@@ -398,9 +468,9 @@ def memory_child(args: argparse.Namespace, overrides: list[str]) -> None:
     )
     loaded = _status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    trainer, batches = build_trainer(setup, args.memory_variant)
+    trainer, model, batches = build_trainer(setup, args.memory_variant)
     for k in range(args.warmup + args.memory_steps):
-        trainer_step(trainer, batches[k % len(batches)])
+        trainer_step(trainer, model, batches[k % len(batches)])
     print(
         json.dumps({"max_rss_mb": max_rss_mb(), "loaded_mb": loaded, "training_peak_mb": _status_mb("VmHWM")})
     )
@@ -435,7 +505,9 @@ def measure_memory(args: argparse.Namespace, overrides: list[str], cache_dir: st
 # ---- report ------------------------------------------------------------------------------------------
 
 
-def targets(times: dict, caching: dict, memory: dict | None) -> list[dict]:
+def targets(times: dict, caching: dict, memory: dict | None, inference: dict) -> list[dict]:
+    """Each target as ``{"target", "measured", "limit", "met"}``: a ratio at most (or, for the speed-ups
+    of compilation, at least) its limit."""
     mean = {name: value[STAT] for name, value in times.items()}
     keys = [key for key in mean if key.startswith("student pass ")]
     teacher_keys = [key for key in mean if key.startswith("teacher forward ")]
@@ -479,9 +551,37 @@ def targets(times: dict, caching: dict, memory: dict | None) -> list[dict]:
                 for w in ("uniform", "population", "learned")
                 if f"MSD {w} cached" in memory and "F" in memory
             ]
+    at_least = []
+    for weighting in WEIGHTINGS:
+        key = f"MSD {weighting} cached"
+        if key + COMPILED in mean:
+            rows.append((f"{key}{COMPILED} <= 0.75 x eager", mean[key + COMPILED] / mean[key], 0.75))
+    for size, result in inference.items():
+        models = result["models"]
+        if "student (compiled)" not in models:
+            continue
+        speed = {name: values["seconds_per_batch"] for name, values in models.items()}
+        at_least.append(
+            (
+                f"compiled student inference >= 1.5 x eager, batch {size}",
+                speed["student"] / speed["student (compiled)"],
+                1.5,
+            )
+        )
+        if size == "1":
+            at_least.append(
+                (
+                    "compiled student inference >= 2 x eager teacher, batch 1",
+                    speed["teacher"] / speed["student (compiled)"],
+                    2.0,
+                )
+            )
     return [
         {"target": name, "measured": round(value, 3), "limit": limit, "met": value <= limit}
         for name, value, limit in rows
+    ] + [
+        {"target": name, "measured": round(value, 3), "limit": limit, "met": value >= limit}
+        for name, value, limit in at_least
     ]
 
 
@@ -503,6 +603,8 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, value in times.items():
+        if name.endswith(COMPILED) or name.endswith(COMPILED + " meta step"):
+            continue
         mem = memory.get(name)
         mem_cells = (
             f"{mem['max_rss_mb']:,.0f} | {mem['max_rss_mb'] / f_mem['max_rss_mb']:.2f} | "
@@ -515,6 +617,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {value['median_s']:.3f} | {value['mean_s']:.3f} | {ratio:.2f} | {mem_cells} |"
         )
+    lines += _compiled_markdown(report)
     caching = report["caching_pass"]
     plain = caching["plain teacher inference"][STAT]
     lines += [
@@ -539,35 +642,89 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _compiled_markdown(report: dict) -> list[str]:
+    """The compiled training steps beside their eager ones, and inference per batch size."""
+    times, lines = report["step_times"], []
+    compiled = [name.removesuffix(COMPILED) for name in times if name.endswith(COMPILED)]
+    if compiled:
+        lines += [
+            "",
+            "Compiled training steps (`torch_compile=True`, inductor; compile cache "
+            f"{report['compile_cache']}). Warm-up: the untimed first step(s), which compile the graphs that "
+            "no earlier variant compiled (variants share the student's graphs, one per input signature), "
+            "in this order:",
+            "",
+            "| variant | eager median s/step | compiled median s/step | compiled / eager | warm-up s |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name in compiled:
+            eager, fast = times[name], times[name + COMPILED]
+            lines.append(
+                f"| {name} | {eager[STAT]:.4f} | {fast[STAT]:.4f} | {fast[STAT] / eager[STAT]:.2f} | "
+                f"{fast['warmup_s']:.1f} |"
+            )
+    lines += [
+        "",
+        "Inference (no grad, eval mode) on the same train questions, collated beforehand; interleaved rounds "
+        "per batch size; compile warm-up: the compiled model's first pass over the batches.",
+        "",
+        "| batch | model | median ms/batch | examples/s | x eager teacher | compile warm-up s |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for size, result in report["inference"].items():
+        warmups = result.get("compile_seconds", {})
+        for name, values in result["models"].items():
+            warmup = f"{warmups[name]:.1f}" if name in warmups else ""
+            lines.append(
+                f"| {size} | {name} | {values['seconds_per_batch'] * 1000:.2f} | "
+                f"{values['examples_per_second']:,.0f} | {result['speedup'][name]:.2f} | {warmup} |"
+            )
+    return lines
+
+
 def main() -> None:
     args, overrides = _parse()
+    load_before = os.getloadavg()[0]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.memory_variant:
         memory_child(args, overrides)
         return
+    compile_cache = f"TORCHINDUCTOR_CACHE_DIR={os.environ.get('TORCHINDUCTOR_CACHE_DIR')}"
+    # Importing torch sets TORCHINDUCTOR_CACHE_DIR to the default folder: a user's own folder differs.
+    if args.compile and os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
+        # A cold start, as a user's first run: no inductor kernels from an earlier run are reused.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="torchinductor_")
+        compile_cache = "cold (a fresh TORCHINDUCTOR_CACHE_DIR)"
     with tempfile.TemporaryDirectory() as cache_dir:
         setup = Setup(args.config, overrides, args.num_examples, cache_dir)
         runners, population = {}, {}
-        for variant in TRAINER_VARIANTS:
-            trainer, batches = build_trainer(setup, variant)
+        variants = TRAINER_VARIANTS + ([v + COMPILED for v in COMPILED_VARIANTS] if args.compile else [])
+        for variant in variants:
+            trainer, model, batches = build_trainer(setup, variant)
             name = f"{variant} step" if "learned" in variant else variant
-            runners[name] = (lambda batch, trainer=trainer: trainer_step(trainer, batch), batches)
+            runners[name] = (lambda batch, t=trainer, m=model: trainer_step(t, m, batch), batches)
             if "learned" in variant:
-                runners[f"{variant} meta step"] = (meta_step_runner(trainer), batches)
+                runners[f"{variant} meta step"] = (meta_step_runner(trainer, model), batches)
             if hasattr(trainer, "population_setup_seconds"):
                 population[variant] = trainer.population_setup_seconds
+        for name in ("ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_DYNAMO_MODE"):
+            os.environ.pop(name, None)  # set by TrainingArguments(torch_compile=True); not for the children
         raw_batches = setup.batches(setup.data["train"])
         for name, fn in component_steps(setup).items():
             runners[name] = (fn, raw_batches)
         times = time_steps(runners, args.warmup, args.rounds, args.steps_per_round)
         amortize_meta_steps(times, setup.training_args.meta_update_interval)
+        inference = time_inference(
+            setup, args.inference_batch_sizes, args.inference_examples, args.inference_rounds, args.compile
+        )
         caching = time_caching_pass(setup, args.cache_examples, args.cache_rounds)
         memory = measure_memory(args, overrides, cache_dir) if args.memory else None
     report = {
         "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; shared with other users' jobs during the "
-        "run, so absolute times are noisy: compare the ratios (interleaved)",
+        f"{torch.__version__}, {torch.get_num_threads()} threads; load average before the run "
+        f"{load_before:.2f}, after {os.getloadavg()[0]:.2f}: absolute times are noisy, compare the ratios "
+        "(interleaved)",
         "parameters": {
             "teacher": sum(p.numel() for p in setup.teacher.parameters()),
             "student": sum(p.numel() for p in setup.student.parameters()),
@@ -577,16 +734,14 @@ def main() -> None:
         "rounds": args.rounds,
         "steps_per_round": args.steps_per_round,
         "step_times": times,
+        "compile_cache": compile_cache if args.compile else None,
+        "inference": inference,
         "caching_pass": caching,
         "population_setup_s": population,
         "peak_memory_mb": memory,
     }
-    report["targets"] = targets(times, caching, memory)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.output_name}.json").write_text(json.dumps(report, indent=2))
-    table = markdown(report)
-    (RESULTS / f"{args.output_name}.md").write_text(table)
-    print(table)
+    report["targets"] = targets(times, caching, memory, inference)
+    write_results(args.output_name, report, markdown(report))
 
 
 if __name__ == "__main__":

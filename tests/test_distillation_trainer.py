@@ -371,3 +371,26 @@ def test_peft_student_whose_base_is_the_teacher_distils_from_the_adapter_free_ba
     trainer.train()
     lora = [p for n, p in student.named_parameters() if "lora_" in n]
     assert lora and all(p.requires_grad for p in lora)
+
+
+def test_the_student_base_is_resolved_once_not_at_every_step(tmp_path, monkeypatch):
+    """accelerate's is_peft_model reads package metadata (milliseconds) on each call; a step asks for the
+    student's base many times, so the trainer resolves it once per student object."""
+    from peft import LoraConfig, get_peft_model
+
+    import hf_msd.trainers.distillation_trainer as module
+
+    calls = []
+    real = module.is_peft_model
+    monkeypatch.setattr(module, "is_peft_model", lambda model: calls.append(model) or real(model))
+    teacher, base = teacher_and_student()
+    student = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path))
+    batch = collate(token_dataset(6))
+    calls.clear()
+    for _ in range(3):
+        trainer.compute_loss(trainer.model, dict(batch))
+    assert len(calls) == 0
+    assert trainer._student_base() is student.get_base_model()
+    trainer.model = other = tiny_bert(seed=5)  # a new student object is resolved anew
+    assert trainer._student_base() is other and len(calls) == 1

@@ -1,4 +1,4 @@
-"""hf_msd/inference_speed.py: the interleaved timer and the side-by-side inference speed built on it."""
+"""hf_msd/evaluation/speed.py: the interleaved timer and the side-by-side inference speed built on it."""
 
 import pytest
 import torch
@@ -45,3 +45,28 @@ def test_compare_inference_speed_runs_every_batch_each_round_and_reports_per_bat
     assert result["speedup"]["student"] == pytest.approx(
         teacher["seconds_per_batch"] / result["models"]["student"]["seconds_per_batch"]
     )
+
+
+def test_compiled_rows_run_through_torch_compile_after_a_separately_timed_warm_up():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()  # a backend that counts the graphs it is given and runs them eagerly
+    models = {"teacher": nn.Linear(3, 5), "student": nn.Linear(3, 2)}
+    batches = {name: [{"input": torch.randn(4, 3)} for _ in range(2)] for name in models}
+    result = compare_inference_speed(
+        models, batches, rounds=2, progress=False, compile_options={"backend": counter}
+    )
+    assert list(result["models"]) == ["teacher", "teacher (compiled)", "student", "student (compiled)"]
+    assert counter.frame_count >= 1  # the compiled rows went through dynamo
+    assert set(result["compile_seconds"]) == {"teacher (compiled)", "student (compiled)"}
+    assert all(seconds > 0 for seconds in result["compile_seconds"].values())
+    assert result["reference"] == "teacher" and result["speedup"]["teacher"] == 1.0
+    for name in ("teacher (compiled)", "student (compiled)"):
+        assert len(result["models"][name]["rounds"]) == 2
+        assert result["speedup"][name] == pytest.approx(
+            result["models"]["teacher"]["seconds_per_batch"] / result["models"][name]["seconds_per_batch"]
+        )
+    assert "compile_seconds" not in compare_inference_speed(models, batches, rounds=1, progress=False)
+    with pytest.raises(ValueError, match="at least one batch"):
+        compare_inference_speed(models, {name: [] for name in models}, rounds=1, progress=False)

@@ -154,6 +154,26 @@ def test_speed_from_the_workflow_summary():
     assert card_speed(None) == {}
 
 
+def test_compiled_speed_rows_are_compared_to_the_eager_teacher_with_the_compile_time():
+    speed = {
+        "models": {
+            "teacher": {"examples_per_second": 40.0},
+            "teacher (compiled)": {"examples_per_second": 60.0},
+            "student": {"examples_per_second": 100.0},
+            "student (compiled)": {"examples_per_second": 250.0},
+        },
+        "compile_seconds": {"teacher (compiled)": 31.2, "student (compiled)": 18.7},
+        "batches": 4,
+        "batch_size": 32,
+        "rounds": 5,
+    }
+    text = _card(**card_speed(speed)).text
+    assert "teacher 40.0 examples/s, student 100.0 examples/s, a **2.50x** speed-up" in text
+    assert "teacher (compiled) 60.0 examples/s (1.50x the teacher)" in text
+    assert "student (compiled) 250.0 examples/s (6.25x the teacher)" in text
+    assert "after a one-off compile of 31 s (teacher), 19 s (student)" in text
+
+
 def test_missing_speed_and_plot_are_said_not_invented():
     text = _card().text
     assert "Inference speed was not measured by this run." in text

@@ -128,6 +128,30 @@ def test_one_modality_term_matches_hand_computation(tmp_path, task, kept):
     torch.testing.assert_close(loss.detach(), per_example.mean(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "inputs"),
+    [
+        ({}, 3),  # x, x_text, x_image
+        ({"modality_terms": ["image"]}, 2),  # x, x_image
+        ({"modality_target": "full"}, 1),  # x: both terms copy T(x)
+        # Per-example saliency needs T(x without m) for each m: with two modalities, x_image and x_text.
+        ({"modality_target": "full", "modality_weighting": "instance"}, 3),
+    ],
+)
+def test_online_teacher_runs_only_the_inputs_the_loss_needs(tmp_path, task, overrides, inputs):
+    trainer = make_trainer(tmp_path, task, **overrides)
+    batch = task["batch"]
+    examples = []
+    handle = task["teacher"].register_forward_hook(
+        lambda module, args, output: examples.append(len(output.logits))
+    )
+    try:
+        trainer.compute_loss(trainer.model, dict(batch))
+    finally:
+        handle.remove()
+    assert sum(examples) == inputs * len(batch["labels"])
+
+
 def test_uniform_on_vilt_mask_and_fill_matches_hand_computation(tmp_path):
     teacher, student = tiny_vilt(seed=0), tiny_vilt(seed=1)
     trainer = MSDTrainer(model=student, teacher_model=teacher, args=args_for(tmp_path))

@@ -92,12 +92,16 @@ def _train(
         (DistillationTrainer, None, False, 2),  # the student and the (compiled) teacher on x
         (MSDTrainer, "uniform", False, 6),  # both on x, x_text and x_image
         (MSDTrainer, "population", True, 3),  # cached teacher outputs: the student's three only
+        # The meta step (second-order gradients, which compiled graphs lack) runs on the uncompiled student.
+        (MSDTrainer, "learned", True, 3),
     ],
 )
 def test_compiled_training_equals_eager_with_one_graph_per_signature(
     tmp_path, trainer_class, weighting, cached, graphs
 ):
     options = {"modality_weighting": weighting} if weighting else {}
+    if weighting == "learned":  # a meta step at steps 0, 2 and 4 on a held-out fifth of the data
+        options.update(meta_validation_fraction=0.2, meta_update_interval=2)
     _, eager = _train(tmp_path / "eager", False, trainer_class, cached, **options)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

@@ -268,6 +268,15 @@ class ExperimentArguments:
         default=4,
         metadata={"help": "Test batches (of per_device_eval_batch_size) each model runs per speed round."},
     )
+    speed_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "Also time each model compiled with torch.compile (rows '<model> (compiled)', "
+            "interleaved with the eager ones; backend and mode from --torch_compile_backend / "
+            "--torch_compile_mode when given, else torch's default inductor). The one-off compile time is "
+            "reported apart."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Redo stages whose saved output was produced with different settings."},

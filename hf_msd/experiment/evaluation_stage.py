@@ -56,7 +56,8 @@ def measure_speed(run: Run, models: Mapping[str, PreTrainedModel], processor) ->
     """Stage 5: batched inference speed of the models side by side on the first test examples
     (:func:`hf_msd.evaluation.speed.compare_inference_speed`: ``speed_batches`` batches of
     ``per_device_eval_batch_size``, ``speed_rounds`` interleaved rounds after a warm-up), on the main
-    process only; the first model is the reference of the speed-up. None when ``speed_rounds`` is 0."""
+    process only; the first model is the reference of the speed-up. With ``speed_compile`` each model is
+    timed compiled too. None when ``speed_rounds`` is 0."""
     if run.exp_args.speed_rounds == 0:
         return None
     state = PartialState()
@@ -75,6 +76,17 @@ def measure_speed(run: Run, models: Mapping[str, PreTrainedModel], processor) ->
                 for i in range(0, count, size)
             ]
             model.to(device)
-        result = compare_inference_speed(models, batches, rounds=run.exp_args.speed_rounds)
+        result = compare_inference_speed(
+            models, batches, rounds=run.exp_args.speed_rounds, compile_options=_compile_options(run)
+        )
     state.wait_for_everyone()
     return result
+
+
+def _compile_options(run: Run) -> dict[str, str] | None:
+    """``torch.compile`` keywords of the compiled speed rows (``speed_compile``), None without them."""
+    if not run.exp_args.speed_compile:
+        return None
+    args = run.training_args
+    names = {"backend": args.torch_compile_backend, "mode": args.torch_compile_mode}
+    return {key: value for key, value in names.items() if value}

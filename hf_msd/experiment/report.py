@@ -115,10 +115,16 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"Batched inference ({speed['batches']} batches of {speed['batch_size']}, median of "
             f"{speed['rounds']} interleaved rounds after warm-up):",
         ]
+        width = max(10, *(len(name) + 2 for name in speed["models"]))
         for name, values in speed["models"].items():
             lines.append(
-                f"{name:<10}{values['seconds_per_batch'] * 1000:>10.1f} ms/batch"
+                f"{name:<{width}}{values['seconds_per_batch'] * 1000:>10.1f} ms/batch"
                 f"{values['examples_per_second']:>10.0f} examples/s   {speed['speedup'][name]:.2f}x"
+            )
+        if speed.get("compile_seconds"):
+            lines.append(
+                "compile warm-up (first pass over the batches, not in the timed rounds): "
+                + ", ".join(f"{name} {value:.1f} s" for name, value in speed["compile_seconds"].items())
             )
     lines.append("")
     lines += [f"{key}: {value}" for key, value in summary["paths"].items()]

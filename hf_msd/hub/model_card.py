@@ -21,6 +21,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from ..evaluation.speed import COMPILED_SUFFIX
+
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "distilled_student.md"
 
 METHOD_DESCRIPTIONS = {
@@ -117,12 +119,18 @@ def card_speed(inference_speed: Mapping[str, Any] | None) -> dict[str, Any]:
     if not inference_speed:
         return {}
     models = inference_speed["models"]
+    setting = (
+        f"{inference_speed['batches']} batches of {inference_speed['batch_size']} test examples, median "
+        f"of {inference_speed['rounds']} interleaved rounds after warm-up, on the machine of the run"
+    )
+    if inference_speed.get("compile_seconds"):
+        setting += "; compiled with `torch.compile`, after a one-off compile of " + ", ".join(
+            f"{value:.0f} s ({name.removesuffix(COMPILED_SUFFIX)})"
+            for name, value in inference_speed["compile_seconds"].items()
+        )
     return {
         "throughput": {name: values["examples_per_second"] for name, values in models.items()},
-        "throughput_setting": (
-            f"{inference_speed['batches']} batches of {inference_speed['batch_size']} test examples, median "
-            f"of {inference_speed['rounds']} interleaved rounds after warm-up, on the machine of the run"
-        ),
+        "throughput_setting": setting,
     }
 
 
@@ -306,6 +314,13 @@ def _speed_description(throughput: Mapping[str, float] | None, setting: str | No
         f"Inference throughput, measured side by side: teacher {throughput['teacher']:.1f} examples/s, "
         f"student {throughput['student']:.1f} examples/s, a **{speedup:.2f}x** speed-up"
     )
+    others = [name for name in throughput if name not in ("teacher", "student")]
+    if others:
+        text += "; " + ", ".join(
+            f"{name} {throughput[name]:.1f} examples/s ({throughput[name] / throughput['teacher']:.2f}x the "
+            "teacher)"
+            for name in others
+        )
     return text + (f" ({setting})." if setting else ".")
 
 

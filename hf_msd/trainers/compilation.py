@@ -39,5 +39,6 @@ def mark_batch_dynamic(inputs: dict[str, Any]) -> dict[str, Any]:
 
 def uncompiled(module: nn.Module) -> nn.Module:
     """The module under a ``torch.compile`` wrapper (itself if not compiled): for one-off calls (input checks
-    on a single example) that should not add a graph to the compiled forward's cache."""
+    on a single example) that should not add a graph to the compiled forward's cache, and for the learned
+    weights' meta step, whose second-order gradients compiled graphs do not provide."""
     return getattr(module, "_orig_mod", module)

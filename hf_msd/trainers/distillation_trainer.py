@@ -405,7 +405,13 @@ class DistillationTrainer(Trainer):
     # ---- Teacher -------------------------------------------------------------------------------------
 
     def _student_base(self) -> nn.Module:
-        return self.model.get_base_model() if is_peft_model(self.model) else self.model
+        """The student without its PEFT wrapper. Resolved once per student object: accelerate's
+        ``is_peft_model`` reads package metadata on every call (milliseconds), and a step asks many times."""
+        resolved = getattr(self, "_resolved_student_base", None)
+        if resolved is None or resolved[0] is not self.model:
+            base = self.model.get_base_model() if is_peft_model(self.model) else self.model
+            self._resolved_student_base = resolved = (self.model, base)
+        return resolved[1]
 
     @contextlib.contextmanager
     def _teacher_context(self) -> Iterator[None]:

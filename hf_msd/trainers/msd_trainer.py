@@ -223,16 +223,33 @@ class MSDTrainer(DistillationTrainer):
 
     # ---- Batches -------------------------------------------------------------------------------------
 
+    def _term_modalities(self) -> list[str]:
+        """The modalities that get a term in a classifier's loss: those of :attr:`term_names` the student
+        sees."""
+        return [n for n in self.student_modality_names if n in self.term_names]
+
+    def _teacher_view_names(self, needs_without: bool) -> list[str]:
+        """The modalities ``m`` whose teacher logits on ``x_m`` a step needs: every one for per-example
+        saliency with two modalities (``x without text`` is ``x_image``), else those whose term copies
+        ``T(x_m)`` (none with ``modality_target="full"``)."""
+        names = [m.name for m in self.teacher_modalities]
+        if needs_without and len(names) == 2:
+            return names
+        if self.args.modality_target == "full":
+            return []
+        return [n for n in names if n in self._term_modalities()]
+
     def _teacher_logits(self, inputs: dict[str, Any], needs_without: bool) -> tuple[dict, dict]:
         """Teacher logits on ``x`` (key "full", unless cached or computed by the parent for intermediates),
-        each ``x_m`` (by name) and, if ``needs_without``, each ``x without m``; one concatenated call per
-        group of same-shaped inputs. Returns ``(only, extra)``: name -> (B, C) and {"full"?, "without"?}."""
+        each ``x_m`` that the step needs (by name, :meth:`_teacher_view_names`) and, if ``needs_without``,
+        each ``x without m``; one concatenated call per group of same-shaped inputs. Returns ``(only,
+        extra)``: name -> (B, C) and {"full"?, "without"?}."""
         model_batch = self.teacher_inputs(inputs)
         names = [m.name for m in self.teacher_modalities]
         only: dict[str, torch.Tensor] = {}
         pending: list[tuple[str, dict]] = []
         results_cached: dict[str, torch.Tensor] = {}
-        for name in names:
+        for name in self._teacher_view_names(needs_without):
             cached = self.cached_teacher_logits(inputs, teacher_column(name))
             if cached is not None:
                 only[name] = cached
@@ -295,20 +312,20 @@ class MSDTrainer(DistillationTrainer):
         self, inputs: dict[str, Any], full_logits: torch.Tensor, instance_saliency: bool | None = None
     ) -> dict[str, Any]:
         """A generative student's teacher outputs on the collator's views: ``"only"`` (view name -> the
-        teacher's logits (B, T_m, V) on ``x_m``) and, for per-example weights (``instance_saliency``, default
-        whether the weighting needs it), ``"saliency"`` (B, M) from the answer-token distributions
+        teacher's logits (B, T_m, V) on ``x_m``, for the views with a term, or every view for per-example
+        weights) and, for per-example weights (``instance_saliency``, default whether the weighting needs
+        it), ``"saliency"`` (B, M) from the answer-token distributions
         (:func:`~hf_msd.distillation.saliency.answer_token_saliency`; with two modalities ``x without image``
-        is ``x_text``
-        and ``x without text`` is ``x_image``)."""
+        is ``x_text`` and ``x without text`` is ``x_image``)."""
+        if instance_saliency is None:
+            instance_saliency = self.weighting.needs_instance_saliency
         only = {}
-        for name in self.modality_names:
+        for name in self.modality_names if instance_saliency else self.term_names:
             only[name] = self.cached_teacher_logits(inputs, teacher_column(name))
             if only[name] is None:
                 view = view_inputs(inputs, name)
                 only[name] = self.teacher_forward(view, output_intermediates=False).logits
             self.check_finite(f"The teacher logits on the {name}-only input", only[name])
-        if instance_saliency is None:
-            instance_saliency = self.weighting.needs_instance_saliency
         saliency = None
         if instance_saliency:
             first, second = self.modality_names
@@ -389,7 +406,7 @@ class MSDTrainer(DistillationTrainer):
         per-example saliency into ``teacher["saliency"]`` when the weighting needs it."""
         problem_type = self._problem_type(inputs.get("labels"))
         student_batch = self.student_inputs(inputs)
-        names = [n for n in self.student_modality_names if n in self.term_names]
+        names = self._term_modalities()
         if self._unimodal_student:
             student_logits = [student.logits] if names else []
         else:
@@ -462,7 +479,9 @@ class MSDTrainer(DistillationTrainer):
         self.register_state("meta_validation", self._meta_batches)
 
     def _meta_step(self, model: nn.Module, inputs: dict[str, Any]) -> None:
-        student = self.accelerator.unwrap_model(model)
+        # Uncompiled under torch_compile: the look-ahead needs second-order gradients, which compiled
+        # (AOTAutograd) graphs do not provide.
+        student = uncompiled(self.accelerator.unwrap_model(model))
         params = {name: p for name, p in student.named_parameters() if p.requires_grad}
         held_out = self._next_meta_batch()
         val_inputs = self.student_inputs(held_out)
