@@ -53,7 +53,7 @@ def two_runs(tmp_path_factory):
     first = _run(first_dir)
     torch.rand(1000)  # a second run must not depend on what ran before it
     second_dir = tmp_path_factory.mktemp("second")
-    second = _run(second_dir)
+    second = _run(second_dir, "--speed_compile", "true")  # timing only: the models must not change
     return (first_dir, first), (second_dir, second)
 
 
@@ -126,6 +126,19 @@ def test_labelled_subset_teacher_validation_and_summary(two_runs):
     assert set(speed["models"]) == {"teacher", "student"} and speed["rounds"] == 2
     assert all(len(v["rounds"]) == 2 and v["seconds_per_batch"] > 0 for v in speed["models"].values())
     assert speed["speedup"]["teacher"] == 1.0
+
+
+def test_speed_compile_adds_compiled_rows_with_their_warm_up(two_runs):
+    (_, first), (second_dir, second) = two_runs
+    assert "compile_seconds" not in first["inference_speed"]
+    speed = second["inference_speed"]
+    compiled = ["teacher (compiled)", "student (compiled)"]
+    assert list(speed["models"]) == ["teacher", compiled[0], "student", compiled[1]]
+    assert set(speed["compile_seconds"]) == set(compiled) and min(speed["compile_seconds"].values()) > 0
+    assert speed["compile_options"] == {}  # torch's defaults: no --torch_compile_backend / _mode given
+    assert all(speed["models"][name]["seconds_per_batch"] > 0 for name in compiled)
+    card = (second_dir / "student" / "README.md").read_text()
+    assert "student (compiled)" in card and "after a one-off compile of" in card
 
 
 def test_student_config_from_a_file_and_bad_settings_are_named(tmp_path):
