@@ -91,8 +91,8 @@ def _train(
     [
         (DistillationTrainer, None, False, 2),  # the student and the (compiled) teacher on x
         (MSDTrainer, "uniform", False, 6),  # both on x, x_text and x_image
-        (MSDTrainer, "population", True, 3),  # cached teacher outputs: the student's three only
-        # The meta step (second-order gradients, which compiled graphs lack) runs on the uncompiled student.
+        # Cached teacher outputs: the student's three only. The meta step (second-order gradients, which
+        # compiled graphs lack) runs on the uncompiled student. Population weights: the resume test below.
         (MSDTrainer, "learned", True, 3),
     ],
 )
