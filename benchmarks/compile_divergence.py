@@ -64,8 +64,7 @@ def main() -> None:
         for k in range(args.steps)
     ]
     models = {name: copy.deepcopy(teacher) for name in ("eager", "eager, 1 thread", "compiled")}
-    callables = {name: model for name, model in models.items()}
-    callables["compiled"] = torch.compile(models["compiled"])
+    callables = {**models, "compiled": torch.compile(models["compiled"])}
     threads = {"eager": args.threads, "eager, 1 thread": 1, "compiled": args.threads}
     optimizers = {
         name: torch.optim.AdamW(model.parameters(), lr=args.learning_rate) for name, model in models.items()
