@@ -176,9 +176,9 @@ def test_msd_loss_matches_the_hand_computation(tmp_path, weighting, family):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def one_step(tmp_path, per_device, accumulation, weighting="instance", examples=None):
-    teacher, student = teacher_and_student()
-    collator = VisionLanguageCollator(processor())
+def one_step(tmp_path, per_device, accumulation, weighting="instance", examples=None, family="llava"):
+    proc, teacher, student = processor_and_models(family)
+    collator = VisionLanguageCollator(proc)
     trainer = MSDTrainer(
         model=student,
         teacher_model=teacher,
@@ -196,13 +196,14 @@ def one_step(tmp_path, per_device, accumulation, weighting="instance", examples=
     return {name: p.detach().clone() for name, p in student.named_parameters()}
 
 
-def test_msd_gradient_accumulation_4x2_equals_batch_8(tmp_path):
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_msd_gradient_accumulation_4x2_equals_batch_8(tmp_path, family):
     """Micro-batches of 2 with different prompt lengths, padding and gold-answer counts (one micro-batch has
     no gold answer at all) take the step of one batch of 8: every term is normalised over the tokens of the
     whole accumulated batch."""
-    large = one_step(tmp_path / "8", 8, 1)
-    small = one_step(tmp_path / "2", 2, 4)
-    start = dict(teacher_and_student()[1].named_parameters())
+    large = one_step(tmp_path / "8", 8, 1, family=family)
+    small = one_step(tmp_path / "2", 2, 4, family=family)
+    start = dict(processor_and_models(family)[2].named_parameters())
     assert max((large[k] - start[k]).abs().max().item() for k in large) > 1e-2
     for name, value in large.items():
         torch.testing.assert_close(small[name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -1,5 +1,6 @@
-"""Qwen2-VL through the generative path: collator, training steps, the teacher-output cache and generation
-(the KD and MSD losses against the hand computations: tests/test_generative_vlm.py, ``family="qwen2_vl"``).
+"""Qwen2-VL through the generative path: collator, training steps, generation and serving (the KD and MSD
+losses against the hand computations and gradient accumulation: tests/test_generative_vlm.py; the
+teacher-output cache: tests/test_generative_teacher_cache.py; both with ``family="qwen2_vl"``).
 
 The models and processor come from :func:`hf_msd.models.vision_language.vlm_processor` /
 :func:`~hf_msd.models.vision_language.tiny_vlm` (``family="qwen2_vl"``): Qwen2-VL's processor without its
@@ -14,9 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 from test_generative_vlm import X
+from transformers import pipeline
 
 from hf_msd.data import VisionLanguageCollator
 from hf_msd.data.generative import view_inputs
+from hf_msd.models.vision_language import Qwen2VLImageTextProcessor
 from hf_msd.trainers import DistillationTrainer, MSDTrainer
 from tests.helpers.vlm import IDS, family_processor_and_models, msd_args, raw_examples
 
@@ -103,3 +106,26 @@ def test_greedy_generation_on_the_collators_prompts_matches_step_by_step_argmax(
         sequence["input_ids"] = torch.cat([sequence["input_ids"], picked[:, None]], dim=1)
         sequence["attention_mask"] = torch.cat([sequence["attention_mask"], ones], dim=1)
         sequence["mm_token_type_ids"] = torch.cat([sequence["mm_token_type_ids"], 0 * ones], dim=1)
+
+
+def test_saved_model_and_processor_serve_the_pipeline(tmp_path):
+    """`AutoProcessor` would build `Qwen2VLProcessor` (which needs torchvision): the saved processor is loaded
+    with `Qwen2VLImageTextProcessor.from_pretrained` and given to the pipeline, whose greedy answer is the
+    model's greedy continuation of the collator's prompt (text tokens only: the untrained model answers)."""
+    proc, teacher, _ = qwen()
+    teacher.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    loaded = Qwen2VLImageTextProcessor.from_pretrained(tmp_path)
+    example = raw_examples(1)
+    batch = VisionLanguageCollator(loaded)(example)
+    for key, value in VisionLanguageCollator(proc)(example).items():
+        torch.testing.assert_close(batch[key], value, msg=key)
+    vqa = pipeline("image-text-to-text", model=str(tmp_path), processor=loaded)
+    keep_text = {"max_new_tokens": 2, "suppress_tokens": [EOS, proc.image_token_id, proc.video_token_id]}
+    chat = VisionLanguageCollator.messages(example[0]["question"], with_image=True)
+    chat[0]["content"][0]["image"] = example[0]["image"]
+    answer = vqa(text=chat, generate_kwargs=keep_text, return_full_text=False)[0]["generated_text"]
+    inputs = VisionLanguageCollator(proc).generation_inputs(example)
+    generated = teacher.eval().generate(**inputs, **keep_text, do_sample=False)
+    expected = proc.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert answer.strip() == expected.strip() and expected.strip()
