@@ -257,9 +257,10 @@ def qwen2_vl_processor(
 
 def _mrope_section(head_dim: int) -> list[int]:
     """Qwen2-VL's split of the rotary frequencies (``head_dim / 2``) between time, height and width, in
-    Qwen2-VL's proportions (1/4, 3/8, 3/8: [16, 24, 24] for head_dim 128)."""
+    Qwen2-VL's proportions (1/4, 3/8, 3/8: [16, 24, 24] for head_dim 128), at least one each from head_dim 6
+    ([2, 1, 1] for head_dim 8; a head_dim of 4 leaves height and width none: [2, 0, 0])."""
     half = head_dim // 2
-    spatial = half * 3 // 8
+    spatial = max(half * 3 // 8, min(1, half // 3))
     return [half - 2 * spatial, spatial, spatial]
 
 
