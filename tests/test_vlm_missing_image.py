@@ -56,10 +56,20 @@ def test_trainers_name_an_empty_question(tmp_path):
         trainer.train()
 
 
-@pytest.mark.parametrize("view", [None, "image", "text"])
-def test_the_collator_names_the_column_and_the_example_in_its_batch(view):
+def test_the_collator_names_the_column_and_the_example_in_its_batch():
     collator = VisionLanguageCollator(processor())
     with pytest.raises(ValueError, match=r"Example\(s\) \[1, 3\] of this batch have no 'image'"):
         collator(examples_without("image", (1, 3)))
     with pytest.raises(ValueError, match=r"Example\(s\) \[0\] of this batch have no 'question'"):
-        collator.generation_inputs(examples_without("question", (0,)), view=view)
+        collator(examples_without("question", (0,)))
+    for view in (None, "text"):
+        with pytest.raises(ValueError, match=r"Example\(s\) \[0\] of this batch have no 'question'"):
+            collator.generation_inputs(examples_without("question", (0,)), view=view)
+    with pytest.raises(ValueError, match=r"Example\(s\) \[2\] of this batch have no 'image'"):
+        collator.generation_inputs(examples_without("image", (2,)), view="image")
+    # The question-only prompt needs no image, the image-only prompt no question.
+    assert collator.generation_inputs(examples_without("image", (2,)), view="text")["input_ids"].shape[0] == 4
+    assert (
+        collator.generation_inputs(examples_without("question", (0,)), view="image")["input_ids"].shape[0]
+        == 4
+    )

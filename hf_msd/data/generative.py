@@ -187,9 +187,7 @@ class VisionLanguageCollator:
         """Unpadded prompt ids (lists) of every example in ``view`` (``None``: the full input), their
         per-token columns (:data:`TOKEN_TYPE_COLUMNS`), and the image tensors when the view has the image."""
         with_image = view != "text"
-        questions = self._values(examples, self.question_column)
-        if view == "image":
-            questions = [""] * len(examples)
+        questions = [""] * len(examples) if view == "image" else self._values(examples, self.question_column)
         texts = [self.prompt_text(question, with_image) for question in questions]
         kwargs = {"images": self._values(examples, self.image_column)} if with_image else {}
         return dict(self.processor(text=texts, add_special_tokens=False, **kwargs))
