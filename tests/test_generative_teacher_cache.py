@@ -11,7 +11,7 @@ from __future__ import annotations
 import datasets
 import pytest
 import torch
-from test_generative_vlm import X, forward, hand_kd_sum
+from test_generative_vlm import X, forward, hand_kd_sum, processor_and_models
 
 from hf_msd.data import VisionLanguageCollator
 from hf_msd.data.generative import view_inputs
@@ -49,12 +49,13 @@ def cached_batch(tmp_path, teacher, collator, top_k):
     return collator([dataset[i] for i in range(len(dataset))])
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 @pytest.mark.parametrize("weighting", ["uniform", "instance"])
 def test_cache_with_the_whole_vocabulary_gives_the_online_loss_without_running_the_teacher(
-    tmp_path, weighting
+    tmp_path, weighting, family
 ):
-    teacher, student = teacher_and_student()
-    collator = VisionLanguageCollator(processor())
+    proc, teacher, student = processor_and_models(family)
+    collator = VisionLanguageCollator(proc)
     vocab = teacher.config.text_config.vocab_size
     batch = cached_batch(tmp_path, teacher, collator, top_k=vocab)
     trainer = MSDTrainer(

@@ -21,7 +21,14 @@ from hf_msd.models.vision_language import tiny_llava, word_level_tokenizer
 from hf_msd.trainers import DistillationTrainer, MSDTrainer
 from tests.helpers.launch import REPO_ROOT, SCRIPTS, two_process_launch
 from tests.helpers.scripts.distributed_vlm_script import CASES, NUM_EXAMPLES, parameters, train_one_step
-from tests.helpers.vlm import IDS, msd_args, processor, raw_examples, teacher_and_student
+from tests.helpers.vlm import (
+    IDS,
+    family_processor_and_models,
+    msd_args,
+    processor,
+    raw_examples,
+    teacher_and_student,
+)
 
 SCRIPT = str(SCRIPTS / "distributed_vlm_script.py")
 PAD, BOS, EOS, IMAGE, USER, ASSISTANT, COLON = 0, 2, 3, 4, 5, 6, 7
@@ -110,15 +117,24 @@ def hand_saliency(full, full_labels, without, without_labels):
     return torch.stack(values)
 
 
+def processor_and_models(family):
+    """The LLaVA processor, teacher and student of ``tests/helpers/vlm.py``, or another family's (Qwen2-VL:
+    ``mm_token_type_ids`` and multimodal RoPE)."""
+    if family == "llava":
+        return (processor(), *teacher_and_student())
+    return family_processor_and_models(family)
+
+
 def forward(model, inputs):
     with torch.no_grad():
         return model(**{k: v for k, v in inputs.items() if k not in ("labels", "distillation_labels")}).logits
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 @pytest.mark.parametrize("weighting", ["uniform", "instance"])
-def test_msd_loss_matches_the_hand_computation(tmp_path, weighting):
-    teacher, student = teacher_and_student()
-    collator = VisionLanguageCollator(processor())
+def test_msd_loss_matches_the_hand_computation(tmp_path, weighting, family):
+    proc, teacher, student = processor_and_models(family)
+    collator = VisionLanguageCollator(proc)
     batch = collator(raw_examples(4, unlabelled=(1, 2)))
     trainer = MSDTrainer(
         model=student,
@@ -132,7 +148,7 @@ def test_msd_loss_matches_the_hand_computation(tmp_path, weighting):
 
     temperature, dl, labels = 2.0, batch["distillation_labels"], batch["labels"]
     s_full, t_full = forward(student, batch), forward(teacher, batch)
-    # The task term is LLaVA's own loss: mean CE over the gold answer tokens (rows 0 and 3 only).
+    # The task term is the model's own loss: mean CE over the gold answer tokens (rows 0 and 3 only).
     logits, targets = shifted(s_full, labels)
     task = torch.nn.functional.cross_entropy(logits[targets != X], targets[targets != X])
     tokens = (dl[:, 1:] != X).sum()  # every row's answer: 2 tokens each
@@ -160,9 +176,9 @@ def test_msd_loss_matches_the_hand_computation(tmp_path, weighting):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def one_step(tmp_path, per_device, accumulation, weighting="instance", examples=None):
-    teacher, student = teacher_and_student()
-    collator = VisionLanguageCollator(processor())
+def one_step(tmp_path, per_device, accumulation, weighting="instance", examples=None, family="llava"):
+    proc, teacher, student = processor_and_models(family)
+    collator = VisionLanguageCollator(proc)
     trainer = MSDTrainer(
         model=student,
         teacher_model=teacher,
@@ -180,13 +196,14 @@ def one_step(tmp_path, per_device, accumulation, weighting="instance", examples=
     return {name: p.detach().clone() for name, p in student.named_parameters()}
 
 
-def test_msd_gradient_accumulation_4x2_equals_batch_8(tmp_path):
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_msd_gradient_accumulation_4x2_equals_batch_8(tmp_path, family):
     """Micro-batches of 2 with different prompt lengths, padding and gold-answer counts (one micro-batch has
     no gold answer at all) take the step of one batch of 8: every term is normalised over the tokens of the
     whole accumulated batch."""
-    large = one_step(tmp_path / "8", 8, 1)
-    small = one_step(tmp_path / "2", 2, 4)
-    start = dict(teacher_and_student()[1].named_parameters())
+    large = one_step(tmp_path / "8", 8, 1, family=family)
+    small = one_step(tmp_path / "2", 2, 4, family=family)
+    start = dict(processor_and_models(family)[2].named_parameters())
     assert max((large[k] - start[k]).abs().max().item() for k in large) > 1e-2
     for name, value in large.items():
         torch.testing.assert_close(small[name], value, rtol=1e-4, atol=1e-6, msg=name)
@@ -239,9 +256,10 @@ def test_population_and_learned_weights_train(tmp_path, weighting):
         assert trainer.weighting.alpha.abs().max() > 0
 
 
-def test_distillation_trainer_detects_llava_as_causal_and_uses_the_answer_tokens(tmp_path):
-    teacher, student = teacher_and_student()
-    collator = VisionLanguageCollator(processor(), views=False)
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_distillation_trainer_detects_llava_as_causal_and_uses_the_answer_tokens(tmp_path, family):
+    proc, teacher, student = processor_and_models(family)
+    collator = VisionLanguageCollator(proc, views=False)
     batch = collator(raw_examples(4, unlabelled=(0,)))
     args = msd_args(tmp_path, modality_loss_weight=0.0)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)

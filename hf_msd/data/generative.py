@@ -16,7 +16,8 @@ the model meets them when it generates, so the answer token ids are identical in
 ``labels`` holds the completion tokens of examples with a gold answer (prompt, padding and unlabelled examples
 -100), the task term; ``distillation_labels`` (in each view) marks the tokens the distillation terms score:
 the completion of the gold answer, or of the example's ``teacher_answer`` (e.g. the teacher's greedy answer)
-when it has no gold one.
+when it has no gold one. Per-token processor outputs besides the ids (:data:`TOKEN_TYPE_COLUMNS`, e.g.
+Qwen2-VL's ``mm_token_type_ids``) are padded with the ids, 0 (text) over the completion and the padding.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ import numpy as np
 import torch
 
 from ..distillation.losses import IGNORE_INDEX
+from .validation import validate_examples
 
 #: The modality views a :class:`VisionLanguageCollator` builds besides the full input.
 VIEW_NAMES = ("image", "text")
 VIEW_PREFIX = "view_"
 #: The batch column marking the tokens the distillation terms score (-100 elsewhere).
 DISTILLATION_LABELS = "distillation_labels"
+#: Processor outputs with one value per prompt token besides ``input_ids`` and ``attention_mask`` (a token's
+#: modality: 0 text, 1 image...; Qwen2-VL's ``mm_token_type_ids``): padded like the ids, with 0 (text) over
+#: the answer and the padding.
+TOKEN_TYPE_COLUMNS = ("mm_token_type_ids", "token_type_ids")
 
 
 def view_key(view: str, key: str) -> str:
@@ -166,14 +172,33 @@ class VisionLanguageCollator:
             )
         return gold, target
 
+    def _values(self, examples: Sequence[Mapping[str, Any]], column: str) -> list[Any]:
+        """``column`` of every example, refusing a missing (None or absent) value by column and index."""
+        values = [example.get(column) for example in examples]
+        missing = [i for i, value in enumerate(values) if value is None]
+        if missing:
+            raise ValueError(
+                f"Example(s) {missing} of this batch have no {column!r} (None or absent): give every example "
+                f"one, or remove those rows (e.g. dataset.filter(lambda row: row[{column!r}] is not None))."
+            )
+        return values
+
     def _encode_prompts(self, examples: Sequence[Mapping[str, Any]], view: str | None) -> dict[str, Any]:
-        """Unpadded prompt ids (lists) of every example in ``view`` (``None``: the full input), and the image
-        tensors when the view has the image."""
+        """Unpadded prompt ids (lists) of every example in ``view`` (``None``: the full input), their
+        per-token columns (:data:`TOKEN_TYPE_COLUMNS`), and the image tensors when the view has the image."""
         with_image = view != "text"
-        questions = ["" if view == "image" else example[self.question_column] for example in examples]
+        questions = [""] * len(examples) if view == "image" else self._values(examples, self.question_column)
         texts = [self.prompt_text(question, with_image) for question in questions]
-        kwargs = {"images": [example[self.image_column] for example in examples]} if with_image else {}
+        kwargs = {"images": self._values(examples, self.image_column)} if with_image else {}
         return dict(self.processor(text=texts, add_special_tokens=False, **kwargs))
+
+    @staticmethod
+    def _split_prompts(encoded: dict) -> tuple[list[list[int]], dict[str, list[list[int]]]]:
+        """Remove from ``encoded`` the prompt ids, their attention mask and per-token columns; return the ids
+        and the per-token columns (what stays in ``encoded`` is the images')."""
+        prompts = encoded.pop("input_ids")
+        encoded.pop("attention_mask", None)
+        return prompts, {key: encoded.pop(key) for key in TOKEN_TYPE_COLUMNS if key in encoded}
 
     def _pad(self, sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
         length = max(len(sequence) for sequence in sequences)
@@ -186,8 +211,7 @@ class VisionLanguageCollator:
     def _sequences(self, encoded: dict, completions: list[list[int]], golds: list[bool]) -> dict[str, Any]:
         """``encoded`` prompts followed by the completions, right-padded; images kept as they are."""
         pad = self.tokenizer.pad_token_id
-        prompts = encoded.pop("input_ids")
-        encoded.pop("attention_mask", None)
+        prompts, token_types = self._split_prompts(encoded)
         ids = [list(p) + c for p, c in zip(prompts, completions)]
         scored = [[IGNORE_INDEX] * len(p) + c for p, c in zip(prompts, completions)]
         batch = {
@@ -195,6 +219,8 @@ class VisionLanguageCollator:
             "attention_mask": self._pad([[1] * len(s) for s in ids], 0),
             DISTILLATION_LABELS: self._pad(scored, IGNORE_INDEX),
         }
+        for key, values in token_types.items():
+            batch[key] = self._pad([list(v) + [0] * len(c) for v, c in zip(values, completions)], 0)
         labels = batch[DISTILLATION_LABELS].clone()
         labels[~torch.tensor(golds)] = IGNORE_INDEX
         batch["labels"] = labels
@@ -224,9 +250,13 @@ class VisionLanguageCollator:
     def validate(
         self, dataset: Any, num_labels: int | None = None, multi_label: bool = False, name: str = ""
     ) -> None:
-        """Check, before training, that ``dataset`` has the columns this collator reads (the trainers'
-        ``check_data`` calls this): the image, the question, and the answer or the teacher's answer."""
+        """Check, before training, that ``dataset`` (a `datasets.Dataset` or a list of dicts) has the columns
+        this collator reads (the image, the question, and the answer or the teacher's answer), and that every
+        row has a readable image and a non-empty question, naming the bad rows
+        (:func:`~hf_msd.data.validation.validate_examples`). The trainers' ``check_data`` calls this."""
         columns = getattr(dataset, "column_names", None)
+        if columns is None and isinstance(dataset, list) and dataset:
+            columns = list(dataset[0])
         if columns is None:
             return
         missing = [c for c in (self.image_column, self.question_column) if c not in columns]
@@ -238,16 +268,19 @@ class VisionLanguageCollator:
                 "(it has "
                 f"{columns}): rename them, or set image_column / question_column / answer_column."
             )
+        validate_examples(
+            dataset, text_column=self.question_column, image_column=self.image_column, name=name or "dataset"
+        )
 
     def generation_inputs(self, examples: Sequence[Mapping[str, Any]], view: str | None = None) -> dict:
         """Left-padded prompts (no answer) of ``view`` (``None``: image + question; ``"text"``; ``"image"``)
         for ``model.generate``."""
         encoded = self._encode_prompts(examples, view)
-        prompts = encoded.pop("input_ids")
-        encoded.pop("attention_mask", None)
+        prompts, token_types = self._split_prompts(encoded)
         batch = {
             "input_ids": self._pad(prompts, self.tokenizer.pad_token_id, left=True),
             "attention_mask": self._pad([[1] * len(p) for p in prompts], 0, left=True),
         }
+        batch.update({key: self._pad(values, 0, left=True) for key, values in token_types.items()})
         batch.update(_image_tensors(encoded))
         return batch

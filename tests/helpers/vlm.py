@@ -12,7 +12,13 @@ import dataclasses
 
 from PIL import Image
 
-from hf_msd.models.vision_language import llava_processor, tiny_llava, word_level_tokenizer
+from hf_msd.models.vision_language import (
+    llava_processor,
+    tiny_llava,
+    tiny_vlm,
+    vlm_processor,
+    word_level_tokenizer,
+)
 from hf_msd.trainers import MSDTrainingArguments
 
 WORDS = ["?", "blue", "circle", "color", "is", "no", "red", "shape", "the", "what", "yes"]
@@ -86,48 +92,18 @@ def msd_args(output_dir, **overrides) -> MSDTrainingArguments:
     return MSDTrainingArguments(**fields)
 
 
+def family_processor_and_models(family: str, image_size: int = 32):
+    """A ``family`` processor on :data:`WORDS` (patch 8; 4 image tokens per 32 x 32 image for idefics3 and
+    qwen2_vl) and a 2-layer teacher (width 32) and a 1-layer student (width 16), built by the library's
+    builders."""
+    proc = vlm_processor(family, WORDS, image_size=image_size, patch_size=8)
+    sizes = dict(vision_hidden_size=16, vision_layers=1)
+    teacher = tiny_vlm(family, proc, hidden_size=32, num_layers=2, seed=0, **sizes)
+    student = tiny_vlm(family, proc, hidden_size=16, num_layers=1, seed=1, **sizes)
+    return proc, teacher, student
+
+
 def idefics3_processor_and_models():
-    """An Idefics3 (SmolVLM's architecture) processor on the word-level vocabulary (PIL image processor, no
-    image splitting, 4 image tokens per 32 x 32 image) and a 2-layer teacher and a 1-layer student."""
-    import torch
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-    )
-
-    tokenizer = word_level_tokenizer([*WORDS, "<fake_token_around_image>", "<global-img>"])
-    image_processor = Idefics3ImageProcessorPil(
-        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
-    )
-    proc = Idefics3Processor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        image_seq_len=4,
-        chat_template=tokenizer.chat_template,
-    )
-
-    def model(hidden_size, layers, seed):
-        torch.manual_seed(seed)
-        text = dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        vision = {"hidden_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1, "patch_size": 8}
-        vision.update(image_size=32, intermediate_size=32)
-        config = Idefics3Config(
-            text_config=text,
-            vision_config=vision,
-            scale_factor=2,
-            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        return Idefics3ForConditionalGeneration(config)
-
-    return proc, model(32, 2, 0), model(16, 1, 1)
+    """An Idefics3 (SmolVLM's architecture) processor (one 32 x 32 tile, 4 image tokens), teacher and
+    student."""
+    return family_processor_and_models("idefics3")
