@@ -126,3 +126,19 @@ def test_labels_in_the_inputs_are_refused():
     inputs = {**model_inputs(batch), "labels": batch["labels"]}
     with pytest.raises(ValueError, match="leave 'labels' out of the inputs"):
         answer_logits(student, inputs, batch[DISTILLATION_LABELS])
+
+
+def test_a_peft_student_gives_its_full_logits_rows():
+    """A LoRA-wrapped student passes logits_to_keep through to its base model."""
+    from peft import LoraConfig, get_peft_model
+
+    collator, _, student = family("llava")
+    model = get_peft_model(
+        student, LoraConfig(target_modules=["q_proj", "v_proj"], r=2, init_lora_weights=False)
+    )
+    batch = collator(raw_examples(3))
+    scored = batch[DISTILLATION_LABELS]
+    with torch.no_grad():
+        rows = answer_logits(model, model_inputs(batch), scored)
+        gathered, mask = losses.answer_token_logits(model(**model_inputs(batch)).logits, scored)
+    torch.testing.assert_close(rows, gathered[mask], rtol=0, atol=1e-6)

@@ -13,8 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hf_msd.data import VisionLanguageCollator
+from hf_msd.data.generative import DISTILLATION_LABELS, view_inputs
 from hf_msd.distillation import losses
-from hf_msd.trainers import DistillationTrainingArguments
+from hf_msd.trainers import DistillationTrainingArguments, MSDTrainer
+from tests.helpers import vlm
 from tests.test_token_level import batch, make_trainer, tiny_llama
 
 STUDENT = torch.tensor([[1.0, -0.5, 0.2, 0.7], [0.3, 2.0, -1.0, 0.0], [-2.0, 0.4, 1.1, 0.9]])
@@ -155,3 +158,37 @@ def test_the_trainer_distils_with_the_chosen_divergence(tmp_path, beta):
         if labels[b, i] != -100
     ]
     assert loss.item() == pytest.approx(sum(per_token) / len(per_token), rel=1e-4)
+
+
+def test_msd_trainer_distils_every_view_with_the_chosen_divergence(tmp_path):
+    """A generative MSD step with beta = 1: the KD term on x and the modality terms on x_text and x_image
+    are T^2 reverse KL summed over the answer tokens (uniform weights 0.5 each), as written out here."""
+    teacher, student = vlm.teacher_and_student()
+    collator = VisionLanguageCollator(vlm.processor())
+    batch = collator(vlm.raw_examples(4, unlabelled=(1, 2)))
+    args = vlm.msd_args(tmp_path, modality_weighting="uniform", beta=1.0)
+    trainer = MSDTrainer(model=student, teacher_model=teacher, args=args, data_collator=collator)
+    student.eval()
+    loss = trainer.compute_loss(student, dict(batch))
+
+    def logits(model, inputs):
+        with torch.no_grad():
+            return model(
+                **{k: v for k, v in inputs.items() if k not in ("labels", DISTILLATION_LABELS)}
+            ).logits
+
+    def reverse_kd_sum(view):
+        """Per example: sum over its answer tokens of T^2 KL(p_S || p_T) at T = 2, (B,)."""
+        scored = view[DISTILLATION_LABELS][:, 1:] != -100
+        s = torch.log_softmax(logits(student, view)[:, :-1] / 2, dim=-1)
+        t = torch.log_softmax(logits(teacher, view)[:, :-1] / 2, dim=-1)
+        return (4 * (s.exp() * (s - t)).sum(-1) * scored).sum(-1)
+
+    labels = batch["labels"]
+    gold = labels[:, 1:] != -100
+    task = torch.nn.functional.cross_entropy(logits(student, batch)[:, :-1][gold], labels[:, 1:][gold])
+    tokens = (batch[DISTILLATION_LABELS][:, 1:] != -100).sum()
+    expected = 0.3 * task + 0.7 * reverse_kd_sum(batch).sum() / tokens
+    for name in ("image", "text"):
+        expected = expected + 0.5 * reverse_kd_sum(view_inputs(batch, name)).sum() / tokens
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
