@@ -11,7 +11,9 @@ Loss kinds live in small registries (:data:`SOFT_TARGET_LOSSES`, :data:`HIDDEN_S
 Why soft-target KL is multiplied by ``T**2``: the gradient of ``KL(softmax(t/T) || softmax(s/T))`` with
 respect to the student logits scales as ``1/T**2``; multiplying by ``T**2`` keeps the soft-target
 gradient magnitude independent of the temperature, so ``kd_loss_weight`` means the same thing at every
-``T`` (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network").
+``T`` (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network"). The same factor multiplies the
+reverse KL and generalized JSD that ``beta`` selects (:mod:`hf_msd.distillation.divergences`); TRL's GKD and
+DistillationTrainer apply none, so hf_msd's value is ``T**2`` times theirs at the same ``beta`` and ``T``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .divergences import check_beta, generalized_jsd
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
@@ -125,17 +129,29 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> 
     return loss * mask
 
 
+def _bernoulli_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """(..., C) logits of C independent labels -> (..., C, 2) log-probabilities of each label's outcomes."""
+    return torch.stack([F.logsigmoid(logits), F.logsigmoid(-logits)], dim=-1)
+
+
 @register_loss("soft_target", "kl")
 def _soft_target_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, problem_type: str, temperature: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    problem_type: str,
+    temperature: float,
+    beta: float = 0.0,
 ) -> torch.Tensor:
     scale = temperature**2
     student, teacher = student_logits.float() / temperature, teacher_logits.float() / temperature
     if problem_type == SINGLE_LABEL:
         log_p_student = F.log_softmax(student, dim=-1)
         log_p_teacher = F.log_softmax(teacher, dim=-1)
-        kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True)
-        return scale * kl.sum(dim=-1)
+        return scale * generalized_jsd(log_p_student, log_p_teacher, beta)
+    if beta:  # multi-label: the divergence of each label's Bernoulli, summed over labels
+        divergence = generalized_jsd(_bernoulli_log_probs(student), _bernoulli_log_probs(teacher), beta)
+        return scale * divergence.sum(dim=-1)
     # Multi-label: one Bernoulli per label, KL(Bern(sigmoid(t/T)) || Bern(sigmoid(s/T))) in log space.
     p_teacher = torch.sigmoid(teacher)
     positive = p_teacher * (F.logsigmoid(teacher) - F.logsigmoid(student))
@@ -157,6 +173,7 @@ def soft_target_loss(
     problem_type: str,
     temperature: float = 1.0,
     loss_type: str = "kl",
+    beta: float = 0.0,
 ) -> torch.Tensor:
     """Knowledge-distillation loss between the student's and the teacher's outputs, per example.
 
@@ -168,9 +185,12 @@ def soft_target_loss(
         loss_type: a name in :data:`SOFT_TARGET_LOSSES`:
             - "kl" single-label: ``T**2 * KL(softmax(t/T) || softmax(s/T))`` summed over classes;
               multi-label: ``T**2 * sum_c KL(Bernoulli(sigmoid(t_c/T)) || Bernoulli(sigmoid(s_c/T)))``.
+              With ``beta > 0`` the KL becomes the generalized JSD of
+              :func:`~hf_msd.distillation.divergences.generalized_jsd` (1: reverse KL), still times ``T**2``.
             - "mse": mean over classes of ``(s - t)**2`` on the raw logits (temperature unused).
           For regression the loss is always the mean squared error to the teacher's output, whatever
           ``loss_type`` says (a divergence between distributions has no meaning there).
+        beta: in [0, 1], the divergence of "kl" (0, the default, is forward KL); other loss types take none.
 
     Returns a float32 tensor of shape (B,).
     """
@@ -182,12 +202,22 @@ def soft_target_loss(
             f"Student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape: teacher and student must share one label space."
         )
+    check_beta(beta)
     if problem_type == REGRESSION:
         return _per_example_mse(student_logits, teacher_logits)
     if loss_type not in SOFT_TARGET_LOSSES:
         raise ValueError(f"Unknown kd loss_type {loss_type!r}; registered: {sorted(SOFT_TARGET_LOSSES)}.")
+    if beta and loss_type != "kl":
+        raise ValueError(
+            f"beta={beta} selects a divergence of loss_type 'kl'; loss_type {loss_type!r} takes none."
+        )
+    divergence = {"beta": beta} if beta else {}  # registered losses without a beta keep their signature
     return SOFT_TARGET_LOSSES[loss_type](
-        student_logits, teacher_logits.detach(), problem_type=problem_type, temperature=temperature
+        student_logits,
+        teacher_logits.detach(),
+        problem_type=problem_type,
+        temperature=temperature,
+        **divergence,
     )
 
 
@@ -221,13 +251,15 @@ def token_soft_target_loss(
     causal: bool = False,
     temperature: float = 1.0,
     loss_type: str = "kl",
+    beta: float = 0.0,
 ) -> torch.Tensor:
     """Knowledge distillation on token-level logits (causal LM, token classification), per example.
 
     Each scored position's divergence is :func:`soft_target_loss` (single-label, softmax over the vocabulary
     ``V``) between ``student_logits`` and ``teacher_logits`` (B, T, V); the result is, for each example, the
     SUM over its scored positions (:func:`scored_token_mask`: label != -100, after the causal shift when
-    ``causal``). Divide the batch's sum by the number of scored positions for the mean over labelled tokens.
+    ``causal``). Divide the batch's sum by the number of scored positions for the mean over labelled tokens:
+    with ``beta`` that mean is ``T**2`` times TRL's ``generalized_jsd_loss`` (reduction "batchmean").
     Returns float32 (B,).
     """
     if student_logits.shape != teacher_logits.shape:
@@ -245,6 +277,7 @@ def token_soft_target_loss(
         problem_type=SINGLE_LABEL,
         temperature=temperature,
         loss_type=loss_type,
+        beta=beta,
     ).reshape(batch, length)
     return (per_token * mask).sum(dim=-1)
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from transformers import TrainingArguments
 
 from ..distillation import losses
+from ..distillation.divergences import check_beta
 
 HIDDEN_STATE_POOLINGS = ("none", "mean", "first")
 ATTENTION_HEAD_REDUCTIONS = ("mean", "match")
@@ -106,6 +107,15 @@ class DistillationTrainingArguments(TrainingArguments):
             "Regression always uses the MSE to the teacher's output."
         },
     )
+    beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "Divergence of kd_loss_type 'kl', in [0, 1], as TRL's GKD and DistillationTrainer define "
+            "it: 0 forward KL(teacher || student), 1 reverse KL(student || teacher), in between the "
+            "generalized Jensen-Shannon divergence with mixture beta * teacher + (1 - beta) * student. "
+            "Scaled by T^2 (TRL's is not)."
+        },
+    )
     hidden_loss_weight: float = field(
         default=0.0, metadata={"help": "Weight (>= 0) of hidden-state distillation; 0 turns it off."}
     )
@@ -181,6 +191,12 @@ class DistillationTrainingArguments(TrainingArguments):
             check_weight(name, getattr(self, name))
         if all(getattr(self, name) == 0 for name in weights):
             raise ValueError(f"All loss weights ({', '.join(weights)}) are 0: set at least one of them > 0.")
+        check_beta(self.beta)
+        if self.beta and self.kd_loss_type != "kl":
+            raise ValueError(
+                f"beta={self.beta} selects a divergence of kd_loss_type='kl', but kd_loss_type is "
+                f"{self.kd_loss_type!r}: set kd_loss_type='kl' or beta=0."
+            )
         for name, registry in (
             ("kd_loss_type", losses.SOFT_TARGET_LOSSES),
             ("hidden_loss_type", losses.HIDDEN_STATE_LOSSES),

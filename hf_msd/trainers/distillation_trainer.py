@@ -910,6 +910,7 @@ class DistillationTrainer(Trainer):
                 causal=self.token_level == "causal",
                 temperature=self.args.temperature,
                 loss_type=self.args.kd_loss_type,
+                beta=self.args.beta,
             )
         return losses.soft_target_loss(
             student_logits,
@@ -917,6 +918,7 @@ class DistillationTrainer(Trainer):
             problem_type=self._problem_type(inputs.get("labels")),
             temperature=self.args.temperature,
             loss_type=self.args.kd_loss_type,
+            beta=self.args.beta,
         )
 
     def _student_span(self, teacher_length: int, student_length: int) -> slice:

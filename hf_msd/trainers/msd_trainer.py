@@ -395,6 +395,7 @@ class MSDTrainer(DistillationTrainer):
                 causal=True,
                 temperature=self.args.temperature,
                 loss_type=self.args.kd_loss_type,
+                beta=self.args.beta,
             )
         return terms
 
@@ -429,6 +430,7 @@ class MSDTrainer(DistillationTrainer):
                 problem_type=problem_type,
                 temperature=self.args.temperature,
                 loss_type=self.args.kd_loss_type,
+                beta=self.args.beta,
             )
             for name, logits in zip(names, student_logits)
         }
