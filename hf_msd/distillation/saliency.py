@@ -34,7 +34,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..architectures import get_logits
+from ..constants import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from ..modalities.modality import Modality, model_inputs, remove, restrict
+from ..targets import answer_token_logits, resolve_problem_type
 from ..teacher_outputs.cache import cached_logits, has_cached_column, teacher_column, teacher_columns
 from ..teacher_outputs.fingerprint import (
     combine_fingerprints,
@@ -42,14 +44,7 @@ from ..teacher_outputs.fingerprint import (
     model_fingerprint,
     object_fingerprint,
 )
-from .losses import (
-    MULTI_LABEL,
-    REGRESSION,
-    SINGLE_LABEL,
-    answer_token_logits,
-    resolve_problem_type,
-    soft_target_loss,
-)
+from .losses import soft_target_loss
 
 SaliencyFn = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
 FULL = "full"
@@ -109,7 +104,7 @@ def answer_token_saliency(
         full_logits: (B, T, V) teacher logits on ``x``.
         full_labels: (B, T) its scored (answer) tokens, -100 elsewhere.
         without: per modality ``(logits (B, T_m, V), labels (B, T_m))`` of ``x without m``; the answer tokens
-            are matched by their order (:func:`~hf_msd.distillation.losses.answer_token_logits`), so each
+            are matched by their order (:func:`~hf_msd.targets.answer_token_logits`), so each
             example must have
             the same number of them in every input.
     """
@@ -281,7 +276,7 @@ def compute_saliency(
         saliency_fn: replaces :func:`default_saliency`.
         student: when given, its confidences on ``x`` and each ``x_m`` are recorded for the plots.
         device: where to run (default: the teacher's device).
-        problem_type: default :func:`~hf_msd.distillation.losses.resolve_problem_type` of the teacher's
+        problem_type: default :func:`~hf_msd.targets.resolve_problem_type` of the teacher's
         config.
 
     Returns:
