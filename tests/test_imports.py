@@ -133,7 +133,7 @@ def test_former_public_names_still_import():
 #: the data's views and the architectures. evaluation / hub / metrics serve the trainers and the workflow
 #: and import neither.
 LAYERS = (
-    ("hf_msd.constants", "hf_msd.targets", "hf_msd.recompile_limit", "hf_msd.progress_bars"),
+    ("hf_msd.constants", "hf_msd.errors", "hf_msd.targets", "hf_msd.recompile_limit", "hf_msd.progress_bars"),
     ("hf_msd.modalities",),
     ("hf_msd.architectures",),
     ("hf_msd.models", "hf_msd.pipelines"),
