@@ -334,7 +334,7 @@ def check_student_schedule(training_args: MSDTrainingArguments) -> None:
     epochs = training_args.num_train_epochs
     if training_args.max_steps <= 0 and not (math.isfinite(epochs) and epochs > 0):
         raise InputValueError(
-            f"--num_train_epochs {epochs!r} trains the student for no step: give --num_train_epochs > 0 "
+            f"--num_train_epochs {epochs:g} trains the student for no step: give --num_train_epochs > 0 "
             "(or --max_steps > 0)."
         )
 
