@@ -24,8 +24,8 @@ settings.
 
 import sys
 
-from hf_msd.data import DataValidationError
-from hf_msd.experiment import StageMismatchError, parse_arguments, run_experiment
+from hf_msd.errors import UserInputError
+from hf_msd.experiment import parse_arguments, run_experiment
 
 NO_CONFIG = """run_msd.py: error: no config file. Give one first; flags after it override its values:
   examples/configs/tiny_easy_vqa.yaml    tiny random models, seconds (a smoke test, not for accuracy)
@@ -36,8 +36,10 @@ Without a config file only --teacher_name_or_path runs (no teacher is trained); 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and run the workflow; bad arguments and bad data end the run with a message
-    naming the flag (no traceback), before any training."""
+    """Parse the command line and run the workflow. Errors about the user's own input or setup (bad arguments,
+    bad data, a missing file, an output folder in use, under a file or holding other settings' stages) end
+    the run with a message naming the flag and the fix, no traceback; any other error is a bug and keeps its
+    traceback."""
     argv = sys.argv[1:] if argv is None else argv
     has_config = bool(argv) and argv[0].endswith((".yaml", ".yml", ".json"))
     asks_help = any(flag in argv for flag in ("-h", "--help"))
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"run_msd.py: error: {error}")
     try:
         run_experiment(*arguments)
-    except (DataValidationError, StageMismatchError, FileNotFoundError) as error:
+    except (UserInputError, FileNotFoundError) as error:
         sys.exit(f"run_msd.py: error: {error}")
 
 

@@ -124,3 +124,67 @@ def test_former_public_names_still_import():
     from hf_msd import ArchitectureAdapter, ModelPreset, register_architecture, register_model_preset
 
     assert ModelPreset is ArchitectureAdapter and register_model_preset is register_architecture
+
+
+#: The layers of hf_msd, lowest first: a module may import its own layer and those below, never one above.
+#: The leaves import nothing of hf_msd (or only each other). The pipeline file is uploaded beside a model as
+#: remote code and imports nothing of hf_msd, like the models. The teacher-output cache sits below
+#: distillation: the population saliency reads cached teacher logits, and the cache needs only the leaves,
+#: the data's views and the architectures. evaluation / hub / metrics serve the trainers and the workflow
+#: and import neither.
+LAYERS = (
+    ("hf_msd.constants", "hf_msd.errors", "hf_msd.targets", "hf_msd.recompile_limit", "hf_msd.progress_bars"),
+    ("hf_msd.modalities",),
+    ("hf_msd.architectures",),
+    ("hf_msd.models", "hf_msd.pipelines"),
+    ("hf_msd.data",),
+    ("hf_msd.teacher_outputs",),
+    ("hf_msd.distillation",),
+    ("hf_msd.evaluation", "hf_msd.hub", "hf_msd.metrics"),
+    ("hf_msd.trainers",),
+    ("hf_msd.experiment",),
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of the part that holds ``module``."""
+    for index, parts in enumerate(LAYERS):
+        if any(module == part or module.startswith(f"{part}.") for part in parts):
+            return index
+    raise KeyError(f"{module} is in no layer of LAYERS: add its part there.")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every ``importer -> imported`` of ``graph`` that runs up the layers (the package root, which gathers
+    the public names, is left out)."""
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module != "hf_msd"
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    )
+
+
+def test_upward_imports_are_found():
+    graph = {
+        "hf_msd.data.collator": {"hf_msd.distillation.losses", "hf_msd.constants"},
+        "hf_msd.evaluation.speed": {"hf_msd.trainers.compilation"},
+        "hf_msd.trainers.compilation": {"hf_msd.recompile_limit"},
+        "hf_msd.hub.model_card": {"hf_msd.distillation.saliency", "hf_msd.evaluation.speed"},
+    }
+    assert upward_imports(graph) == [
+        "hf_msd.data.collator -> hf_msd.distillation.losses",
+        "hf_msd.evaluation.speed -> hf_msd.trainers.compilation",
+    ]
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        if module != "hf_msd":
+            layer_of(module)
+
+
+def test_no_import_runs_up_the_layers():
+    graph = import_graph({k: v for k, v in MODULES.items() if not k.startswith(NOT_MODULES)})
+    assert upward_imports(graph) == []

@@ -121,10 +121,14 @@ def test_body_has_results_size_speed_saliency_method_usage_and_citations():
     text = _card(
         throughput={"teacher": 100.0, "student": 250.0}, throughput_setting="batch 8", saliency_plot="s.png"
     ).text
-    # "both" first, then the modalities by name; a missing score is "n/a"; 4 decimals.
-    assert "| model | both | image | text |" in text
-    assert "| teacher | 0.9700 | 0.3000 | 0.4100 |" in text
-    assert "| student | 0.9123 | n/a | 0.8800 |" in text
+    # One row per model and input condition: "both" first, then the modalities by name; 4 decimals; no row
+    # for a condition a model was not scored on.
+    results = (
+        "| model | input | accuracy |\n|---|---|---|\n| teacher | both | 0.9700 |\n"
+        "| teacher | image only | 0.3000 |\n| teacher | text only | 0.4100 |\n"
+        "| student | both | 0.9123 |\n| student | text only | 0.8800 |\n"
+    )
+    assert results in text
     assert "| teacher | 1,234,567 |" in text and "| student | 98,765 |" in text
     assert "12.50x fewer parameters" in text  # 1234567 / 98765
     assert "teacher 100.0 examples/s, student 250.0 examples/s, a **2.50x** speed-up (batch 8)" in text
@@ -183,7 +187,7 @@ def test_missing_speed_and_plot_are_said_not_invented():
 def test_card_without_student_scores_has_no_model_index():
     card = _card(evaluation={"teacher": {"both": {"accuracy": 0.5}}})
     assert "model-index" not in _front_matter(card.content)
-    assert "| teacher | 0.5000 |" in card.text
+    assert "| teacher | both | 0.5000 |" in card.text
 
 
 def test_several_metrics_get_one_column_each():
@@ -192,19 +196,19 @@ def test_several_metrics_get_one_column_each():
         "student": {"both": {"exact_match": 0.5, "micro_f1": 0.75}, "text": {"exact_match": 0.25}},
     }
     card = _card(evaluation=evaluation)
-    header = "| model | exact_match (both) | exact_match (text) | micro_f1 (both) | micro_f1 (text) |"
-    assert header in card.text
-    assert "| teacher | 0.6000 | n/a | n/a | 0.5000 |" in card.text
-    assert "| student | 0.5000 | 0.2500 | 0.7500 | n/a |" in card.text
+    assert "| model | input | exact_match | micro_f1 |" in card.text
+    assert "| teacher | both | 0.6000 | n/a |\n| teacher | text only | n/a | 0.5000 |" in card.text
+    assert "| student | both | 0.5000 | 0.7500 |\n| student | text only | 0.2500 | n/a |" in card.text
     assert _metrics(card.data.to_dict()) == {
         "exact_match (both)": 0.5,
         "micro_f1 (both)": 0.75,
         "exact_match (text)": 0.25,
     }
-    # Only the (metric, condition) pairs that some model has: per-type accuracies exist for "both" only.
+    # Per-type accuracies are columns beside the overall one; a condition without them shows "n/a".
     student = {"both": {"accuracy": 0.5, "accuracy_shape": 0.4}, "text": {"accuracy": 0.3}}
     per_type = _card(evaluation={"student": student}).text
-    assert "| model | accuracy (both) | accuracy (text) | accuracy_shape (both) |" in per_type
+    assert "| model | input | accuracy | accuracy_shape |" in per_type
+    assert "| student | both | 0.5000 | 0.4000 |\n| student | text only | 0.3000 | n/a |" in per_type
 
 
 def test_unknown_method_raises_naming_it():

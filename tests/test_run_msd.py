@@ -1,8 +1,10 @@
 """End-to-end: examples/run_msd.py on a tiny easy-VQA slice with tiny models, as a user runs it."""
 
+import importlib.util
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,8 @@ from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 from hf_msd.data import load_easy_vqa
 from hf_msd.experiment import parse_arguments
+from hf_msd.experiment.arguments import check_student_schedule
+from hf_msd.experiment.output_lock import LOCK_FILE
 from tests.helpers.launch import two_process_launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +57,82 @@ def test_bad_argument_is_named_before_any_work():
         parse_arguments([str(TINY), "--method", "distil"])
     with pytest.raises(ValueError, match="student_modalities"):
         parse_arguments([str(TINY), "--student_modalities", "audio"])
+
+
+def main_exit_message(*args: str) -> str:
+    """Run examples/run_msd.py's ``main`` on the tiny config and ``args`` in this process and return the
+    message of the SystemExit it must end with (any other exception escapes and fails the test)."""
+    spec = importlib.util.spec_from_file_location("run_msd", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([str(TINY), *args])
+    return str(exit_info.value.code)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--num_train_epochs", "0"),
+        ("--num_train_epochs", "0", "--max_steps", "0"),
+        ("--num_train_epochs", "-1"),
+    ],
+)
+def test_a_student_schedule_of_no_step_is_refused_before_any_work(tmp_path, flags):
+    out = tmp_path / "run"
+    message = main_exit_message("--output_dir", str(out), *flags)
+    assert message.startswith("run_msd.py: error: --num_train_epochs") and "--max_steps" in message, message
+    assert "\n" not in message
+    assert not out.exists()  # refused before the data, the teacher or the lock
+
+
+def test_a_schedule_of_steps_is_accepted_whatever_the_epochs():
+    for flags, accepted in (
+        (["--max_steps", "2", "--num_train_epochs", "0"], True),
+        (["--num_train_epochs", "0.5"], True),
+        (["--num_train_epochs", "nan"], False),
+    ):
+        training_args = parse_arguments([str(TINY), *flags])[3]
+        try:
+            check_student_schedule(training_args)
+        except ValueError:
+            assert not accepted, flags
+        else:
+            assert accepted, flags
+
+
+def test_an_output_dir_in_use_is_one_line_naming_the_flag(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now", "command": "another run"}
+    (out / LOCK_FILE).write_text(json.dumps(holder))
+    message = main_exit_message("--output_dir", str(out))
+    assert message.startswith(f"run_msd.py: error: --output_dir {out} is in use by process {os.getpid()}")
+    assert "\n" not in message
+
+
+def test_an_output_dir_at_or_under_a_file_is_one_line_naming_the_flag(tmp_path):
+    """``sys.exit(message)``: Python prints the message alone on stderr and exits with status 1."""
+    (tmp_path / "file").write_text("not a folder")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert main_exit_message("--output_dir", str(out)) == (
+            f"run_msd.py: error: --output_dir {out} cannot be created: {tmp_path / 'file'} is a file, not a "
+            "folder. Choose another --output_dir."
+        )
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only errors about the user's input become one line: anything else escapes ``main`` as it was."""
+    spec = importlib.util.spec_from_file_location("run_msd", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def broken(*arguments):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(script, "run_experiment", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        script.main([str(TINY), "--output_dir", str(tmp_path)])
 
 
 def _test_accuracy_by_hand(student_dir: Path, max_test_samples: int, condition: str) -> float:

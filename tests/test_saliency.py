@@ -12,6 +12,7 @@ from hf_msd.distillation.saliency import (
     default_saliency,
     modality_saliency,
     plot_saliency,
+    saliency_figure,
     saliency_fingerprint,
 )
 from hf_msd.modalities.modality import Modality
@@ -158,6 +159,29 @@ def test_plot_writes_a_png(vilt_report, tmp_path):
         assert image.size[0] > 400 and image.size[1] > 300
         low, high = image.convert("L").getextrema()
         assert high - low > 100  # something was drawn on the white background
+
+
+@pytest.mark.parametrize("with_student", [False, True])
+def test_every_panel_of_the_plot_has_data(with_student):
+    saliency = torch.tensor([[0.5, 0.1], [1.5, 0.3], [1.0, 0.8]])
+    confidence = {key: torch.tensor([0.9, 0.6, 0.4]) for key in ("full", "text", "image")}
+    report = SaliencyReport(
+        modality_names=["text", "image"],
+        problem_type=SINGLE_LABEL,
+        saliency=saliency,
+        teacher_confidence=confidence,
+        student_confidence=confidence if with_student else None,
+    )
+    panels = saliency_figure(report).axes  # those of its subfigures (rows) included
+    assert len(panels) == (3 if with_student else 2) + 2
+    for ax in panels:
+        assert ax.get_visible() and ax.get_title()
+        assert ax.patches or ax.lines, ax.get_title()  # bars or histogram patches drawn
+    population = next(ax for ax in panels if ax.get_title().startswith("Population saliency"))
+    heights = [bar.get_height() for bar in population.patches]
+    # S_text = mean(0.5, 1.5, 1.0) = 1.0, S_image = mean(0.1, 0.3, 0.8) = 0.4
+    assert heights == pytest.approx([1.0, 0.4])
+    assert [label.get_text() for label in population.get_xticklabels()] == ["text", "image"]
 
 
 def test_report_json_round_trip(vilt_report, tmp_path):

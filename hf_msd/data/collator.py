@@ -12,7 +12,7 @@ import PIL.Image
 import torch
 from transformers import BatchFeature
 
-from ..distillation.losses import IGNORE_INDEX
+from ..constants import IGNORE_INDEX
 from ..pipelines.multimodal_classification import max_text_tokens, text_positions
 from .validation import validate_examples
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..distillation.losses import IGNORE_INDEX
+from ..constants import IGNORE_INDEX
 from .validation import validate_examples
 
 #: The modality views a :class:`VisionLanguageCollator` builds besides the full input.

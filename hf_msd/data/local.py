@@ -30,12 +30,14 @@ from typing import Any
 import PIL.Image
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 
+from ..errors import UserInputError
+
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = ("train", "validation", "test")
 _MAX_REPORTED_PROBLEMS = 20
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserInputError, ValueError):
     """Raised when local data files have problems; `problems` lists one message per problem."""
 
     def __init__(self, problems: list[str]):

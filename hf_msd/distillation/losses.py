@@ -23,14 +23,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX, MULTI_LABEL, PROBLEM_TYPES, REGRESSION, SINGLE_LABEL
+from ..targets import answer_token_logits as answer_token_logits  # re-exported: read as losses.<name>
+from ..targets import resolve_problem_type as resolve_problem_type  # re-exported: read as losses.<name>
+from ..targets import token_targets
 from .divergences import check_beta, generalized_jsd
-
-SINGLE_LABEL = "single_label_classification"
-MULTI_LABEL = "multi_label_classification"
-REGRESSION = "regression"
-PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
-#: The label of an unlabelled example (transformers' ignore index); see :func:`labelled_mask`.
-IGNORE_INDEX = -100
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -58,25 +55,6 @@ def register_loss(kind: str, name: str) -> Callable[[LossFn], LossFn]:
         return fn
 
     return decorator
-
-
-def resolve_problem_type(config, labels: torch.Tensor | None = None) -> str:
-    """The problem type of a classification model, as transformers' sequence-classification heads infer it.
-
-    Uses ``config.problem_type`` when set; otherwise ``num_labels == 1`` means regression, integer labels
-    mean single-label classification and anything else multi-label classification. Without labels and
-    without ``problem_type``, ``num_labels > 1`` is taken as single-label classification.
-    """
-    problem_type = getattr(config, "problem_type", None)
-    if problem_type is not None:
-        if problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"config.problem_type={problem_type!r} is not one of {PROBLEM_TYPES}.")
-        return problem_type
-    if getattr(config, "num_labels", 2) == 1:
-        return REGRESSION
-    if labels is None or labels.dtype in (torch.long, torch.int):
-        return SINGLE_LABEL
-    return MULTI_LABEL
 
 
 def _check_problem_type(problem_type: str) -> None:
@@ -221,13 +199,6 @@ def soft_target_loss(
     )
 
 
-def token_targets(labels: torch.Tensor, causal: bool) -> torch.Tensor:
-    """The target of each scored position of a token-level model: ``labels`` (B, T), or for a causal LM
-    ``labels[:, 1:]`` (the logits at position t predict the token at t + 1), as transformers' causal-LM
-    loss."""
-    return labels[:, 1:] if causal else labels
-
-
 def scored_token_mask(
     labels: torch.Tensor | None, attention_mask: torch.Tensor | None, shape: torch.Size, causal: bool
 ) -> torch.Tensor:
@@ -280,26 +251,6 @@ def token_soft_target_loss(
         beta=beta,
     ).reshape(batch, length)
     return (per_token * mask).sum(dim=-1)
-
-
-def answer_token_logits(
-    logits: torch.Tensor, labels: torch.Tensor, causal: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits that predict each scored token (label != -100, after the causal shift), in order and
-    left-aligned, so the same answer in two inputs of different prompt lengths lines up token by token.
-
-    ``logits`` (B, T, V) and ``labels`` (B, T) -> ``(answer_logits (B, A, V), mask (B, A))`` with ``A`` the
-    largest number of scored tokens of an example; ``mask`` marks the real entries.
-    """
-    if causal:
-        logits = logits[:, :-1]
-    scored = token_targets(labels, causal) != IGNORE_INDEX
-    counts = scored.sum(dim=-1)
-    length = int(counts.max()) if counts.numel() else 0
-    order = torch.argsort((~scored).to(torch.int8), dim=-1, stable=True)[:, :length]
-    gathered = logits.gather(1, order[..., None].expand(-1, -1, logits.shape[-1]).to(logits.device))
-    mask = torch.arange(length, device=counts.device)[None] < counts[:, None]
-    return gathered, mask
 
 
 def token_task_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool = False) -> torch.Tensor:

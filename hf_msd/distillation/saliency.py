@@ -34,7 +34,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..architectures import get_logits
+from ..constants import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from ..modalities.modality import Modality, model_inputs, remove, restrict
+from ..targets import answer_token_logits, resolve_problem_type
 from ..teacher_outputs.cache import cached_logits, has_cached_column, teacher_column, teacher_columns
 from ..teacher_outputs.fingerprint import (
     combine_fingerprints,
@@ -42,14 +44,7 @@ from ..teacher_outputs.fingerprint import (
     model_fingerprint,
     object_fingerprint,
 )
-from .losses import (
-    MULTI_LABEL,
-    REGRESSION,
-    SINGLE_LABEL,
-    answer_token_logits,
-    resolve_problem_type,
-    soft_target_loss,
-)
+from .losses import soft_target_loss
 
 SaliencyFn = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
 FULL = "full"
@@ -109,7 +104,7 @@ def answer_token_saliency(
         full_logits: (B, T, V) teacher logits on ``x``.
         full_labels: (B, T) its scored (answer) tokens, -100 elsewhere.
         without: per modality ``(logits (B, T_m, V), labels (B, T_m))`` of ``x without m``; the answer tokens
-            are matched by their order (:func:`~hf_msd.distillation.losses.answer_token_logits`), so each
+            are matched by their order (:func:`~hf_msd.targets.answer_token_logits`), so each
             example must have
             the same number of them in every input.
     """
@@ -281,7 +276,7 @@ def compute_saliency(
         saliency_fn: replaces :func:`default_saliency`.
         student: when given, its confidences on ``x`` and each ``x_m`` are recorded for the plots.
         device: where to run (default: the teacher's device).
-        problem_type: default :func:`~hf_msd.distillation.losses.resolve_problem_type` of the teacher's
+        problem_type: default :func:`~hf_msd.targets.resolve_problem_type` of the teacher's
         config.
 
     Returns:
@@ -388,12 +383,20 @@ def has_cached_saliency_columns(dataset, modalities: Sequence[Modality]) -> bool
 
 
 def plot_saliency(report: SaliencyReport, path: str | os.PathLike, bins: int = 30) -> str:
-    """Write a PNG with the saliency analysis of ``report`` to ``path``; returns ``path``.
+    """Write a PNG with the saliency analysis of ``report`` (:func:`saliency_figure`) to ``path``; returns
+    ``path``. Requires matplotlib (``pip install hf_msd[plots]``); uses the Agg backend, no display needed."""
+    saliency_figure(report, bins).savefig(os.fspath(path), format="png", dpi=100)
+    return os.fspath(path)
 
-    Top row: density (normalised histogram) of the teacher's confidence (see
-    :class:`SaliencyReport`) given both modalities and each modality alone; with student confidences, a
-    second panel for the student. Bottom row: one histogram of ``s_m`` per modality with its mean.
-    Requires matplotlib (``pip install hf_msd[plots]``); uses the Agg backend, no display needed.
+
+def saliency_figure(report: SaliencyReport, bins: int = 30):
+    """The saliency analysis of ``report`` as a matplotlib ``Figure`` of two rows, every panel drawn.
+
+    Top row: density (normalised histogram) of the teacher's confidence (see :class:`SaliencyReport`) given
+    both modalities and each modality alone; with student confidences, a second panel for the student; then
+    the population saliency ``S_m`` of each modality (bars: mean over the examples, error bars: standard
+    deviation), the values MSD's population weighting starts from. Bottom row: one histogram of ``s_m`` per
+    modality with its mean.
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -404,13 +407,14 @@ def plot_saliency(report: SaliencyReport, path: str | os.PathLike, bins: int = 3
     density_panels = [("Teacher", report.teacher_confidence)]
     if report.student_confidence is not None:
         density_panels.append(("Student", report.student_confidence))
-    columns = max(len(density_panels), len(report.modality_names))
-    figure = Figure(figsize=(4.5 * columns, 7.0))
+    names = report.modality_names
+    figure = Figure(figsize=(4.5 * max(len(density_panels) + 1, len(names)), 7.0), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(2, columns, squeeze=False)
+    top, bottom = figure.subfigures(2, 1)
+    top_axes = top.subplots(1, len(density_panels) + 1, squeeze=False)[0]
     x_label = "output" if report.problem_type == REGRESSION else "probability of the full-input prediction"
     value_range = None if report.problem_type == REGRESSION else (0.0, 1.0)
-    for ax, (who, confidence) in zip(axes[0], density_panels):
+    for ax, (who, confidence) in zip(top_axes, density_panels):
         for key, values in confidence.items():
             label = "both modalities" if key == FULL else f"{key} only"
             ax.hist(
@@ -424,14 +428,19 @@ def plot_saliency(report: SaliencyReport, path: str | os.PathLike, bins: int = 3
             )
         ax.set(title=f"{who} output density", xlabel=x_label, ylabel="density")
         ax.legend(fontsize="small")
-    for ax, (index, name) in zip(axes[1], enumerate(report.modality_names)):
+    population = top_axes[-1]
+    means, stds = report.mean.tolist(), report.std.tolist()  # the means are also in the bottom row's legends
+    population.bar(names, means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(names))])
+    population.set_ylim(bottom=0.0)  # a divergence: the error bar's lower half may reach below 0
+    population.set(
+        title="Population saliency S_m (mean ± std)",
+        xlabel="modality m",
+        ylabel="mean of D(T(x) || T(x without m))",
+    )
+    for ax, (index, name) in zip(bottom.subplots(1, len(names), squeeze=False)[0], enumerate(names)):
         values = report.saliency[:, index]
         ax.hist(values.numpy(), bins=bins, color=f"C{index}")
         ax.axvline(float(values.mean()), color="k", linestyle="--", label=f"mean {float(values.mean()):.3g}")
         ax.set(title=f"Saliency of {name}", xlabel=f"D(T(x) || T(x without {name}))", ylabel="examples")
         ax.legend(fontsize="small")
-    for ax in [*axes[0][len(density_panels) :], *axes[1][len(report.modality_names) :]]:
-        ax.set_visible(False)
-    figure.tight_layout()
-    figure.savefig(os.fspath(path), format="png", dpi=100)
-    return os.fspath(path)
+    return figure

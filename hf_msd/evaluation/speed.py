@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..trainers.compilation import allow_recompiles
+from ..recompile_limit import allow_recompiles
 
 
 def time_interleaved(

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from ..errors import InputValueError
 from ..modalities.dropout import check_modality_dropout
 from ..trainers import MSDTrainingArguments
 from ..trainers.distillation_config import check_weight
@@ -324,6 +325,18 @@ class ExperimentArguments:
         check_modality_dropout("teacher_modality_dropout", self.teacher_modality_dropout)
         if self.saliency_max_samples < 1:
             raise ValueError(f"saliency_max_samples must be >= 1, got {self.saliency_max_samples}.")
+
+
+def check_student_schedule(training_args: MSDTrainingArguments) -> None:
+    """Refuse, before any work, a student stage that would train nothing: without ``max_steps > 0`` the
+    student's ``num_train_epochs`` must be a finite number > 0, as ``teacher_num_train_epochs`` must be
+    (``Trainer`` itself accepts 0 epochs, which would mark the stage done for an untrained student)."""
+    epochs = training_args.num_train_epochs
+    if training_args.max_steps <= 0 and not (math.isfinite(epochs) and epochs > 0):
+        raise InputValueError(
+            f"--num_train_epochs {epochs:g} trains the student for no step: give --num_train_epochs > 0 "
+            "(or --max_steps > 0)."
+        )
 
 
 def layer_list(name: str, value: str | None) -> list[int] | None:

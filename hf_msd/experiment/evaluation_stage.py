@@ -12,10 +12,10 @@ from transformers import PreTrainedModel
 
 from ..architectures import default_modalities
 from ..data import easy_vqa_question_types
-from ..distillation.losses import resolve_problem_type
 from ..evaluation.robustness import evaluate_by_modality
 from ..evaluation.speed import compare_inference_speed
 from ..metrics import make_compute_metrics
+from ..targets import resolve_problem_type
 from .progress import announce
 from .run import Run, base_training_args, label_names, make_collator
 

@@ -23,12 +23,14 @@ from pathlib import Path
 from accelerate import PartialState
 from transformers.utils import logging
 
+from ..errors import InputValueError, UserInputError
+
 logger = logging.get_logger(__name__)
 
 LOCK_FILE = ".hf_msd.lock"
 
 
-class OutputDirLockedError(RuntimeError):
+class OutputDirLockedError(UserInputError, RuntimeError):
     """Another run is writing into the same output folder."""
 
 
@@ -62,12 +64,26 @@ def _read(path: Path) -> dict | None:
         return {}
 
 
+def check_output_dir(output_dir: str | os.PathLike) -> None:
+    """Refuse, naming ``--output_dir``, a folder that cannot be created: it, or the closest of its parents
+    that exists, is a file."""
+    existing = next(
+        path for path in (Path(output_dir), *Path(output_dir).absolute().parents) if path.exists()
+    )
+    if not existing.is_dir():
+        raise InputValueError(
+            f"--output_dir {output_dir} cannot be created: {existing} is a file, not a folder. "
+            "Choose another --output_dir."
+        )
+
+
 def acquire(output_dir: str | os.PathLike) -> Path:
     """Create the lock of ``output_dir`` for this process (taking over a stale one); returns its path.
 
     Raises:
         OutputDirLockedError: a live process (or one on another host) holds it, named in the message.
     """
+    check_output_dir(output_dir)
     path = Path(output_dir) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()

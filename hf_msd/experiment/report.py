@@ -12,6 +12,7 @@ from typing import Any
 from accelerate import PartialState
 from transformers import PreTrainedModel, TrainingArguments
 
+from ..errors import InputValueError
 from ..hub import build_model_card, card_speed, hub_id, training_hyperparameters
 from .arguments import DataArguments
 from .data_stage import labelled_count
@@ -140,7 +141,7 @@ def card_dataset_name(data_args: DataArguments) -> str:
 
 def check_hub_model_id(training_args: TrainingArguments) -> None:
     if not training_args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/easy-vqa-msd-student').")
+        raise InputValueError("--push_to_hub needs --hub_model_id (e.g. 'your-name/easy-vqa-msd-student').")
 
 
 def push_student(student_dir: Path, training_args: TrainingArguments) -> str:

@@ -15,10 +15,12 @@ import torch
 from accelerate import PartialState
 from transformers import TrainingArguments
 
+from ..errors import UserInputError
+
 STAGE_FILE = "hf_msd_stage.json"
 
 
-class StageMismatchError(RuntimeError):
+class StageMismatchError(UserInputError, RuntimeError):
     """A stage's folder holds output produced with other settings."""
 
 

@@ -17,11 +17,11 @@ from transformers import (
 )
 
 from ..architectures import default_modalities
-from ..distillation.losses import resolve_problem_type
 from ..metrics import make_compute_metrics
 from ..models import make_student, student_from_config
 from ..pipelines import add_pipeline_code
 from ..progress_bars import label_progress_bars
+from ..targets import resolve_problem_type
 from ..teacher_outputs.cache import precompute_teacher_outputs
 from ..trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
 from .arguments import ModelArguments, json_object, layer_list

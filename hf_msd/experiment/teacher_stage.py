@@ -18,6 +18,7 @@ from transformers import (
 
 from ..architectures import default_modalities
 from ..data.labels import align_label_order
+from ..errors import InputValueError
 from ..metrics import make_compute_metrics
 from ..modalities.dropout import ModalityDropoutCollator, ModalityDropoutTrainer
 from ..modalities.modality import model_inputs
@@ -57,7 +58,7 @@ def load_teacher(run: Run) -> tuple[PreTrainedModel, Any, dict]:
     """A trained teacher from ``teacher_name_or_path`` with its processor, its logits checked to follow the
     data's label order (by name); with ``compact_vocabulary``, restricted to the training texts' tokens."""
     if run.exp_args.teacher_modality_dropout > 0:
-        raise ValueError(
+        raise InputValueError(
             "teacher_modality_dropout applies while a new teacher is trained, but teacher_name_or_path "
             "loads a trained one: drop one or the other."
         )
@@ -181,7 +182,7 @@ def new_teacher(
         model = MultimodalTransformerForSequenceClassification(config)
     tokenizer_path = resolve_path(model_args.tokenizer_name_or_path) or encoder
     if not tokenizer_path:
-        raise ValueError("text_encoder_name_or_path='none' needs --tokenizer_name_or_path.")
+        raise InputValueError("text_encoder_name_or_path='none' needs --tokenizer_name_or_path.")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if model_args.compact_vocabulary:
         if train_texts is None:

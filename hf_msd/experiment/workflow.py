@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..trainers import MSDTrainingArguments
-from .arguments import DataArguments, ExperimentArguments, ModelArguments
+from .arguments import DataArguments, ExperimentArguments, ModelArguments, check_student_schedule
 from .data_stage import load_data, training_split
 from .evaluation_stage import evaluate_models, measure_speed
 from .output_lock import output_dir_lock
@@ -51,8 +51,10 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run every stage (see the module docstring) and return the summary written to ``summary.json``.
 
-    ``output_dir`` is locked for the run (:mod:`hf_msd.experiment.output_lock`): a second run into the same
-    folder raises :class:`~hf_msd.experiment.output_lock.OutputDirLockedError` naming the first."""
+    A student schedule of no step (:func:`~hf_msd.experiment.arguments.check_student_schedule`) is refused
+    first. ``output_dir`` is locked for the run (:mod:`hf_msd.experiment.output_lock`): a second run into the
+    same folder raises :class:`~hf_msd.experiment.output_lock.OutputDirLockedError` naming the first."""
+    check_student_schedule(training_args)
     training_args = for_this_machine(training_args)  # decides which process is the main one
     with output_dir_lock(training_args.output_dir, main_process=training_args.process_index == 0):
         return _run_stages(model_args, data_args, exp_args, training_args)

@@ -289,13 +289,21 @@ def _scores(conditions: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str
 
 
 def _results_table(scores: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """One column per (metric, condition) that some model has; "n/a" where a model lacks it."""
-    conditions = sorted({c for per_model in scores.values() for c in per_model}, key=_input_order)
+    """One row per model and input condition it was scored on ("both" first, then "<modality> only"), one
+    column per metric (with easy-VQA, ``accuracy`` and one ``accuracy_<question type>`` per type); "n/a"
+    where a row lacks the metric."""
     metrics = sorted({m for per_model in scores.values() for values in per_model.values() for m in values})
-    columns = [(m, c) for m in metrics for c in conditions if any(m in p.get(c, {}) for p in scores.values())]
-    header = ["model", *(c if len(metrics) == 1 else f"{m} ({c})" for m, c in columns)]
-    rows = [[model, *(p.get(c, {}).get(m, "n/a") for m, c in columns)] for model, p in scores.items()]
-    return _markdown_table(header, rows)
+    rows = [
+        [model, _condition_name(condition), *(values.get(m, "n/a") for m in metrics)]
+        for model, per_model in scores.items()
+        for condition, values in sorted(per_model.items(), key=lambda item: _input_order(item[0]))
+    ]
+    return _markdown_table(["model", "input", *metrics], rows)
+
+
+def _condition_name(condition: str) -> str:
+    """``both`` as it is, a single modality as ``<modality> only``."""
+    return condition if condition == "both" else f"{condition} only"
 
 
 def _size_table(parameters: Mapping[str, int]) -> str:

@@ -66,16 +66,10 @@ from datasets import Sequence as SequenceFeature
 from transformers.utils import logging
 
 from ..architectures import default_modalities
+from ..constants import IGNORE_INDEX, REGRESSION, SINGLE_LABEL
 from ..data.generative import DISTILLATION_LABELS, VIEW_NAMES, VIEW_PREFIX, view_inputs, view_key
-from ..distillation.losses import (
-    IGNORE_INDEX,
-    REGRESSION,
-    SINGLE_LABEL,
-    answer_token_logits,
-    resolve_problem_type,
-    token_targets,
-)
 from ..modalities.modality import Modality, model_inputs, remove, restrict
+from ..targets import answer_token_logits, resolve_problem_type, token_targets
 from .fingerprint import combine_fingerprints, dataset_fingerprint, model_fingerprint, object_fingerprint
 
 logger = logging.get_logger(__name__)
@@ -429,7 +423,7 @@ def precompute_teacher_outputs(
         deterministic_inputs: skip the check that collating the same examples twice gives the same batch;
             set it only when the randomness does not reach the model's inputs.
         device: where the teacher runs (default: its own device).
-        problem_type: default :func:`~hf_msd.distillation.losses.resolve_problem_type` of the teacher's
+        problem_type: default :func:`~hf_msd.targets.resolve_problem_type` of the teacher's
         config.
 
     Returns:

@@ -15,15 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-#: dynamo's per-code-object recompile limit while compiling (torch's default is 8): MSD on two modalities
-#: needs up to 3 signatures x (student train, student eval, teacher) = 9 graphs of one forward.
-RECOMPILE_LIMIT = 64
+from ..recompile_limit import RECOMPILE_LIMIT, allow_recompiles
 
-
-def allow_recompiles(limit: int = RECOMPILE_LIMIT) -> None:
-    """Raise ``torch._dynamo.config.recompile_limit`` to at least ``limit`` (never lowers it)."""
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, limit)
+__all__ = ["RECOMPILE_LIMIT", "allow_recompiles", "mark_batch_dynamic", "uncompiled"]
 
 
 def mark_batch_dynamic(inputs: dict[str, Any]) -> dict[str, Any]:
