@@ -412,7 +412,8 @@ def precompute_teacher_outputs(
         modalities: the modality spec; default the teacher's
             (:func:`~hf_msd.architectures.default_modalities`). Unused for a generative teacher (its views
             are the collator's ``x_image`` and ``x_text``).
-        data_collator: turns a list of examples into a batch dict of tensors (the trainer's collator).
+        data_collator: turns a list of examples into a batch dict of tensors (the trainer's collator); its
+            ``validate(dataset, name=...)``, when it has one, checks every row first, naming the bad ones.
         batch_size: examples per teacher pass.
         storage_dtype: "float32" or "float16".
         top_k: store only the top-k classes per example and spread the rest (see the module docstring).
@@ -442,6 +443,9 @@ def precompute_teacher_outputs(
         raise ValueError("The dataset is empty: there are no teacher outputs to compute.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    validate = getattr(data_collator, "validate", None)
+    if callable(validate):  # names a bad row (no image, an empty question) before the first collated batch
+        validate(dataset, name="dataset")
     answer_tokens = DISTILLATION_LABELS in data_collator([dataset[0]])
     if answer_tokens:  # a generative teacher: its answer-token distributions on x and each view
         modalities, problem_type = list(VIEW_NAMES), SINGLE_LABEL
