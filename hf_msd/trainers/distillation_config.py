@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from transformers import TrainingArguments
 
@@ -151,6 +151,14 @@ class DistillationTrainingArguments(TrainingArguments):
         },
     )
 
+    #: The weights of the loss terms: each is checked (finite, >= 0), and not all of them may be 0.
+    loss_weight_names: ClassVar[tuple[str, ...]] = (
+        "hard_label_weight",
+        "kd_loss_weight",
+        "hidden_loss_weight",
+        "attention_loss_weight",
+    )
+
     @classmethod
     def from_training_arguments(cls: type[_Args], args: TrainingArguments, **overrides: Any) -> _Args:
         """``args`` (any `TrainingArguments`) as ``cls``, keeping every field it has, plus ``overrides``.
@@ -176,7 +184,7 @@ class DistillationTrainingArguments(TrainingArguments):
         check_weight("learning_rate", self.learning_rate)  # transformers accepts NaN, inf and negatives
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}.")
-        weights = ("hard_label_weight", "kd_loss_weight", "hidden_loss_weight", "attention_loss_weight")
+        weights = self.loss_weight_names
         for name in weights:
             check_weight(name, getattr(self, name))
         if all(getattr(self, name) == 0 for name in weights):
