@@ -20,6 +20,7 @@ Subclasses (e.g. :class:`~hf_msd.trainers.MSDTrainer`) extend it through
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -191,11 +192,24 @@ def _use_eager_attention(role: str, model: nn.Module) -> None:
         model.set_attn_implementation("eager")
 
 
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """Self-distillation: a plain model passed as its own teacher is distilled from a frozen deep copy of its
+    weights at construction (the student trains; the copy never moves)."""
+    try:
+        teacher = copy.deepcopy(model)
+    except Exception as error:
+        raise ValueError(
+            f"teacher_model is the student itself ({type(model).__name__}), whose weights cannot be copied "
+            f"to make a frozen teacher ({type(error).__name__}: {error}): pass a separately loaded "
+            "teacher_model."
+        ) from error
+    logger.info("teacher_model is the student: distilling from a frozen copy of its initial weights.")
+    return teacher
+
+
 def _deepspeed_inference_engine(model: nn.Module, accelerator) -> nn.Module:
     """``model`` as a DeepSpeed engine for evaluation only, from the student's DeepSpeed config: ZeRO-3
     partitions its parameters over the processes, other stages keep a full copy (stage 0); no optimizer."""
-    import copy
-
     import deepspeed
 
     config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
@@ -218,7 +232,9 @@ class DistillationTrainer(Trainer):
             ``AutoModelForSequenceClassification.from_pretrained(path, **args.teacher_model_init_kwargs)``.
             It is frozen (``requires_grad=False``), kept in eval mode, placed on ``args.device``, run under
             the student's autocast, never given to the optimizer, never wrapped for DDP and never saved.
-            If it is the base model of a PEFT student, its outputs are computed with the adapters disabled.
+            If it is the base model of a PEFT student (or the PEFT student itself), its outputs are computed
+            with the adapters disabled; if it is the (non-PEFT) student itself, a frozen copy of the
+            student's weights at construction is the teacher (self-distillation).
         args: a :class:`DistillationTrainingArguments`.
         modalities: the batch's modalities (:class:`~hf_msd.modalities.modality.Modality`) as the student
         sees them;
@@ -280,6 +296,8 @@ class DistillationTrainer(Trainer):
                 "model (model.get_base_model()) into the adapters."
             )
             teacher_model = model.get_base_model()
+        elif teacher_model is model:
+            teacher_model = _frozen_copy(model)
         meta = [name for name, p in teacher_model.named_parameters() if p.device.type == "meta"][:3]
         if meta:
             raise ValueError(
