@@ -26,6 +26,7 @@ answer tokens (:func:`hf_msd.distillation.saliency.answer_token_saliency`).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -521,6 +522,7 @@ class MSDTrainer(DistillationTrainer):
         if self.args.modality_loss_weight == 0:  # no modality terms: nothing to check or compute first
             return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
         self.check_data()
+        self._check_stream()
         if self.weighting.learned and self.args.meta_validation_fraction > 0 and self._meta_dataset is None:
             self._split_meta_validation()
         if self.weighting.learned and self._meta_batches is None:
@@ -533,6 +535,25 @@ class MSDTrainer(DistillationTrainer):
         if self.weighting.needs_population_saliency and not self.weighting.has_population_saliency:
             self._set_population_saliency()
         return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+
+    def _check_stream(self) -> None:
+        """Refuse, naming the option, what needs a pass over a training set without a length (a
+        ``datasets.IterableDataset``, a stream): the population saliency and the held-out split."""
+        if hasattr(self.train_dataset, "__len__"):
+            return
+        kind = type(self.train_dataset).__name__
+        if self.weighting.needs_population_saliency and not self.weighting.has_population_saliency:
+            raise ValueError(
+                "modality_weighting='population' computes the teacher's saliency over the whole "
+                f"train_dataset, which a {kind} (a stream without a length) cannot give: pass a map-style "
+                "datasets.Dataset, or use modality_weighting='instance' (per-example saliency) or 'uniform'."
+            )
+        if self.weighting.learned and self.args.meta_validation_fraction > 0:
+            raise ValueError(
+                f"meta_validation_fraction={self.args.meta_validation_fraction} splits the train_dataset, "
+                f"which a {kind} (a stream without a length) cannot be: set meta_validation_fraction=0 and "
+                "pass an eval_dataset for the learned weights' held-out batches."
+            )
 
     def _split_meta_validation(self) -> None:
         dataset = self.train_dataset
@@ -560,8 +581,12 @@ class MSDTrainer(DistillationTrainer):
         return self._model_columns(self.train_dataset, "saliency")
 
     def _first_batch(self) -> dict[str, Any]:
+        """The first two training examples, collated (a stream is read from its start, not consumed)."""
         dataset = self._saliency_dataset()
-        examples = [dataset[i] for i in range(min(2, len(dataset)))]
+        if hasattr(dataset, "__len__"):
+            examples = [dataset[i] for i in range(min(2, len(dataset)))]
+        else:
+            examples = list(itertools.islice(iter(dataset), 2))
         return self._prepare_inputs(self.data_collator(examples))
 
     def _validate(self, batch: dict[str, Any]) -> None:
