@@ -117,7 +117,7 @@ def test_hidden_loss_uses_the_projection_and_ignores_padding(tmp_path):
     teacher, student = teacher_and_student()
     args = make_args(tmp_path, hard_label_weight=0.0, kd_loss_weight=0.0, hidden_loss_weight=2.0)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
-    assert trainer._hidden_map == {1: 2}  # last student layer -> last teacher layer
+    assert trainer.pair.hidden_map == {1: 2}  # last student layer -> last teacher layer
     batch = collate(token_dataset(4))
     loss = trainer.compute_loss(student, dict(batch))
     projection = trainer.training_modules["hidden_projections"]["1_to_2"]
@@ -135,7 +135,7 @@ def test_attention_loss_switches_to_eager_and_matches_kl_of_head_means(tmp_path)
     teacher, student = teacher_and_student()
     args = make_args(tmp_path, hard_label_weight=0.0, kd_loss_weight=0.0, attention_loss_weight=1.0)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
-    assert trainer._attention_map == {0: 1}
+    assert trainer.pair.attention_map == {0: 1}
     batch = collate(token_dataset(4))
     loss = trainer.compute_loss(student, dict(batch))
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -365,7 +365,7 @@ def test_peft_student_whose_base_is_the_teacher_distils_from_the_adapter_free_ba
     args = make_args(tmp_path, max_steps=2, hard_label_weight=0.0, kd_loss_weight=1.0)
     trainer = DistillationTrainer(model=student, teacher_model=base, args=args, train_dataset=token_dataset())
     student.train()
-    teacher_logits = trainer.teacher_forward(dict(batch)).logits
+    teacher_logits = trainer.teacher.forward(dict(batch)).logits
     torch.testing.assert_close(teacher_logits, base_logits)  # adapters disabled for the teacher
     assert student.training  # the teacher's eval() did not leave the shared modules in eval mode
     trainer.train()

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from hf_msd.architectures import default_modalities
 from hf_msd.modalities.modality import Modality
 from hf_msd.trainers.msd_config import MSDTrainingArguments
-from hf_msd.trainers.msd_trainer import SALIENCY_CACHE_NAME, MSDTrainer
+from hf_msd.trainers.msd_setup import SALIENCY_CACHE_NAME
+from hf_msd.trainers.msd_trainer import MSDTrainer
 from hf_msd.trainers.training_state import TRAINING_STATE_NAME
 from tests.helpers.models import tiny_model, tiny_vilt, tiny_vilt_batch
 from tests.helpers.msd import oracle_teacher, stack_collate, text_label_dataset

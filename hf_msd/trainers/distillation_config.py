@@ -160,6 +160,21 @@ class DistillationTrainingArguments(TrainingArguments):
     )
 
     @classmethod
+    def coerce(cls: type[_Args], args: TrainingArguments | None) -> _Args:
+        """``args`` as ``cls``: its defaults for ``None`` (as `Trainer` does, with
+        ``output_dir="trainer_output"``), a `TrainingArguments` converted keeping every field
+        (:meth:`from_training_arguments`); anything else is refused."""
+        if args is None:
+            return cls(output_dir="trainer_output")
+        if isinstance(args, cls):
+            return args
+        if not isinstance(args, TrainingArguments):
+            raise TypeError(
+                f"args must be a TrainingArguments (ideally a {cls.__name__}), got {type(args).__name__}."
+            )
+        return cls.from_training_arguments(args)
+
+    @classmethod
     def from_training_arguments(cls: type[_Args], args: TrainingArguments, **overrides: Any) -> _Args:
         """``args`` (any `TrainingArguments`) as ``cls``, keeping every field it has, plus ``overrides``.
 
