@@ -203,7 +203,7 @@ def test_population_weights_match_independent_saliency_and_are_cached(tmp_path, 
     def fail(*args, **kwargs):
         raise AssertionError("population saliency recomputed despite a matching cache")
 
-    monkeypatch.setattr("hf_msd.trainers.msd_trainer.compute_saliency", fail)
+    monkeypatch.setattr("hf_msd.trainers.msd_setup.compute_saliency", fail)
     again = make_trainer(tmp_path, task, modality_weighting="population", max_steps=1)
     again.train()
     torch.testing.assert_close(again.weighting(1)[0], want, rtol=1e-4, atol=1e-6)

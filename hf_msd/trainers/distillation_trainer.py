@@ -77,13 +77,9 @@ class DistillationTrainer(Trainer):
             modality set; the student's names must be among them.
         **trainer_kwargs: everything else `transformers.Trainer` accepts (datasets, collator, callbacks...).
 
-    Batches may carry cached teacher outputs: ``teacher_logits`` (B, num_labels), and
-    ``teacher_logits_<name>`` for subclasses; they survive ``remove_unused_columns`` and are removed
-    before the student's forward. Heterogeneous pairs (teacher and student with different processors,
-    e.g. collated by :class:`~hf_msd.data.PairedCollator`): the teacher's inputs are the batch keys
-    ``teacher_<key>``, handed to the teacher as ``<key>``; the student keeps the unprefixed keys. Components
-    are logged as ``<name>_loss`` (e.g. ``kd_loss``) next to ``loss``; evaluation adds
-    ``<prefix>_teacher_agreement``.
+    Batches may carry cached teacher outputs (``teacher_logits``...) and a heterogeneous teacher's inputs
+    (``teacher_<key>``, :class:`~hf_msd.data.PairedCollator`): see :mod:`hf_msd.trainers.columns`. Terms are
+    logged as ``<name>_loss`` next to ``loss``; evaluation adds ``<prefix>_teacher_agreement``.
     """
 
     #: compute_loss returns a loss already scaled for gradient accumulation (see compute_loss).
@@ -175,12 +171,9 @@ class DistillationTrainer(Trainer):
     def register_training_module(self, name: str, module: nn.Module) -> None:
         """Add a module trained with the student but not part of it (e.g. projections, learned loss weights).
 
-        Its trainable parameters join the optimizer (as one extra parameter group), its gradients are
-        all-reduced across processes, zeroed after each optimizer step and clipped with the student's, and
-        its state is saved with every checkpoint and restored on resume and with ``load_best_model_at_end``
-        (:class:`~hf_msd.trainers.training_modules.TrainingModules`). It is never written by ``save_model``.
-        Call it in ``__init__`` (before ``train()`` creates the optimizer). Registered modules are available
-        as ``self.training_modules[name]``.
+        It trains, is clipped and checkpointed with the student, and is restored on resume and with
+        ``load_best_model_at_end`` (:class:`~hf_msd.trainers.training_modules.TrainingModules`), never saved
+        by ``save_model``. Call it in ``__init__``; it is then ``self.training_modules[name]``.
         """
         if self.optimizer is not None:
             raise RuntimeError(
@@ -216,13 +209,9 @@ class DistillationTrainer(Trainer):
         return mark_batch_dynamic(inputs) if self.args.torch_compile else inputs
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
-        """The Trainer's micro-batches and ``num_items_in_batch`` (unchanged: it is what the model's own loss
-        and ``compute_loss_func`` receive), plus this library's counts of the whole accumulated batch, summed
-        over processes when ``average_tokens_across_devices`` (:attr:`step_window`).
-
-        A ``num_items_in_batch`` of 0 (an accumulated batch without a single labelled token, e.g. when few
-        examples carry labels) becomes 1: the model's summed loss over no tokens is then 0, not 0 / 0 = NaN.
-        """
+        """The Trainer's micro-batches and ``num_items_in_batch`` (what the model's own loss receives; 0
+        becomes 1, so a summed loss over no labelled token is 0, not NaN), plus the library's counts of the
+        whole accumulated batch over the processes (:attr:`step_window`)."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = torch.where(num_items_in_batch == 0, 1, num_items_in_batch)
@@ -369,27 +358,18 @@ class DistillationTrainer(Trainer):
     ):
         """The loss of one micro-batch: student forward, teacher outputs, the terms, their reduction.
 
-        The task term is the model's own loss when it computes one (:meth:`_model_computes_task_loss`:
-        exactly what `Trainer.compute_loss` returns, divided by the accumulation steps inside a training step
-        unless the model receives ``num_items_in_batch`` or ``compute_loss_func`` is set, times
-        ``hard_label_weight``); else the library's. The library's terms are reduced by
-        :func:`~hf_msd.distillation.objective.reduce_terms`: each summed over the batch and divided by its
-        count (labelled examples for ``task``; labelled tokens for a token-level model's ``task`` and
-        distillation terms, the batch's ``distillation_labels`` when it has them; examples otherwise) of the
-        whole accumulated batch over every process inside a training step (from :meth:`get_batch_samples`),
-        of this batch otherwise (evaluation, direct calls). Summed over the micro-batches of an optimizer step
-        this is the large-batch loss however the batch is split. With several processes the library's terms
-        are multiplied by the number of processes to undo DDP's gradient averaging, as transformers' default
-        loss does. With every teacher-dependent weight at 0 the teacher does not run.
+        The task term is the model's own loss when it computes one (:meth:`_model_computes_task_loss`, as
+        `Trainer.compute_loss` returns it, times ``hard_label_weight``), else the library's. The library's
+        terms are each summed and divided by their count (:mod:`hf_msd.distillation.objective`,
+        docs/losses.md) of the whole accumulated batch over every process inside a training step, of this
+        batch otherwise (evaluation, direct calls): the micro-batches of a step sum to the large-batch loss.
         """
         accumulated = self.step_window.current  # None outside training_step (evaluation, direct calls)
         student = self.student_forward(model, inputs, num_items_in_batch)
         teacher = self.teacher_outputs(inputs) if self.uses_teacher else None
         components, _ = self.loss_components(model, inputs, student, teacher)
         loss = self.reduce_loss(components, student, inputs, num_items_in_batch, accumulated)
-        if (
-            self.uses_teacher
-        ):  # a NaN teacher must not reach the student; otherwise the Trainer's NaN handling
+        if self.uses_teacher:  # a NaN teacher must not reach the student; else the Trainer's NaN handling
             self.check_finite("The training loss" if model.training else "The evaluation loss", loss)
             if accumulated is not None:
                 self.term_log.add(components, self._counts(inputs))

@@ -1,6 +1,7 @@
 """What :class:`~hf_msd.trainers.MSDTrainer` does around its loss: the checks and the held-out split before
 training, the population saliency (computed once, cached) and the learned weights' meta step.
 
+- :func:`check_held_out_source`: the learned weights need held-out data.
 - :func:`check_stream`: a training set without a length (a ``datasets.IterableDataset``) trains as the same
   rows in a map-style dataset; what needs a pass over it (population saliency, the held-out split) is refused
   by name.
@@ -13,6 +14,7 @@ training, the population saliency (computed once, cached) and the learned weight
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -29,11 +31,13 @@ from ..distillation import losses, objective
 from ..distillation.saliency import (
     SaliencyFn,
     SaliencyReport,
+    compute_saliency,
     has_cached_saliency_columns,
     saliency_fingerprint,
     saliency_from_cache,
 )
 from ..modalities.modality import Modality
+from .msd_config import MSDTrainingArguments
 from .training_state import average_across_processes
 
 logger = logging.get_logger(__name__)
@@ -61,6 +65,28 @@ def check_stream(train_dataset: Any, needs_population_saliency: bool, held_out_f
         )
 
 
+def check_held_out_source(eval_dataset: Any, held_out_fraction: float) -> None:
+    """The learned weights' meta step needs held-out data: one eval_dataset or a split of the training set."""
+    if eval_dataset is None and held_out_fraction == 0:
+        raise ValueError(
+            "modality_weighting='learned' needs held-out data for its meta step: pass an eval_dataset or "
+            "set meta_validation_fraction > 0."
+        )
+    if isinstance(eval_dataset, dict) and not held_out_fraction:
+        raise ValueError(
+            "modality_weighting='learned' needs one eval_dataset, got a dict of several; set "
+            "meta_validation_fraction > 0 instead."
+        )
+
+
+def first_examples(dataset: Any, count: int) -> list:
+    """The first ``count`` examples of ``dataset`` (fewer if it is shorter); a stream is read from its start,
+    not consumed."""
+    if hasattr(dataset, "__len__"):
+        return [dataset[i] for i in range(min(count, len(dataset)))]
+    return list(itertools.islice(iter(dataset), count))
+
+
 def split_held_out(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """``(held_out, rest)``: a seeded random ``fraction`` of ``dataset`` (at least one example) and the
     rest, as ``select`` views of a `datasets.Dataset` or `Subset` s."""
@@ -82,20 +108,22 @@ def population_saliency(
     dataset: Any,
     modalities: Sequence[Modality] | Sequence[str],
     *,
-    generative: bool,
-    output_dir: str,
-    should_save: bool,
+    args: MSDTrainingArguments,
     problem_type: str | None,
     saliency_fn: SaliencyFn | None,
     data_collator: Callable,
-    compute: Callable[[], SaliencyReport],
+    teacher_collator: Callable,
+    view_saliency: Callable[[dict[str, Any]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The mean saliency of each modality over ``dataset`` (M,), for the ``population`` weights.
 
-    A classifier's dataset with cached teacher outputs is read without a teacher pass (``modalities``: the
-    teacher's Modality spec; a generative teacher's view names); else ``<output_dir>/modality_saliency.json``
-    is loaded when its fingerprint (teacher, data, collator, modalities, saliency function, problem type)
-    matches, else ``compute()`` runs (and a classifier's report is saved there)."""
+    ``modalities``: the teacher's Modality spec, or a generative teacher's view names, whose per-batch
+    saliency ``view_saliency`` gives ((B, M) from a collated batch). A classifier's dataset with cached
+    teacher outputs is read without a teacher pass; else ``<output_dir>/modality_saliency.json`` is loaded
+    when its fingerprint (teacher, data, collator, modalities, saliency function, problem type) matches;
+    else the teacher runs over ``dataset`` (a classifier's batches collated by ``teacher_collator``,
+    :func:`~hf_msd.distillation.saliency.compute_saliency`, the report saved there)."""
+    generative = view_saliency is not None
     if not generative and has_cached_saliency_columns(dataset, modalities):  # precompute_teacher_outputs'
         report = saliency_from_cache(
             dataset, modalities, problem_type, architecture_num_labels(teacher), saliency_fn
@@ -110,17 +138,33 @@ def population_saliency(
         saliency_fn=saliency_fn,
         problem_type=problem_type,
     )
-    cache = os.path.join(output_dir, SALIENCY_CACHE_NAME)
+    cache = os.path.join(args.output_dir, SALIENCY_CACHE_NAME)
     if os.path.isfile(cache) and SaliencyReport.load_json(cache).fingerprint == fingerprint:
         report = SaliencyReport.load_json(cache)
         logger.info(f"Loaded the population saliency from {cache}.")
+    elif generative:
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=args.saliency_batch_size, shuffle=False, collate_fn=data_collator
+        )
+        with torch.no_grad():
+            rows = torch.cat([view_saliency(batch).cpu() for batch in loader])
+        report = SaliencyReport(list(modalities), losses.SINGLE_LABEL, rows, teacher_confidence={})
     else:
-        report = compute()
-        if not generative:
-            report.fingerprint = fingerprint
-            if should_save:
-                os.makedirs(output_dir, exist_ok=True)
-                report.save_json(cache)
+        report = compute_saliency(
+            teacher,
+            dataset,
+            modalities,
+            data_collator=teacher_collator,
+            batch_size=args.saliency_batch_size,
+            saliency_fn=saliency_fn,
+            device=args.device,
+            problem_type=problem_type,
+            progress=not args.disable_tqdm,
+        )
+        report.fingerprint = fingerprint
+        if args.should_save:
+            os.makedirs(args.output_dir, exist_ok=True)
+            report.save_json(cache)
     logger.info(f"Population saliency: {report.population()}")
     return report.mean
 

@@ -5,23 +5,20 @@ For a batch ``x`` with modalities ``m = 1..M`` and ``x_m`` the input keeping onl
 
     hard_label_weight * CE(S(x), y) + kd_loss_weight * KD(T(x), S(x)) + sum_m w_m * KD(T(x_m), S(x_m))
 
-``KD`` is the distillation term of :class:`DistillationTrainer` (same ``temperature``, ``T**2``
-scaling, ``kd_loss_type`` and problem types; :func:`hf_msd.distillation.losses.soft_target_loss`); the
-hidden-state
+``KD`` is the distillation term of :class:`DistillationTrainer` (same ``temperature``, ``T**2`` scaling,
+``kd_loss_type`` and problem types; :func:`hf_msd.distillation.losses.soft_target_loss`); the hidden-state
 and attention losses, when enabled, apply to the full input only. ``w_m`` comes from
 ``args.modality_weighting`` (:mod:`hf_msd.distillation.weighting`; saliency in
-:mod:`hf_msd.distillation.saliency`). Like every
-component, the total is summed over the examples of the whole accumulated batch and divided by their
-number.
+:mod:`hf_msd.distillation.saliency`). Like every component, the total is summed over the examples of the
+whole accumulated batch and divided by their number.
 
 Generative students (decoder-only image-text-to-text models such as LLaVA, causal LMs): ``x_m`` are the
 modality views a :class:`~hf_msd.data.VisionLanguageCollator` builds from the raw examples (``x_text`` the
 question without image tokens or ``pixel_values``, ``x_image`` the image with an empty question), ``KD`` is
 the per-token distillation over the answer tokens (:func:`hf_msd.distillation.losses.token_soft_target_loss`)
-and each term
-is summed over the answer tokens of the accumulated batch and divided by their number (the same tokens in
-every view). Per-example saliency averages the divergence of the teacher's answer-token distributions over the
-answer tokens (:func:`hf_msd.distillation.saliency.answer_token_saliency`).
+and each term is summed over the answer tokens of the accumulated batch and divided by their number (the same
+tokens in every view). Per-example saliency averages the divergence of the teacher's answer-token
+distributions over the answer tokens (:func:`hf_msd.distillation.saliency.answer_token_saliency`).
 
 The teacher's passes on each ``x_m`` are :class:`~hf_msd.trainers.teacher.Teacher` methods; the checks and
 the held-out split before training, the population saliency and the learned weights' meta step are in
@@ -30,7 +27,6 @@ the held-out split before training, the population saliency and the learned weig
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,9 +41,7 @@ from ..data.generative import DISTILLATION_LABELS, VIEW_NAMES, has_views, view_i
 from ..distillation import losses
 from ..distillation.saliency import (
     SaliencyFn,
-    SaliencyReport,
     answer_token_saliency,
-    compute_saliency,
     modality_saliency,
 )
 from ..distillation.weighting import build_weighting
@@ -57,7 +51,14 @@ from .distillation_trainer import DistillationTrainer
 from .meta_validation import MetaValidationBatches
 from .meters import WeightLog
 from .msd_config import MSDTrainingArguments
-from .msd_setup import check_stream, meta_step, population_saliency, split_held_out
+from .msd_setup import (
+    check_held_out_source,
+    check_stream,
+    first_examples,
+    meta_step,
+    population_saliency,
+    split_held_out,
+)
 from .teacher import batched_logits
 from .terms import StudentOutput
 from .training_state import resolve_checkpoint
@@ -70,39 +71,17 @@ class MSDTrainer(DistillationTrainer):
     Args:
         model, teacher_model, **trainer_kwargs: as for :class:`DistillationTrainer`.
         args: an :class:`MSDTrainingArguments`.
-        modalities, teacher_modalities: the :class:`~hf_msd.modalities.modality.Modality` specs (keys and
-            removal strategy of each modality) of the student's and the teacher's inputs, as for the parent
-            (default the registered specs, :func:`~hf_msd.architectures.default_modalities`). The teacher's
-            ``x_m`` are made with the teacher's spec from its inputs, the student's with the student's spec.
-            Checked against the first training batch and both models when ``train()`` starts (errors name
-            the key).
+        modalities, teacher_modalities: as for the parent; the teacher's ``x_m`` are made with the teacher's
+            spec, the student's with the student's, both checked on the first batch when ``train()`` starts.
         saliency_fn: ``fn(teacher_logits_full, teacher_logits_without_m, problem_type) -> (B,)`` replacing
-            :func:`hf_msd.distillation.saliency.default_saliency` for the population / instance / network
-            weights.
+            :func:`hf_msd.distillation.saliency.default_saliency` for the saliency-based weights.
 
-    Forward passes: the teacher runs without grad on ``x`` and each ``x_m`` (and, with more than two
-    modalities and per-example saliency, on each ``x without m``); cached ``teacher_logits`` /
-    ``teacher_logits_<name>`` batch columns are used instead when present. Passes whose inputs share keys
-    and shapes ("mask" / "fill" removal) run as one concatenated call; with "drop" each ``x_m`` is its own,
-    shorter, call. The student runs on ``x`` (with the intermediate outputs the other losses need) and on
-    the ``x_m`` the same way.
-
-    Unimodal students (``config.modalities`` with one entry, the multimodal-to-unimodal setting): the
-    student only ever sees its modality (the other modalities' keys are left out), the teacher sees the
-    full ``x`` for the ``kd`` term, and only the student's modality gets a modality term.
-
-    Weights: ``population`` saliency is computed once at the start of ``train()`` over the training set (a
-    progress bar), cached in ``<output_dir>/modality_saliency.json`` with a fingerprint of teacher, data,
-    modalities and saliency function (a mismatch recomputes), and saved in every checkpoint (the
-    trainer's :class:`~hf_msd.trainers.training_modules.TrainingModules`) so a resume does not recompute.
-    ``learned`` weights, their Adam state and the position of the held-out stream are saved there too, so a
-    resume continues exactly; every ``meta_update_interval`` optimizer steps
-    :meth:`~hf_msd.distillation.weighting.LearnedWeighting.meta_step` runs on the current training batch
-    and a held-out batch (:class:`~hf_msd.trainers.meta_validation.MetaValidationBatches` over
-    ``eval_dataset``, or a fixed ``meta_validation_fraction`` split of the training set made at the start of
-    ``train()``), looking ahead over the student's trainable parameters (so LoRA works). With several
-    processes the look-ahead gradient and the hypergradient are averaged over them, so the weights stay
-    identical on every process and equal those of one process on the combined batches.
+    Passes: the teacher runs without grad on ``x`` and the ``x_m`` it needs (cached columns are read
+    instead; same-shaped inputs run as one concatenated call, :class:`~hf_msd.trainers.teacher.Teacher`);
+    the student on ``x`` and each ``x_m``. A unimodal student (``config.modalities`` with one entry) sees only
+    its modality, and only that modality gets a term. The population saliency, the held-out stream of the
+    ``learned`` weights and their meta step: :mod:`hf_msd.trainers.msd_setup`; all of their state is saved
+    in every checkpoint, so a resume continues exactly (docs/msd.md).
 
     Logs: each modality term's mean as ``modality_<name>_loss``, each modality's mean weight as
     ``modality_weight_<name>``, and with ``learned`` the last held-out loss as ``meta_validation_loss``.
@@ -166,20 +145,8 @@ class MSDTrainer(DistillationTrainer):
             learning_rate=args.meta_learning_rate,
             hidden_size=args.meta_weight_network_hidden_size,
         ).to(args.device)
-        if self.weighting.learned and self.eval_dataset is None and args.meta_validation_fraction == 0:
-            raise ValueError(
-                "modality_weighting='learned' needs held-out data for its meta step: pass an eval_dataset or "
-                "set meta_validation_fraction > 0."
-            )
-        if (
-            self.weighting.learned
-            and isinstance(self.eval_dataset, dict)
-            and not args.meta_validation_fraction
-        ):
-            raise ValueError(
-                "modality_weighting='learned' needs one eval_dataset, got a dict of several; set "
-                "meta_validation_fraction > 0 instead."
-            )
+        if self.weighting.learned:
+            check_held_out_source(self.eval_dataset, args.meta_validation_fraction)
         if len(self.weighting.state_dict()):  # population saliency, learned weights and their Adam state
             self.register_state("modality_weighting", self.weighting)
         self._meta_dataset = None
@@ -440,11 +407,7 @@ class MSDTrainer(DistillationTrainer):
 
     def _first_batch(self) -> dict[str, Any]:
         """The first two training examples, collated (a stream is read from its start, not consumed)."""
-        dataset = self._model_columns(self.train_dataset, "saliency")
-        if hasattr(dataset, "__len__"):
-            examples = [dataset[i] for i in range(min(2, len(dataset)))]
-        else:
-            examples = list(itertools.islice(iter(dataset), 2))
+        examples = first_examples(self._model_columns(self.train_dataset, "saliency"), 2)
         return self._prepare_inputs(self.data_collator(examples))
 
     def _validate(self, batch: dict[str, Any]) -> None:
@@ -462,53 +425,26 @@ class MSDTrainer(DistillationTrainer):
         if not self.pair.unimodal_student:
             validate_modalities(self.modalities, self.columns.student(batch), self._student_base())
 
-    @torch.no_grad()
-    def _view_saliency(self, dataset) -> SaliencyReport:
-        """The per-example saliency of a generative teacher over ``dataset``, from the collator's views."""
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.args.saliency_batch_size, shuffle=False, collate_fn=self.data_collator
-        )
-        rows = []
-        for batch in loader:
-            batch = self._prepare_inputs(batch)
-            full = self.teacher.outputs(batch)["full"].logits  # cached or a teacher pass
-            rows.append(self._view_teacher_outputs(batch, full, instance_saliency=True)["saliency"].cpu())
-        return SaliencyReport(
-            self.modality_names, losses.SINGLE_LABEL, torch.cat(rows), teacher_confidence={}
-        )
-
     def _set_population_saliency(self, problem_type: str | None = None) -> None:
         """The population weights' saliency (:func:`~hf_msd.trainers.msd_setup.population_saliency`):
         ``problem_type`` that of the training labels (default: from the first batch)."""
         if problem_type is None:
             problem_type = self.pair.problem_type_of(self._first_batch().get("labels"))
-        dataset = self._model_columns(self.train_dataset, "saliency")
 
-        def compute() -> SaliencyReport:
-            if self.generative:
-                return self._view_saliency(dataset)
-            return compute_saliency(
-                self.teacher_model,
-                dataset,
-                self.teacher_modalities,
-                data_collator=lambda examples: self.columns.teacher(dict(self.data_collator(examples))),
-                batch_size=self.args.saliency_batch_size,
-                saliency_fn=self.saliency_fn,
-                device=self.args.device,
-                problem_type=problem_type,
-                progress=not self.args.disable_tqdm,
-            )
+        def view_saliency(batch: dict[str, Any]) -> torch.Tensor:  # a generative teacher's, (B, M)
+            batch = self._prepare_inputs(batch)
+            full = self.teacher.outputs(batch)["full"].logits  # cached or a teacher pass
+            return self._view_teacher_outputs(batch, full, instance_saliency=True)["saliency"]
 
         saliency = population_saliency(
             self.teacher_model,
-            dataset,
+            self._model_columns(self.train_dataset, "saliency"),
             self.modality_names if self.generative else self.teacher_modalities,
-            generative=self.generative,
-            output_dir=self.args.output_dir,
-            should_save=self.args.should_save,
+            args=self.args,
             problem_type=self.pair.problem_type if self.generative else problem_type,
             saliency_fn=self.saliency_fn,
             data_collator=self.data_collator,
-            compute=compute,
+            teacher_collator=lambda examples: self.columns.teacher(dict(self.data_collator(examples))),
+            view_saliency=view_saliency if self.generative else None,
         )
         self.weighting.set_population_saliency(saliency)

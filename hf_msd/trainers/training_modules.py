@@ -33,7 +33,7 @@ class TrainingModules:
         self.state = TrainingState()
         self._add_callback, self._device = add_callback, device
         self._grad_step = -1
-        self._restored_from: str | None = None
+        self.restored_from: str | None = None  #: the checkpoint the state was last restored from
 
     def register_state(self, name: str, part: Stateful) -> None:
         """Add ``part`` (``state_dict()`` / ``load_state_dict()``) to the state saved with each checkpoint."""
@@ -85,7 +85,7 @@ class TrainingModules:
     def restore(self, checkpoint: str | None) -> None:
         """Restore every part from ``checkpoint`` (once per checkpoint), then make every process start from
         the main process's values."""
-        if checkpoint is not None and checkpoint != self._restored_from:
+        if checkpoint is not None and checkpoint != self.restored_from:
             self.state.load(checkpoint)
-            self._restored_from = checkpoint
+            self.restored_from = checkpoint
         self.state.synchronize()
