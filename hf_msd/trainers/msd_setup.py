@@ -8,6 +8,7 @@ training, the population saliency (computed once, cached) and the learned weight
 - :func:`split_held_out`: the fixed ``meta_validation_fraction`` split of the training set.
 - :func:`population_saliency`: the teacher's per-modality saliency over the training set, read from cached
   teacher outputs, from ``<output_dir>/modality_saliency.json`` (same fingerprint) or computed.
+- :class:`MetaSchedule`: when the learned weights' meta step runs;
 - :func:`meta_step`: one hypergradient step of the learned weights
   (:meth:`~hf_msd.distillation.weighting.LearnedWeighting.meta_step`) on a held-out batch.
 """
@@ -167,6 +168,22 @@ def population_saliency(
             report.save_json(cache)
     logger.info(f"Population saliency: {report.population()}")
     return report.mean
+
+
+class MetaSchedule:
+    """When the learned weights' meta step runs: at the first micro-batch of every ``interval``-th optimizer
+    step; and the held-out loss of the last one (``last_loss``, logged as ``meta_validation_loss``)."""
+
+    def __init__(self, interval: int) -> None:
+        self.interval, self.last_step = interval, -1
+        self.last_loss: torch.Tensor | None = None
+
+    def due(self, step: int) -> bool:
+        """Whether the meta step runs now, at optimizer step ``step`` (once per step)."""
+        if step % self.interval or step == self.last_step:
+            return False
+        self.last_step = step
+        return True
 
 
 def meta_step(

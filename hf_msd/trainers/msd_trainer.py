@@ -52,6 +52,7 @@ from .meta_validation import MetaValidationBatches
 from .meters import WeightLog
 from .msd_config import MSDTrainingArguments
 from .msd_setup import (
+    MetaSchedule,
     check_held_out_source,
     check_stream,
     first_examples,
@@ -151,8 +152,7 @@ class MSDTrainer(DistillationTrainer):
             self.register_state("modality_weighting", self.weighting)
         self._meta_dataset = None
         self._meta_batches: MetaValidationBatches | None = None
-        self._last_meta_step = -1
-        self._last_meta_loss: torch.Tensor | None = None
+        self.meta_schedule = MetaSchedule(args.meta_update_interval)  # when the meta step runs, its last loss
         self.weight_log = WeightLog(names, args.device)  # the modality_weight_<name> logs
 
     # ---- Loss ----------------------------------------------------------------------------------------
@@ -316,8 +316,8 @@ class MSDTrainer(DistillationTrainer):
         weights = self.weight_log.pop_means(self._sum_over_processes) if "loss" in logs else {}
         if weights:
             logs.update(weights)
-            if self._last_meta_loss is not None:
-                logs["meta_validation_loss"] = self._last_meta_loss.item()
+            if self.meta_schedule.last_loss is not None:
+                logs["meta_validation_loss"] = self.meta_schedule.last_loss.item()
         super().log(logs, start_time)
 
     # ---- Learned weights: the meta step ---------------------------------------------------------------
@@ -325,13 +325,7 @@ class MSDTrainer(DistillationTrainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
     ) -> torch.Tensor:
-        step = self.state.global_step
-        if (
-            self.weighting.learned
-            and step % self.args.meta_update_interval == 0
-            and step != self._last_meta_step
-        ):
-            self._last_meta_step = step
+        if self.weighting.learned and self.meta_schedule.due(self.state.global_step):
             self._meta_step(model, self._prepare_inputs(inputs))
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -359,7 +353,7 @@ class MSDTrainer(DistillationTrainer):
             components, output = self.loss_components(student, inputs, differentiable_weights=True)
             return self.reduce_loss(components, output, inputs, None)
 
-        self._last_meta_loss = meta_step(
+        self.meta_schedule.last_loss = meta_step(
             self.weighting,
             student,
             train_loss,
