@@ -84,11 +84,11 @@ def losses(trainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
-def train_launched(train_case, out_dir: str, case: str):
-    """``train_case(OUT_DIR/<case>/run, case, PER_DEVICE_BATCH)`` on the launched processes (checked: 2, under
+def train_launched(train_case, out_dir: str, case: str, batch_size: int = PER_DEVICE_BATCH):
+    """``train_case(OUT_DIR/<case>/run, case, batch_size)`` on the launched processes (checked: 2, under
     DeepSpeed), its student saved to ``OUT_DIR/<case>/student``; returns ``(OUT_DIR/<case>, trainer)``."""
     directory = os.path.join(out_dir, case)
-    trainer = train_case(os.path.join(directory, "run"), case, PER_DEVICE_BATCH)
+    trainer = train_case(os.path.join(directory, "run"), case, batch_size)
     if trainer.accelerator.state.num_processes != 2 or not trainer.is_deepspeed_enabled:
         raise RuntimeError("expected 2 processes under DeepSpeed")
     trainer.save_model(os.path.join(directory, "student"))
