@@ -53,7 +53,7 @@ def test_with_answers_rewrites_every_view_and_keeps_the_gold_x():
     assert out["view_text__attention_mask"].tolist() == [[1] * 6, [1, 1, 0, 0, 0, 0]]
     assert out["view_text__distillation_labels"].tolist() == [[X, X, 30, 31, 32, EOS], [X, EOS, X, X, X, X]]
     assert out["pixel_values"] is batch["pixel_values"]
-    assert "labels" not in out
+    assert out["labels"].tolist() == [[X] * 7, [X] * 7]
     gold = view_inputs(out, GOLD_VIEW)
     assert set(gold) == {"input_ids", "attention_mask", "labels", "mm_token_type_ids", "pixel_values"}
     for key, value in gold.items():
@@ -66,7 +66,8 @@ def test_with_answers_without_gold_labels_keeps_no_gold_view():
     batch = hand_batch()
     batch["labels"] = torch.full_like(batch["labels"], X)
     out = with_answers(batch, [torch.tensor([EOS]), torch.tensor([EOS])], pad_token_id=PAD)
-    assert "labels" not in out and not any(k.startswith(f"view_{GOLD_VIEW}__") for k in out)
+    assert (out["labels"] == X).all() and out["labels"].shape == out["input_ids"].shape
+    assert not any(k.startswith(f"view_{GOLD_VIEW}__") for k in out)
 
 
 def test_answer_starts_and_prompts_left_padded():
@@ -146,7 +147,7 @@ def test_rewritten_batch_equals_the_collation_of_the_new_answers(collator):
     assert answers[1].tolist()[:2] == [IDS["what"], IDS["color"]]
     out = with_answers(batch, answers, collator.tokenizer.pad_token_id)
     want = collator([{**e, "answer": None, "teacher_answer": a} for e, a in zip(examples, new)])
-    want.pop("labels")  # no gold answer in the reference; the on-policy x has no labels
+    assert (want["labels"] == X).all()  # no gold answer in the reference, as in the on-policy x
     gold = {
         key: out.pop(f"view_{GOLD_VIEW}__{key}")
         for key in list(batch)

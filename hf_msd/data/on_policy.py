@@ -118,12 +118,13 @@ def with_answers(
     :func:`answer_starts` of its ``distillation_labels``) followed by the example's answer, right-padded
     with ``pad_token_id``; ``attention_mask`` is 1 over prompt and answer; ``distillation_labels`` holds the
     answer (-100 elsewhere); per-token columns keep the prompt's values and are 0 over the answer. Images and
-    every other column are kept. ``x``'s ``labels`` (the gold answers, the task term) leave ``x``: when any
-    token is labelled, ``x`` as collated (its ids, mask, ``labels``, images...) is kept in the view
-    :data:`GOLD_VIEW` (``view_gold__*``), so the task term is the student's loss on the gold answers.
+    every other column are kept. The gold answers (``labels``, the task term) leave ``x``, whose ``labels``
+    become -100 everywhere (no token of the student's answers is gold): when any token is labelled, ``x`` as
+    collated (its ids, mask, ``labels``, images...) is kept in the view :data:`GOLD_VIEW` (``view_gold__*``),
+    so the task term is the student's loss on the gold answers.
     """
     out = dict(batch)
-    labels = out.pop("labels", None)
+    labels = batch.get("labels")
     if torch.is_tensor(labels) and bool((labels != IGNORE_INDEX).any()):
         for key, value in batch.items():
             if not key.startswith(VIEW_PREFIX) and key != DISTILLATION_LABELS:
@@ -153,6 +154,8 @@ def with_answers(
                     ],
                     0,
                 )
+    if torch.is_tensor(labels):
+        out["labels"] = torch.full_like(out["input_ids"], IGNORE_INDEX)
     return out
 
 
