@@ -165,6 +165,11 @@ def on_policy_draw(lmbda: float, seed: int, step: int) -> bool:
     global random state is untouched, and ``lmbda`` 0 / 1 give never / always without drawing."""
     if lmbda <= 0 or lmbda >= 1:
         return lmbda >= 1
-    state = np.random.SeedSequence([seed % 2**32, step]).generate_state(1)[0]
-    generator = torch.Generator().manual_seed(int(state))
+    generator = torch.Generator().manual_seed(derived_seed(seed, step))
     return bool(torch.rand((), generator=generator) < lmbda)
+
+
+def derived_seed(*keys: int) -> int:
+    """A seed (a non-negative int below 2**63) that depends on the integers ``keys`` alone (numpy's
+    ``SeedSequence``: well mixed, so (1, 0) and (0, 1) give unrelated streams)."""
+    return int(np.random.SeedSequence([key % 2**32 for key in keys]).generate_state(2, np.uint64)[0] >> 1)
