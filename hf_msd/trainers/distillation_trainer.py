@@ -43,7 +43,8 @@ from transformers.utils import CONFIG_NAME, logging
 
 from ..architectures import classifier_output, default_modalities, get_architecture, get_logits
 from ..architectures import num_labels as architecture_num_labels
-from ..data.generative import DISTILLATION_LABELS, VIEW_PREFIX
+from ..data.generative import DISTILLATION_LABELS, VIEW_PREFIX, view_inputs
+from ..data.on_policy import GOLD_VIEW
 from ..data.paired import TEACHER_INPUT_PREFIX
 from ..distillation import intermediate_losses, losses
 from ..modalities.modality import Modality
@@ -57,6 +58,7 @@ from ..teacher_outputs.cache import (
 from .compilation import allow_recompiles, mark_batch_dynamic
 from .distillation_config import DistillationTrainingArguments
 from .frozen_modules import keep_frozen_normalization_in_eval
+from .on_policy import OnPolicy, check_on_policy_setup, gold_tokens
 from .training_state import TrainingState, resolve_checkpoint
 
 logger = logging.get_logger(__name__)
@@ -361,6 +363,11 @@ class DistillationTrainer(Trainer):
         self._eval_agreement: list[torch.Tensor] | None = None
         if not self._teacher_is_student_base:
             self.teacher_model = self._prepare_teacher(teacher_model)
+        check_on_policy_setup(args.lmbda, self.token_level, self.train_dataset)
+        #: The on-policy steps of ``lmbda > 0`` (:mod:`hf_msd.trainers.on_policy`), else None.
+        self.on_policy = (
+            OnPolicy(args, self.student_inputs, self.accelerator.process_index) if args.lmbda > 0 else None
+        )
 
     @classmethod
     def _distillation_args(cls, args: TrainingArguments | None) -> DistillationTrainingArguments:
@@ -713,7 +720,7 @@ class DistillationTrainer(Trainer):
             [
                 self._batch_size(batch),
                 self._num_labelled(batch),
-                self._num_labelled_tokens(batch),
+                self._num_labelled_tokens(batch) + gold_tokens(batch),
                 self._num_labelled_tokens(batch, distilled if torch.is_tensor(distilled) else None),
             ],
             dtype=torch.float32,
@@ -729,6 +736,8 @@ class DistillationTrainer(Trainer):
         examples carry labels) becomes 1: the model's summed loss over no tokens is then 0, not 0 / 0 = NaN.
         """
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.on_policy is not None and batch_samples:
+            batch_samples = self.on_policy.rewrite(self.model, batch_samples, self.state.global_step)
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = torch.where(num_items_in_batch == 0, 1, num_items_in_batch)
         self._batch_counts = None
@@ -1035,6 +1044,7 @@ class DistillationTrainer(Trainer):
         student = self.student_forward(model, inputs, num_items_in_batch)
         teacher = self.teacher_outputs(inputs) if self.uses_teacher else None
         components, _ = self.loss_components(model, inputs, student, teacher)
+        self.gold_task(model, inputs, student, components, num_items_in_batch)
         loss = self.reduce_loss(components, student, inputs, num_items_in_batch, training=model.training)
         if (
             self.uses_teacher
@@ -1050,6 +1060,30 @@ class DistillationTrainer(Trainer):
         if student.task_loss is None and isinstance(outputs, tuple):
             outputs = (loss, *outputs)  # Trainer's convention: a tuple's first entry is the loss
         return loss, outputs
+
+    def gold_task(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        student: StudentOutput,
+        components: dict[str, torch.Tensor],
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> None:
+        """On an on-policy batch, the task term on the gold answers: the student's forward on the batch's
+        :data:`~hf_msd.data.on_policy.GOLD_VIEW` (the bare module: a second pass through DDP in one step
+        fails) replaces the task term of ``x``, whose labels are all -100 (``student.task_loss`` or
+        ``components["task"]``). Nothing off-policy or with ``hard_label_weight`` 0."""
+        gold = view_inputs(inputs, GOLD_VIEW)
+        if not gold or self.args.hard_label_weight == 0:
+            return
+        bare = self.accelerator.unwrap_model(model)
+        gold_student = self.student_forward(bare, gold, num_items_in_batch)
+        if gold_student.task_loss is not None:
+            student.task_loss = gold_student.task_loss
+        else:
+            labels = gold["labels"]
+            task = losses.token_task_loss(gold_student.logits, labels, causal=self.token_level == "causal")
+            components["task"] = self.args.hard_label_weight * task
 
     def reduce_loss(
         self,
@@ -1137,10 +1171,15 @@ class DistillationTrainer(Trainer):
             self._log_sums[name] = self._log_sums.get(name, torch.zeros_like(value)) + value
         self._log_counts = self._log_counts + self._counts(inputs).to(self._log_counts.device)
 
+    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction="sum")
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each library-computed loss component over the logging window (``<name>_loss``) to
         training logs: ``task_loss`` over the labelled examples, the others over all examples (over the
         labelled tokens for a token-level model's ``task`` and ``kd``)."""
+        if "loss" in logs and self.on_policy is not None:
+            logs.update(self.on_policy.pop_logs(self._sum_over_processes, self.args.device))
         if "loss" in logs and self._log_sums:
             names = sorted(self._log_sums)
             sums = torch.cat([torch.stack([self._log_sums[name] for name in names]), self._log_counts])

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.generative import DISTILLATION_LABELS
+from ..data.generative import DISTILLATION_LABELS, view_inputs
 from ..data.on_policy import (
+    GOLD_VIEW,
     answer_starts,
     derived_seed,
     generated_answers,
@@ -29,6 +30,7 @@ from ..data.on_policy import (
     prompt_inputs,
     with_answers,
 )
+from ..distillation import losses
 from ..teacher_outputs.cache import TEACHER_LOGITS
 from .distillation_config import DistillationTrainingArguments
 
@@ -92,6 +94,42 @@ def generate_answers(
     return generated_answers(sequences, prompts["input_ids"].shape[1], config.eos_token_id)
 
 
+def check_on_policy_setup(lmbda: float, token_level: str | None, train_dataset: Any) -> None:
+    """Refuse, before training, ``lmbda > 0`` for a student that is not a causal LM, and with a training set
+    of cached teacher outputs (``teacher_logits*`` columns: they score the collated answers, not generated
+    ones), naming both ways out."""
+    if lmbda == 0:
+        return
+    if token_level != "causal":
+        raise ValueError(
+            f"lmbda={lmbda} generates the answers of generative (causal LM) students; this student is not "
+            "one: set lmbda=0."
+        )
+    columns = getattr(train_dataset, "column_names", None)
+    if columns is None and isinstance(train_dataset, list) and train_dataset:
+        columns = list(train_dataset[0])
+    cached = [column for column in columns or [] if column.startswith(TEACHER_LOGITS)]
+    if cached:
+        raise ValueError(_cached_message(lmbda, cached))
+
+
+def _cached_message(lmbda: float, cached: Sequence[str]) -> str:
+    return (
+        f"lmbda={lmbda} generates answers the cached teacher outputs {list(cached)} do not cover: set "
+        "lmbda=0, or train on the dataset without the cached columns (online teacher)."
+    )
+
+
+def gold_tokens(batch: Mapping[str, Any]) -> int:
+    """The gold answer tokens of an on-policy ``batch`` (its :data:`~hf_msd.data.on_policy.GOLD_VIEW`'s
+    ``labels`` != -100 after the causal shift), 0 without a gold view: the task term's count."""
+    gold = view_inputs(batch, GOLD_VIEW)
+    if not gold:
+        return 0
+    labels = gold["labels"]
+    return int(losses.scored_token_mask(labels, gold.get("attention_mask"), labels.shape, causal=True).sum())
+
+
 class OnPolicy:
     """The on-policy steps of a trainer with ``args.lmbda > 0`` (see the module docstring).
 
@@ -129,10 +167,7 @@ class OnPolicy:
         for index, batch in enumerate(batches):
             cached = [key for key in batch if key.startswith(TEACHER_LOGITS)]
             if cached:
-                raise ValueError(
-                    f"lmbda={self.args.lmbda} generates answers the cached teacher outputs {cached} do not "
-                    "cover: set lmbda=0, or train on the dataset without the cached columns (online teacher)."
-                )
+                raise ValueError(_cached_message(self.args.lmbda, cached))
             distilled = batch.get(DISTILLATION_LABELS, batch.get("labels"))
             batch = {**batch, DISTILLATION_LABELS: distilled}
             prompts = prompt_inputs(self.student_inputs(batch), answer_starts(distilled), pad)

@@ -9,7 +9,7 @@ import sys
 from tests.helpers.scripts.distributed_vlm_script import main
 
 #: name -> (per_device_train_batch_size, gradient_accumulation_steps, modality_weighting, overrides).
-CASES = {"on_policy_batch2_accumulate2": (2, 2, "instance", {"lmbda": 1.0, "max_new_tokens": 3})}
+CASES = {"on_policy_batch2_accumulate2": (2, 2, "instance", {"lmbda": 1.0, "max_new_tokens": 4})}
 
 if __name__ == "__main__":
     main(sys.argv[1], CASES)
