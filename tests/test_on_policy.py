@@ -14,7 +14,7 @@ from transformers import HfArgumentParser
 
 from hf_msd.data import VisionLanguageCollator
 from hf_msd.data.generative import view_inputs
-from hf_msd.data.on_policy import GOLD_VIEW
+from hf_msd.data.on_policy import GOLD_VIEW, on_policy_draw
 from hf_msd.teacher_outputs.cache import precompute_teacher_outputs
 from hf_msd.trainers import (
     DistillationTrainer,
@@ -219,6 +219,31 @@ def test_lmbda_0_leaves_batches_and_random_state_as_they_were(tmp_path):
     assert torch.equal(default_rng, zero_rng)
     for name, value in default.items():
         assert torch.equal(zero[name], value), name
+
+
+def test_lmbda_between_0_and_1_makes_whole_steps_on_policy_by_the_seeded_draw(tmp_path):
+    """With lmbda=0.5 a step is on-policy exactly when on_policy_draw(0.5, seed, step) says so (seed 0: steps
+    0 and 5 of 6), and then both of its accumulated micro-batches are."""
+    teacher, student = teacher_and_student()
+    collator = VisionLanguageCollator(processor())
+    args = msd_args(
+        tmp_path,
+        lmbda=0.5,
+        max_new_tokens=2,
+        max_steps=6,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        seed=0,
+    )
+    trainer = MSDTrainer(
+        model=student, teacher_model=teacher, args=args, data_collator=collator, train_dataset=raw_examples(8)
+    )
+    records = record_steps(trainer)
+    trainer.train()
+    on_policy = [any(key.startswith(f"view_{GOLD_VIEW}__") for key in batch) for batch, _, _ in records]
+    draws = [on_policy_draw(0.5, 0, step) for step in range(6)]
+    assert draws == [True, False, False, False, False, True]
+    assert on_policy == [draw for draw in draws for _ in range(2)]
 
 
 def one_step(tmp_path, per_device, accumulation, **overrides):
