@@ -131,20 +131,31 @@ def logits(model, inputs):
         return model.eval()(**{k: v for k, v in inputs.items() if k not in dropped}).logits
 
 
-def kd_token_sum(student_logits, teacher_logits, scored):
+def kd_token_sum(student_logits, teacher_logits, scored, beta=0.0):
     """Sum over the scored tokens (``scored`` (B, T), -100 elsewhere; logits at t predict the token at t + 1)
-    of T^2 KL(softmax(t / T) || softmax(s / T)), written out."""
+    of T^2 KL(softmax(t / T) || softmax(s / T)) (``beta`` 0) or of the reverse T^2 KL(softmax(s / T) ||
+    softmax(t / T)) (``beta`` 1), written out."""
     t = torch.log_softmax(teacher_logits[:, :-1] / TEMPERATURE, dim=-1)
     s = torch.log_softmax(student_logits[:, :-1] / TEMPERATURE, dim=-1)
-    per_token = TEMPERATURE**2 * (t.exp() * (t - s)).sum(-1)
+    p, q = (t, s) if beta == 0 else (s, t)
+    per_token = TEMPERATURE**2 * (p.exp() * (p - q)).sum(-1)
     return (per_token * (scored[:, 1:] != X)).sum()
 
 
-@pytest.mark.parametrize("trainer_class", [MSDTrainer, DistillationTrainer])
-@pytest.mark.parametrize("family", ["llava", "idefics3"])
-def test_lmbda_1_distils_on_the_students_greedy_answers(tmp_path, family, trainer_class):
+@pytest.mark.parametrize(
+    ("family", "trainer_class", "beta"),
+    [
+        ("llava", MSDTrainer, 0.0),
+        ("llava", DistillationTrainer, 0.0),
+        ("idefics3", MSDTrainer, 0.0),
+        ("idefics3", DistillationTrainer, 0.0),
+        ("llava", MSDTrainer, 1.0),
+    ],
+)
+def test_lmbda_1_distils_on_the_students_greedy_answers(tmp_path, family, trainer_class, beta):
     """With lmbda=1 the distillation tokens of x and of every view are the student's greedy generate output,
-    and the step's loss is the hand computation on them (task term on the gold answers)."""
+    and the step's loss is the hand computation on them (task term on the gold answers; forward KL, or the
+    reverse KL with beta=1)."""
     proc, teacher, student = processor_and_models(family)
     msd = trainer_class is MSDTrainer
     examples = raw_examples(8, unlabelled=(1, 2))
@@ -157,6 +168,7 @@ def test_lmbda_1_distils_on_the_students_greedy_answers(tmp_path, family, traine
         per_device_train_batch_size=8,
         modality_weighting="uniform",
         modality_loss_weight=MODALITY if msd else 0.0,
+        beta=beta,
     )
     initial = copy.deepcopy(student)
     trainer = trainer_class(
@@ -183,11 +195,13 @@ def test_lmbda_1_distils_on_the_students_greedy_answers(tmp_path, family, traine
     x = {k: v for k, v in batch.items() if not k.startswith("view_")}
     expected = (
         HARD * task
-        + KD * kd_token_sum(logits(initial, x), logits(teacher, x), x["distillation_labels"]) / tokens
+        + KD * kd_token_sum(logits(initial, x), logits(teacher, x), x["distillation_labels"], beta) / tokens
     )
     for view in views[1:]:
         inputs = view_inputs(batch, view)
-        kd = kd_token_sum(logits(initial, inputs), logits(teacher, inputs), inputs["distillation_labels"])
+        kd = kd_token_sum(
+            logits(initial, inputs), logits(teacher, inputs), inputs["distillation_labels"], beta
+        )
         expected = expected + MODALITY * kd / tokens
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
