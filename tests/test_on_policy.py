@@ -22,6 +22,7 @@ from hf_msd.trainers import (
     MSDTrainer,
     MSDTrainingArguments,
 )
+from hf_msd.trainers.on_policy import generate_answers
 from tests.helpers.distillation import make_args
 from tests.helpers.distillation import teacher_and_student as bert_pair
 from tests.helpers.launch import REPO_ROOT, SCRIPTS, two_process_launch
@@ -355,3 +356,32 @@ def test_lmbda_1_two_processes_take_the_one_process_step(tmp_path):
         got = load_file(out_dir / case / f"rank{rank}.safetensors")
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=f"{rank} {name}")
+
+
+def test_sampled_answers_follow_their_seed_and_restore_the_random_state_and_the_mode(tmp_path):
+    """generation_do_sample: the answers are generate's samples at generation_temperature (top-k / top-p
+    off) from torch.manual_seed(seed); the global random state and the student's train mode are restored."""
+    _, student = teacher_and_student()
+    collator = VisionLanguageCollator(processor())
+    prompts = collator.generation_inputs(raw_examples(8))
+    args = msd_args(tmp_path, generation_do_sample=True, generation_temperature=3.0, max_new_tokens=5)
+    state = torch.random.get_rng_state()
+    answers = generate_answers(student.train(), prompts, args, seed=123)
+    assert torch.equal(torch.random.get_rng_state(), state) and student.training
+    torch.manual_seed(123)
+    with torch.no_grad():
+        out = student.eval().generate(
+            **prompts,
+            do_sample=True,
+            temperature=3.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=5,
+            suppress_tokens=[IMAGE],
+        )
+    want = []
+    for row in out[:, prompts["input_ids"].shape[1] :].tolist():
+        want.append(row[: row.index(EOS) + 1] if EOS in row else row)
+    assert [answer.tolist() for answer in answers] == want
+    assert [a.tolist() for a in generate_answers(student, prompts, args, seed=124)] != want
+    assert all(IMAGE not in answer for answer in want)
