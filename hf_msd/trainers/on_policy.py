@@ -32,6 +32,7 @@ from ..data.on_policy import (
 )
 from ..distillation import losses
 from ..teacher_outputs.cache import TEACHER_LOGITS
+from .columns import BatchColumns
 from .distillation_config import DistillationTrainingArguments
 
 #: Words in the names of a vision-language config's placeholder token ids (``image_token_id``,
@@ -168,7 +169,7 @@ class OnPolicy:
             cached = [key for key in batch if key.startswith(TEACHER_LOGITS)]
             if cached:
                 raise ValueError(_cached_message(self.args.lmbda, cached))
-            distilled = batch.get(DISTILLATION_LABELS, batch.get("labels"))
+            distilled = BatchColumns.distillation_labels(batch)
             batch = {**batch, DISTILLATION_LABELS: distilled}
             prompts = prompt_inputs(self.student_inputs(batch), answer_starts(distilled), pad)
             seed = derived_seed(self.args.seed, step, self.process_index, index)
