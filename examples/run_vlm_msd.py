@@ -174,6 +174,8 @@ def train_student(config: dict, method: str, processor, teacher, train, seed: in
         temperature=config["temperature"],
         hard_label_weight=1.0,
         kd_loss_weight=0.0 if method == "labels" else 1.0,
+        lmbda=0.0 if method == "labels" else config["lmbda"],
+        max_new_tokens=config["max_new_tokens"],
     )
     collator = VisionLanguageCollator(processor, views=method == "msd")
     if method == "msd":
