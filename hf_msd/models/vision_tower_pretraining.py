@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..distillation.losses import IGNORE_INDEX
+#: The label of an attribute no answer names: cross-entropy's default ``ignore_index``.
+IGNORE_INDEX = -100
 
 
 def image_attribute_labels(
