@@ -38,6 +38,7 @@ from ..data.on_policy import GOLD_VIEW
 from ..distillation import losses, objective
 from ..modalities.modality import Modality
 from ..pipelines import add_pipeline_code
+from ..targets import answer_outputs, answer_positions
 from ..teacher_outputs.cache import TEACHER_LOGITS
 from .columns import EXTRA_COLUMN_PREFIXES, BatchColumns
 from .compilation import allow_recompiles, mark_batch_dynamic
@@ -288,13 +289,18 @@ class DistillationTrainer(Trainer):
     def _model_computes_task_loss(self, inputs: dict[str, Any]) -> bool:
         """Whether the task term is the model's own loss, computed as `Trainer.compute_loss` does: with
         ``compute_loss_func`` or label smoothing, with custom ``label_names``, and for a student that takes
-        labels (:attr:`~hf_msd.trainers.pair.DistillationPair.student_takes_labels`)."""
+        labels (:attr:`~hf_msd.trainers.pair.DistillationPair.student_takes_labels`), unless the batch has
+        answer tokens (:meth:`~hf_msd.trainers.pair.DistillationPair.answer_labels`): the model's own loss
+        would need its (B, T, V) logits, so the library computes the same cross-entropy from the answer
+        rows (:func:`~hf_msd.distillation.answer_logits.answer_task_loss`)."""
         if self.args.hard_label_weight == 0:
             return False
         if self.compute_loss_func is not None or self.label_smoother is not None:
             return True
         if list(self.label_names) not in ([], ["labels"]):
             return any(name in inputs for name in self.label_names)
+        if self.pair.answer_labels(inputs) is not None:
+            return False
         return torch.is_tensor(inputs.get("labels")) and self.pair.student_takes_labels
 
     def student_forward(
@@ -313,7 +319,11 @@ class DistillationTrainer(Trainer):
             student_inputs["output_hidden_states"] = True
         if self.pair.attention_map:
             student_inputs["output_attentions"] = True
+        answers = self.pair.answer_labels(inputs)
         if not model_loss:
+            if answers is not None:
+                outputs = answer_outputs(model, student_inputs, answers)
+                return StudentOutput(outputs, outputs.logits, answer_labels=answers)
             outputs = model(**student_inputs)
             return StudentOutput(outputs, get_logits(self._student_base(), outputs))
         task, outputs = super().compute_loss(
@@ -321,7 +331,9 @@ class DistillationTrainer(Trainer):
         )
         labels_reached_model = self.label_smoother is None and self.compute_loss_func is None
         logits = get_logits(self._student_base(), outputs, has_loss=labels_reached_model)
-        return StudentOutput(outputs, logits, task_loss=task)
+        if answers is not None:  # the full logits that the model's own loss needed: their answer rows
+            logits = logits[answer_positions(answers).to(logits.device)]
+        return StudentOutput(outputs, logits, task_loss=task, answer_labels=answers)
 
     def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The teacher's outputs the terms need: ``{"full": outputs on the whole input}``, cached or a pass
