@@ -321,11 +321,14 @@ class DistillationTrainer(Trainer):
             student_inputs["output_attentions"] = True
         answers = self.pair.answer_labels(inputs)
         if not model_loss:
-            if answers is not None:
+            if answers is not None and model.training:
                 outputs = answer_outputs(model, student_inputs, answers)
                 return StudentOutput(outputs, outputs.logits, answer_labels=answers)
             outputs = model(**student_inputs)
-            return StudentOutput(outputs, get_logits(self._student_base(), outputs))
+            logits = get_logits(self._student_base(), outputs)
+            if answers is not None:  # evaluation keeps Trainer's (B, T, V) logits; the terms read answer rows
+                logits = logits[answer_positions(answers).to(logits.device)]
+            return StudentOutput(outputs, logits, answer_labels=answers)
         task, outputs = super().compute_loss(
             model, student_inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
