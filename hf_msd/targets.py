@@ -70,6 +70,13 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     return positions
 
 
+def answer_rows(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The rows of full logits (B, T, V) at the positions predicting the scored tokens of ``labels`` (B, T)
+    (:func:`answer_positions`): (N, V), in the row order of :func:`answer_outputs`. ``logits`` unchanged when
+    ``labels`` is None (no answer tokens)."""
+    return logits if labels is None else logits[answer_positions(labels).to(logits.device)]
+
+
 def answer_targets(labels: torch.Tensor) -> torch.Tensor:
     """The scored tokens of ``labels`` (B, T) in the row order of the answer-only logits: (N,)."""
     targets = labels[:, 1:]
@@ -111,7 +118,7 @@ def answer_outputs(model: torch.nn.Module, inputs: Mapping[str, Any], labels: to
     positions = answer_positions(labels)
     if not accepts_logits_to_keep(model):
         outputs = model(**inputs)
-        outputs.logits = outputs.logits[positions.to(outputs.logits.device)]
+        outputs.logits = answer_rows(outputs.logits, labels)
         return outputs
     outputs = model(**inputs, logits_to_keep=positions)
     bare = _bare_model(model)
