@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from results_files import write_results
+from results_files import RESULTS, write_results
 
 from hf_msd.data.generative import DISTILLATION_LABELS, VIEW_NAMES, view_key
 from hf_msd.distillation.answer_logits import answer_logits, answer_positions, answer_task_loss
@@ -140,12 +140,14 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([row + [value] * (length - len(row)) for row in rows])
 
 
-def build_batch(shape: str, batch: int, prompt_tokens: int, answer_tokens: int, seed: int) -> dict[str, dict]:
+def build_batch(
+    shape: str, vocab: int, batch: int, prompt_tokens: int, answer_tokens: int, seed: int
+) -> dict[str, dict]:
     """The views ``x``, ``text``, ``image`` of one batch, each ``{"inputs": model inputs, "labels": (B, T)
     answer tokens, -100 elsewhere}``, right-padded; example ``i`` has ``max(1, answer_tokens - i)`` answer
     tokens, the same in every view."""
     generator = torch.Generator().manual_seed(seed)
-    vocab, size, count = VOCAB[shape], IMAGE_SIZE[shape], image_tokens(shape)
+    size, count = IMAGE_SIZE[shape], image_tokens(shape)
     if prompt_tokens <= count:
         raise ValueError(f"--prompt-tokens must exceed the {count} image tokens, got {prompt_tokens}.")
     pixels = torch.randn(batch, 1, 3, size, size, generator=generator)
@@ -288,7 +290,8 @@ def child(args: argparse.Namespace) -> None:
     """One variant in this process: build, reset the peak-RSS mark, train; print the measurements as JSON."""
     torch.set_num_threads(args.threads)
     variant = args.child
-    student = build_model(args.shape, "same", seed=1)
+    vocab = args.vocab or VOCAB[args.shape]
+    student = build_model(args.shape, "same", seed=1, vocab=vocab)
     student.config.use_cache = False
     if args.freeze_vision:
         student.model.vision_model.requires_grad_(False)
@@ -297,18 +300,16 @@ def child(args: argparse.Namespace) -> None:
     student.train()
     method, logits = variant.split(":")
     if "online" in variant:
-        teacher = build_model(args.shape, args.teacher, seed=2).eval().requires_grad_(False)
+        teacher = build_model(args.shape, args.teacher, seed=2, vocab=vocab).eval().requires_grad_(False)
     elif logits == "answer" and method != "sft":  # the trainer needs a teacher; the cache replaces its passes
-        teacher = build_model("tiny", "same", seed=2, vocab=VOCAB[args.shape]).eval().requires_grad_(False)
+        teacher = build_model("tiny", "same", seed=2, vocab=vocab).eval().requires_grad_(False)
     else:
         teacher = None
-    views = build_batch(args.shape, args.batch, args.prompt_tokens, args.answer_tokens, seed=0)
+    views = build_batch(args.shape, vocab, args.batch, args.prompt_tokens, args.answer_tokens, seed=0)
     caches = {}
     if "cached" in variant:
         names = ("x", "text", "image") if variant.startswith("msd") else ("x",)
-        caches = {
-            name: cached_rows(views[name]["labels"], VOCAB[args.shape], args.top_k, 3) for name in names
-        }
+        caches = {name: cached_rows(views[name]["labels"], vocab, args.top_k, 3) for name in names}
     trainer = None
     if logits == "answer" and method != "sft":
         trainer = build_trainer(method, student, teacher, tempfile.mkdtemp(prefix="generative_scale_"))
@@ -339,7 +340,7 @@ def child_flags(args: argparse.Namespace) -> list[str]:
         "--shape", args.shape, "--teacher", args.teacher, "--batch", str(args.batch),
         "--prompt-tokens", str(args.prompt_tokens), "--answer-tokens", str(args.answer_tokens),
         "--top-k", str(args.top_k), "--steps", str(args.steps), "--warmup", str(args.warmup),
-        "--threads", str(args.threads),
+        "--threads", str(args.threads), "--vocab", str(args.vocab or VOCAB[args.shape]),
     ]  # fmt: skip
     flags += ["--gradient-checkpointing"] * args.gradient_checkpointing + [
         "--freeze-vision"
@@ -381,6 +382,54 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the targets at the long prompt with gradient checkpointing on: (variant, measure, largest ratio to SFT)
+TARGETS = (
+    ("kd_cached:answer", "training_peak_mb", 1.10),
+    ("kd_cached:answer", "seconds_per_step", 1.15),
+    ("msd_cached:answer", "training_peak_mb", 1.35),
+    ("msd_cached:answer", "seconds_per_step", 2.3),
+    ("msd_online:answer", "training_peak_mb", 1.5),
+)
+
+
+def combine(names: list[str], targets_from: str) -> tuple[dict[str, Any], str]:
+    """One report of several runs' reports (``benchmarks/results/<name>.json``): every run's table, and the
+    targets checked on ``targets_from``'s run against both SFT baselines (``sft:full``, the model's own loss,
+    and ``sft:answer``, the output layer at the answer tokens only)."""
+    reports = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in names}
+    rows = reports[targets_from]["variants"]
+    checks = [
+        {
+            "variant": variant,
+            "measure": measure,
+            "target": limit,
+            **{
+                f"ratio_to_{base.replace(':', '_')}": rows[variant][measure] / rows[base][measure]
+                for base in ("sft:full", "sft:answer")
+                if base in rows
+            },
+        }
+        for variant, measure, limit in TARGETS
+        if variant in rows
+    ]
+    lines = [
+        f"Targets, checked on `{targets_from}` (ratios to SFT with the model's own loss, and to SFT with "
+        "answer-only logits):",
+        "",
+        "| variant | measure | target | / sft:full | / sft:answer | met |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for check in checks:
+        full, answer = check["ratio_to_sft_full"], check.get("ratio_to_sft_answer", NAN)
+        lines.append(
+            f"| {check['variant']} | {check['measure']} | <= {check['target']} | {full:.2f} | {answer:.2f} | "
+            f"{'yes' if full <= check['target'] else 'no'} |"
+        )
+    for name, report in reports.items():
+        lines += ["", f"## {name}", "", markdown(report)]
+    return {"targets": checks, "runs": reports}, "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(VOCAB), default="smolvlm-256m")
@@ -389,6 +438,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=120, help="Image tokens plus text tokens.")
     parser.add_argument(
         "--answer-tokens", type=int, default=4, help="The first example's; others 1 fewer each."
+    )
+    parser.add_argument(
+        "--vocab", type=int, help="The models' vocabulary size (default: the shape's; 151936 is Qwen2-VL's)."
     )
     parser.add_argument("--top-k", type=int, default=20, help="Top-k of the cached variants.")
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -399,8 +451,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per process (inside the peak).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="generative_scale", help="Result files benchmarks/results/<name>.*")
+    parser.add_argument(
+        "--combine",
+        help="Comma-separated result names to gather into one report under --name, the targets checked on "
+        "the first (the long prompt with gradient checkpointing); no training.",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.combine:
+        names = args.combine.split(",")
+        write_results(args.name, *combine(names, names[0]))
+        return
     if args.child:
         child(args)
         return
@@ -424,12 +485,16 @@ def main() -> None:
         for variant, measured in runs.items()
     }
     command = " ".join(
-        ["python benchmarks/generative_scale.py", *child_flags(args), "--rounds", str(args.rounds)]
+        [
+            "python benchmarks/generative_scale.py",
+            *child_flags(args),
+            *("--rounds", str(args.rounds), "--variants", args.variants, "--name", args.name),
+        ]
     )
     report = {
         "command": command,
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s)",
+        f"{args.threads} thread(s), pinned to CPUs {sorted(os.sched_getaffinity(0))}",
         "setup": (
             f"Idefics3 {args.shape} student, teacher {args.teacher}; batch {args.batch}, "
             f"{args.prompt_tokens}-token prompts ({image_tokens(args.shape)} image tokens), answers of "
@@ -439,7 +504,7 @@ def main() -> None:
             f"after {args.warmup} warm-up; {time.time() - started:.0f} s"
         ),
         "variants": summary,
-        "cache_bytes_per_1000_answer_tokens": cache_bytes_per_1000_tokens(VOCAB[args.shape]),
+        "cache_bytes_per_1000_answer_tokens": cache_bytes_per_1000_tokens(args.vocab or VOCAB[args.shape]),
     }
     write_results(args.name, report, markdown(report))
 
