@@ -126,6 +126,19 @@ def record_steps(trainer):
     return records
 
 
+def output_layer_rows(model):
+    """The number of rows (hidden vectors) entering ``model``'s output layer per call with gradients on: the
+    training forwards, not generation (``no_grad``)."""
+    rows = []
+
+    def count(module, args, output):
+        if torch.is_grad_enabled():
+            rows.append(args[0].numel() // args[0].shape[-1])
+
+    model.get_output_embeddings().register_forward_hook(count)
+    return rows
+
+
 def logits(model, inputs):
     dropped = ("labels", "distillation_labels")
     with torch.no_grad():
@@ -155,8 +168,10 @@ def kd_token_sum(student_logits, teacher_logits, scored, beta=0.0):
 )
 def test_lmbda_1_distils_on_the_students_greedy_answers(tmp_path, family, trainer_class, beta):
     """With lmbda=1 the distillation tokens of x and of every view are the student's greedy generate output,
-    and the step's loss is the hand computation on them (task term on the gold answers; forward KL, or the
-    reverse KL with beta=1)."""
+    and the step's loss is the hand computation on them (task term on the gold answers, also as logged;
+    forward KL, or the reverse KL with beta=1). The student's output layer receives no more rows than the
+    step's scored tokens (the generated answers in x and in each view, the gold answers) plus one per example:
+    no pass builds (B, T, V) logits."""
     proc, teacher, student = processor_and_models(family)
     msd = trainer_class is MSDTrainer
     examples = raw_examples(8, unlabelled=(1, 2))
@@ -170,12 +185,14 @@ def test_lmbda_1_distils_on_the_students_greedy_answers(tmp_path, family, traine
         modality_weighting="uniform",
         modality_loss_weight=MODALITY if msd else 0.0,
         beta=beta,
+        logging_strategy="steps",
+        logging_steps=1,
     )
     initial = copy.deepcopy(student)
     trainer = trainer_class(
         model=student, teacher_model=teacher, args=args, data_collator=collator, train_dataset=examples
     )
-    records = record_steps(trainer)
+    records, rows = record_steps(trainer), output_layer_rows(student)
     trainer.train()
     ((batch, loss, training),) = records
     assert training  # generation left the student in train mode
@@ -193,6 +210,11 @@ def test_lmbda_1_distils_on_the_students_greedy_answers(tmp_path, family, traine
     gold = view_inputs(batch, GOLD_VIEW)
     gold_logits, gold_labels = logits(initial, gold)[:, :-1], gold["labels"][:, 1:]
     task = torch.nn.functional.cross_entropy(gold_logits[gold_labels != X], gold_labels[gold_labels != X])
+    (logged,) = [entry["task_loss"] for entry in trainer.state.log_history if "task_loss" in entry]
+    assert logged == pytest.approx(HARD * task.item(), rel=1e-5)
+    scored = [view_inputs(batch, view)["distillation_labels"] for view in views[1:]]
+    scored += [batch["distillation_labels"], gold["labels"]]
+    assert 0 < sum(rows) <= sum(int((labels[:, 1:] != X).sum()) for labels in scored) + len(examples)
     x = {k: v for k, v in batch.items() if not k.startswith("view_")}
     expected = (
         HARD * task

@@ -36,7 +36,7 @@ from ..distillation import losses, objective
 from ..teacher_outputs.cache import TEACHER_LOGITS
 from .columns import BatchColumns
 from .distillation_config import DistillationTrainingArguments
-from .terms import StudentOutput
+from .terms import StudentOutput, task_term
 
 #: Words in the names of a vision-language config's placeholder token ids (``image_token_id``,
 #: ``video_token_id``, ``vision_start_token_id``...): an answer holding one would not match the images.
@@ -145,20 +145,25 @@ def gold_task(
     components: dict[str, torch.Tensor],
     num_items_in_batch: torch.Tensor | int | None,
 ) -> None:
-    """On an on-policy batch, the task term on the gold answers: the student's forward
-    (:meth:`~hf_msd.trainers.DistillationTrainer.student_forward` of ``trainer``, a DistillationTrainer) on
-    the batch's :data:`~hf_msd.data.on_policy.GOLD_VIEW` (through the bare module: a second pass through DDP
-    in one step fails) replaces the task term of ``x``, whose labels are all -100 (``student.task_loss`` or
-    ``components["task"]``). Nothing happens off-policy or with ``hard_label_weight`` 0."""
+    """On an on-policy batch, the task term on the gold answers: it replaces the task term of ``x``, whose
+    labels are all -100 (``components["task"]``, or ``student.task_loss`` when the model's own loss is the
+    task term). Nothing happens off-policy or with ``hard_label_weight`` 0.
+
+    The batch's :data:`~hf_msd.data.on_policy.GOLD_VIEW` gets its gold tokens as its answer positions
+    (``distillation_labels``), so the student's forward on it
+    (:meth:`~hf_msd.trainers.DistillationTrainer.student_forward` of ``trainer``, a DistillationTrainer,
+    through the bare module: a second pass through DDP in one step fails) applies the output layer at the
+    gold tokens only, and its task term is the trainers' (:func:`~hf_msd.trainers.terms.task_term`: the
+    answer rows' cross-entropy in training)."""
     gold = view_inputs(inputs, GOLD_VIEW)
     if not gold or trainer.args.hard_label_weight == 0:
         return
+    gold[DISTILLATION_LABELS] = gold["labels"]
     gold_student = trainer.student_forward(trainer.accelerator.unwrap_model(model), gold, num_items_in_batch)
     if gold_student.task_loss is not None:
         student.task_loss = gold_student.task_loss
     else:
-        task = losses.token_task_loss(gold_student.logits, gold["labels"], causal=True)
-        components["task"] = trainer.args.hard_label_weight * task
+        components["task"] = task_term(gold_student, gold["labels"], trainer.pair, trainer.args)
 
 
 class OnPolicy:

@@ -29,6 +29,28 @@ class StudentOutput:
     answer_labels: torch.Tensor | None = None
 
 
+def task_term(
+    student: StudentOutput,
+    labels: Any,
+    pair: DistillationPair,
+    args: DistillationTrainingArguments,
+) -> torch.Tensor | None:
+    """The library's task term of ``student`` against ``labels``, times ``hard_label_weight``: float32 (B,),
+    each token-level example's SUM over its labelled tokens. From the answer rows (N, V)
+    (:func:`~hf_msd.distillation.answer_logits.answer_task_loss`) when ``student.answer_labels`` is set, else
+    from the full logits. ``None`` when the weight is 0, ``labels`` is not a tensor or the model's own loss
+    is the task term (``student.task_loss``)."""
+    if args.hard_label_weight == 0 or student.task_loss is not None or not torch.is_tensor(labels):
+        return None
+    if student.answer_labels is not None:
+        task = answer_task_loss(student.logits, student.answer_labels, labels)
+    elif pair.token_level:
+        task = losses.token_task_loss(student.logits, labels, causal=pair.token_level == "causal")
+    else:
+        task = losses.task_loss(student.logits, labels, pair.problem_type_of(labels))
+    return args.hard_label_weight * task
+
+
 def weighted_terms(
     student: StudentOutput,
     full: Any | None,
@@ -50,14 +72,9 @@ def weighted_terms(
     """
     labels = batch.get("labels")
     components: dict[str, torch.Tensor] = {}
-    if args.hard_label_weight > 0 and student.task_loss is None and torch.is_tensor(labels):
-        if student.answer_labels is not None:
-            task = answer_task_loss(student.logits, student.answer_labels, labels)
-        elif pair.token_level:
-            task = losses.token_task_loss(student.logits, labels, causal=pair.token_level == "causal")
-        else:
-            task = losses.task_loss(student.logits, labels, pair.problem_type_of(labels))
-        components["task"] = args.hard_label_weight * task
+    task = task_term(student, labels, pair, args)
+    if task is not None:
+        components["task"] = task
     if full is None:
         return components
     if student.logits.shape != full.logits.shape:
