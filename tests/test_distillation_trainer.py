@@ -117,7 +117,7 @@ def test_hidden_loss_uses_the_projection_and_ignores_padding(tmp_path):
     teacher, student = teacher_and_student()
     args = make_args(tmp_path, hard_label_weight=0.0, kd_loss_weight=0.0, hidden_loss_weight=2.0)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
-    assert trainer._hidden_map == {1: 2}  # last student layer -> last teacher layer
+    assert trainer.pair.hidden_map == {1: 2}  # last student layer -> last teacher layer
     batch = collate(token_dataset(4))
     loss = trainer.compute_loss(student, dict(batch))
     projection = trainer.training_modules["hidden_projections"]["1_to_2"]
@@ -135,7 +135,7 @@ def test_attention_loss_switches_to_eager_and_matches_kl_of_head_means(tmp_path)
     teacher, student = teacher_and_student()
     args = make_args(tmp_path, hard_label_weight=0.0, kd_loss_weight=0.0, attention_loss_weight=1.0)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
-    assert trainer._attention_map == {0: 1}
+    assert trainer.pair.attention_map == {0: 1}
     batch = collate(token_dataset(4))
     loss = trainer.compute_loss(student, dict(batch))
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -365,7 +365,7 @@ def test_peft_student_whose_base_is_the_teacher_distils_from_the_adapter_free_ba
     args = make_args(tmp_path, max_steps=2, hard_label_weight=0.0, kd_loss_weight=1.0)
     trainer = DistillationTrainer(model=student, teacher_model=base, args=args, train_dataset=token_dataset())
     student.train()
-    teacher_logits = trainer.teacher_forward(dict(batch)).logits
+    teacher_logits = trainer.teacher.forward(dict(batch)).logits
     torch.testing.assert_close(teacher_logits, base_logits)  # adapters disabled for the teacher
     assert student.training  # the teacher's eval() did not leave the shared modules in eval mode
     trainer.train()
@@ -394,3 +394,70 @@ def test_the_student_base_is_resolved_once_not_at_every_step(tmp_path, monkeypat
     assert trainer._student_base() is student.get_base_model()
     trainer.model = other = tiny_bert(seed=5)  # a new student object is resolved anew
     assert trainer._student_base() is other and len(calls) == 1
+
+
+# ---- Self-distillation, best model at the end ----------------------------------------------------------
+
+
+def test_plain_model_as_its_own_teacher_distils_from_a_frozen_copy_of_its_initial_weights(tmp_path):
+    """teacher_model is model (no PEFT): the teacher is a frozen copy of the student made at construction;
+    training moves the student, not the teacher, and the KD term compares against the initial weights."""
+    student = tiny_bert(seed=2)
+    initial = snapshot(student)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=student,
+        args=make_args(tmp_path, max_steps=2, hard_label_weight=0.5, kd_loss_weight=1.0),
+        train_dataset=token_dataset(16),
+    )
+    assert trainer.teacher_model is not student
+    assert not any(p.requires_grad for p in trainer.teacher_model.parameters())
+    trainer.train()
+    teacher_state = snapshot(trainer.teacher_model)
+    assert all(torch.equal(teacher_state[k], v) for k, v in initial.items())
+    assert any(not torch.equal(student.state_dict()[k], v) for k, v in initial.items())
+    batch = collate(token_dataset(4, seed=5))
+    student.eval()
+    loss = trainer.compute_loss(student, dict(batch))
+    reference = tiny_bert(seed=2).eval()
+    with torch.no_grad():
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    temperature = trainer.args.temperature
+    log_p, log_q = torch.log_softmax(t / temperature, -1), torch.log_softmax(s / temperature, -1)
+    kd = temperature**2 * (log_p.exp() * (log_p - log_q)).sum(-1)
+    expected = 0.5 * torch.nn.functional.cross_entropy(s, batch["labels"]) + kd.mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_load_best_model_at_end_restores_the_projections_of_the_best_checkpoint(tmp_path):
+    """With hidden-state projections, load_best_model_at_end restores them with the student: they equal those
+    saved in the best checkpoint, and evaluate() gives the best checkpoint's eval loss."""
+    teacher, student = teacher_and_student()
+    args = make_args(
+        tmp_path,
+        max_steps=3,
+        learning_rate=0.5,
+        hidden_loss_weight=1.0,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=True,  # the first checkpoint (highest loss) is the best: not the last step's
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=token_dataset(24),
+        eval_dataset=token_dataset(8, seed=3),
+    )
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best.endswith("checkpoint-1")
+    saved = torch.load(os.path.join(best, TRAINING_STATE_NAME), weights_only=True)["training_modules"]
+    for key, value in trainer.training_modules.state_dict().items():
+        torch.testing.assert_close(value, saved[key], rtol=0, atol=0, msg=key)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(trainer.state.best_metric, rel=1e-6)

@@ -332,3 +332,20 @@ def test_two_processes_take_the_one_process_step(tmp_path):
                 torch.testing.assert_close(
                     got[name], want[name], rtol=1e-4, atol=1e-6, msg=f"{case} {rank} {name}"
                 )
+
+
+def test_direct_compute_loss_in_train_mode_before_train_matches_the_hand_computation(tmp_path):
+    """compute_loss called directly, before train(), on a student in train mode (the model computes its
+    own task loss) returns the hand computation, as Trainer.compute_loss does: no accumulation scale."""
+    teacher, student = teacher_and_student()
+    batch = VisionLanguageCollator(processor())(raw_examples(4, unlabelled=(1,)))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=msd_args(tmp_path))
+    student.train()
+    loss = trainer.compute_loss(student, dict(batch))
+    dl, labels = batch["distillation_labels"], batch["labels"]
+    s_full, t_full = forward(student, batch), forward(teacher, batch)
+    logits, targets = shifted(s_full, labels)
+    task = torch.nn.functional.cross_entropy(logits[targets != X], targets[targets != X])
+    tokens = (dl[:, 1:] != X).sum()
+    expected = 0.3 * task + 0.7 * hand_kd_sum(s_full, t_full, dl, 2.0).sum() / tokens
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from hf_msd.architectures import default_modalities
 from hf_msd.modalities.modality import Modality
 from hf_msd.trainers.msd_config import MSDTrainingArguments
-from hf_msd.trainers.msd_trainer import SALIENCY_CACHE_NAME, MSDTrainer
+from hf_msd.trainers.msd_setup import SALIENCY_CACHE_NAME
+from hf_msd.trainers.msd_trainer import MSDTrainer
 from hf_msd.trainers.training_state import TRAINING_STATE_NAME
 from tests.helpers.models import tiny_model, tiny_vilt, tiny_vilt_batch
 from tests.helpers.msd import oracle_teacher, stack_collate, text_label_dataset
@@ -202,7 +203,7 @@ def test_population_weights_match_independent_saliency_and_are_cached(tmp_path, 
     def fail(*args, **kwargs):
         raise AssertionError("population saliency recomputed despite a matching cache")
 
-    monkeypatch.setattr("hf_msd.trainers.msd_trainer.compute_saliency", fail)
+    monkeypatch.setattr("hf_msd.trainers.msd_setup.compute_saliency", fail)
     again = make_trainer(tmp_path, task, modality_weighting="population", max_steps=1)
     again.train()
     torch.testing.assert_close(again.weighting(1)[0], want, rtol=1e-4, atol=1e-6)
@@ -354,3 +355,63 @@ def test_argument_validation_names_the_field(tmp_path, task):
             args=args_for(tmp_path, modality_weighting="learned"),
             train_dataset=task["train"],
         )
+
+
+def test_modality_terms_alone_are_accepted_and_train(tmp_path, task):
+    """hard_label_weight = kd_loss_weight = 0 with modality_loss_weight > 0: the loss is the modality terms
+    alone (hand computation), and training moves the student."""
+    trainer = make_trainer(
+        tmp_path, task, hard_label_weight=0.0, kd_loss_weight=0.0, modality_loss_weight=1.0
+    )
+    batch = task["batch"]
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    _, s_text, s_image = ours_by_hand(trainer.model, batch)
+    _, t_text, t_image = ours_by_hand(task["teacher"], batch)
+    expected = (hand_kd_single(s_text, t_text) + hand_kd_single(s_image, t_image)).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.args.max_steps = 2
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    with pytest.raises(ValueError, match=r"All loss weights .*modality_loss_weight"):
+        args_for(tmp_path, hard_label_weight=0.0, kd_loss_weight=0.0, modality_loss_weight=0.0)
+
+
+def _as_dataset(rows):
+    import datasets
+
+    return datasets.Dataset.from_dict({k: [row[k].tolist() for row in rows] for k in rows[0]}).with_format(
+        "torch"
+    )
+
+
+def test_iterable_dataset_trains_like_the_map_style_dataset(tmp_path, task):
+    """A datasets.IterableDataset trains as the same rows in a map-style Dataset (uniform weights)."""
+    rows = task["train"]
+    results = []
+    for name, dataset in (("map", _as_dataset(rows)), ("stream", _as_dataset(rows).to_iterable_dataset())):
+        trainer = make_trainer(tmp_path / name, task, max_steps=3, train_sampling_strategy="sequential")
+        trainer.train_dataset = dataset
+        trainer.train()
+        results.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    start = tiny_model(seed=1).state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in results[0].items())
+    for key, value in results[0].items():
+        torch.testing.assert_close(results[1][key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"modality_weighting": "population"}, r"modality_weighting='population'.*IterableDataset"),
+        (
+            {"modality_weighting": "learned", "meta_validation_fraction": 0.25},
+            r"meta_validation_fraction=0\.25.*IterableDataset",
+        ),
+    ],
+)
+def test_iterable_dataset_refuses_what_needs_a_pass_over_the_data(tmp_path, task, overrides, message):
+    trainer = make_trainer(tmp_path, task, max_steps=1, **overrides)
+    trainer.train_dataset = _as_dataset(task["train"]).to_iterable_dataset()
+    with pytest.raises(ValueError, match=message):
+        trainer.train()

@@ -54,7 +54,7 @@ def test_sigkilled_run_resumes_from_the_last_complete_checkpoint_to_the_uninterr
     with caplog.at_level(logging.WARNING):
         resumed.train(resume_from_checkpoint=True)
     assert f"Skipping the incomplete checkpoint {half_written}" in caplog.text
-    assert resumed._restored_from == str(output_dir / "checkpoint-2")
+    assert resumed.modules.restored_from == str(output_dir / "checkpoint-2")
     assert resumed.state.global_step == MAX_STEPS
     assert resumed._meta_batches.draws == MAX_STEPS  # the held-out stream continued, not restarted
 

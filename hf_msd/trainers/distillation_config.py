@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from transformers import TrainingArguments
 
@@ -161,6 +161,29 @@ class DistillationTrainingArguments(TrainingArguments):
         },
     )
 
+    #: The weights of the loss terms: each is checked (finite, >= 0), and not all of them may be 0.
+    loss_weight_names: ClassVar[tuple[str, ...]] = (
+        "hard_label_weight",
+        "kd_loss_weight",
+        "hidden_loss_weight",
+        "attention_loss_weight",
+    )
+
+    @classmethod
+    def coerce(cls: type[_Args], args: TrainingArguments | None) -> _Args:
+        """``args`` as ``cls``: its defaults for ``None`` (as `Trainer` does, with
+        ``output_dir="trainer_output"``), a `TrainingArguments` converted keeping every field
+        (:meth:`from_training_arguments`); anything else is refused."""
+        if args is None:
+            return cls(output_dir="trainer_output")
+        if isinstance(args, cls):
+            return args
+        if not isinstance(args, TrainingArguments):
+            raise TypeError(
+                f"args must be a TrainingArguments (ideally a {cls.__name__}), got {type(args).__name__}."
+            )
+        return cls.from_training_arguments(args)
+
     @classmethod
     def from_training_arguments(cls: type[_Args], args: TrainingArguments, **overrides: Any) -> _Args:
         """``args`` (any `TrainingArguments`) as ``cls``, keeping every field it has, plus ``overrides``.
@@ -186,7 +209,7 @@ class DistillationTrainingArguments(TrainingArguments):
         check_weight("learning_rate", self.learning_rate)  # transformers accepts NaN, inf and negatives
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}.")
-        weights = ("hard_label_weight", "kd_loss_weight", "hidden_loss_weight", "attention_loss_weight")
+        weights = self.loss_weight_names
         for name in weights:
             check_weight(name, getattr(self, name))
         if all(getattr(self, name) == 0 for name in weights):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..distillation.weighting import WEIGHTINGS
-from .distillation_config import DistillationTrainingArguments, check_weight
+from .distillation_config import DistillationTrainingArguments
 
 #: Targets of the modality terms: the teacher on ``x_m`` (MSD) or on the full ``x`` (a control).
 MODALITY_TARGETS = ("modality", "full")
@@ -26,6 +27,11 @@ class MSDTrainingArguments(DistillationTrainingArguments):
     learns nothing of the teacher's per-modality predictions), and ``modality_terms`` keeps the terms of
     the named modalities only (their weights unchanged; the others are dropped).
     """
+
+    loss_weight_names: ClassVar[tuple[str, ...]] = (
+        *DistillationTrainingArguments.loss_weight_names,
+        "modality_loss_weight",
+    )
 
     modality_weighting: str = field(
         default="uniform",
@@ -97,7 +103,6 @@ class MSDTrainingArguments(DistillationTrainingArguments):
                 f"modality_weighting={self.modality_weighting!r} is unknown; "
                 f"choose one of {sorted(WEIGHTINGS)}."
             )
-        check_weight("modality_loss_weight", self.modality_loss_weight)
         if self.modality_target not in MODALITY_TARGETS:
             raise ValueError(
                 f"modality_target={self.modality_target!r} is unknown; "

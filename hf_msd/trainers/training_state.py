@@ -11,7 +11,9 @@ meta-validation stream (:mod:`hf_msd.trainers.meta_validation`). None of it belo
 - restores every part from a checkpoint (:meth:`TrainingState.load`), called by the trainers' ``train()``
   before any training work on every process, so it runs under every backend (``Trainer._load_from_checkpoint``
   is skipped under DeepSpeed);
-- makes every process start from the main process's values (:meth:`TrainingState.synchronize`).
+- makes every process start from the main process's values (:meth:`TrainingState.synchronize`);
+- with ``load_best_model_at_end``, restores every part from the best checkpoint at the end of training, as
+  the Trainer restores the student (``on_train_end``).
 
 During training the parts stay identical across processes because the trainers all-reduce their
 gradients (projections) and hypergradients (learned weights) before each update.
@@ -100,6 +102,13 @@ class TrainingState(TrainerCallback):
                 for tensor in part.state_dict().values():
                     if torch.is_tensor(tensor):
                         torch.distributed.broadcast(tensor, src=0)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """With ``load_best_model_at_end``, the Trainer has restored the student from the best checkpoint:
+        restore every part from it too (projections, learned weights...), so the model left for evaluation
+        is the best checkpoint's whole."""
+        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            self.load(state.best_model_checkpoint)
 
     def on_save(self, args, state, control, **kwargs):
         if not (self.parts and args.should_save):
