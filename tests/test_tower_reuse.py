@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from hf_msd.architectures import ARCHITECTURES, default_modalities, reuses_towers
 from hf_msd.modalities.modality import Modality, restrict
 from hf_msd.models import DualEncoderForSequenceClassification, MultimodalTransformerForSequenceClassification
+from hf_msd.trainers.msd_config import MSDTrainingArguments
+from hf_msd.trainers.msd_trainer import MSDTrainer
 from tests.helpers.byom import architecture_batch, tiny_dual_encoder_config
 from tests.helpers.models import TINY_RESNET, tiny_batch, tiny_config
+from tests.helpers.msd import stack_collate
 
 MODELS = ["vit", "resnet", "clip", "siglip"]
 
@@ -156,3 +159,93 @@ def test_registry_marks_the_architectures_with_separate_towers():
     # another removal changes what the image tower sees: separate passes
     filled = [default_modalities(model)[0], Modality("image", keys=["pixel_values"], removal="fill")]
     assert not reuses_towers(model, filled)
+
+
+# ---- MSDTrainer: the student's and the online teacher's views from the towers ------------------------------
+
+WEIGHTINGS = ["uniform", "population", "instance", "learned"]
+
+
+def msd_trainer(tmp_path, weighting: str, tower_reuse: bool, kind: str) -> tuple[MSDTrainer, dict]:
+    """A fusion-transformer teacher (online) and a student of ``kind``, on 8 rows of a tiny batch."""
+    student, batch = build(kind, seed=1)
+    torch.manual_seed(0)
+    teacher = MultimodalTransformerForSequenceClassification(
+        student.config if kind == "resnet" else tiny_config()
+    )
+    batch = tiny_batch(teacher.config, batch_size=8, labels="single_label_classification")
+    rows = [{key: value[i] for key, value in batch.items()} for i in range(8)]
+    args = MSDTrainingArguments(
+        output_dir=str(tmp_path),
+        temperature=2.0,
+        hard_label_weight=0.3,
+        kd_loss_weight=0.7,
+        modality_loss_weight=0.4,
+        modality_weighting=weighting,
+        tower_reuse=tower_reuse,
+        per_device_train_batch_size=4,
+        meta_update_interval=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = MSDTrainer(
+        model=student,
+        teacher_model=teacher.eval(),
+        args=args,
+        train_dataset=rows,
+        eval_dataset=rows,
+        data_collator=stack_collate,
+    )
+    return trainer, stack_collate(rows[:4])
+
+
+def tower_calls(model) -> list[int]:
+    """A counter of the text tower's forward calls (one per pass that runs the towers)."""
+    calls = []
+    model.multimodal_transformer.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "weighting, kind", [*((w, "vit") for w in WEIGHTINGS), ("uniform", "resnet"), ("learned", "resnet")]
+)
+def test_msd_loss_gradients_and_meta_step_equal_separate_passes(tmp_path, weighting, kind):
+    """The MSD loss of a step and its gradients (and, for learned weights, the weights after a meta step)
+    with tower reuse equal those of separate passes; the student's and the teacher's towers run once per
+    step instead of once per pass (the text tower: on x only, instead of on x and x_text)."""
+    results = {}
+    for reuse in (True, False):
+        trainer, batch = msd_trainer(tmp_path / str(reuse), weighting, reuse, kind)
+        if weighting == "population":
+            trainer._set_population_saliency()
+        if weighting == "learned":
+            trainer._start_meta_batches()
+        model = trainer.model.train()
+        student_calls, teacher_calls = tower_calls(model), tower_calls(trainer.teacher.model)
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        counts = (len(student_calls), len(teacher_calls))
+        weights = None
+        if weighting == "learned":
+            model.zero_grad()
+            trainer._meta_step(model, dict(batch))
+            weights = [p.detach().clone() for p in trainer.weighting.parameters()]
+        results[reuse] = loss.detach(), grads, counts, weights
+    (loss, grads, counts, weights), (want_loss, want_grads, want_counts, want_weights) = (
+        results[True],
+        results[False],
+    )
+    torch.testing.assert_close(loss, want_loss, atol=1e-6, rtol=0)
+    assert grads.keys() == want_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, want_grads[name], atol=1e-6, rtol=0, msg=name)
+    assert counts == (1, 1) and want_counts == (2, 2)
+    if weighting == "learned":
+        assert weights and not torch.equal(
+            weights[0], torch.ones_like(weights[0])
+        )  # the meta step moved them
+        for got, want in zip(weights, want_weights):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
