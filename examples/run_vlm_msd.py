@@ -3,27 +3,28 @@
 
     python examples/run_vlm_msd.py examples/configs/vlm_easy_vqa.yaml [--key value ...]
 
-easy-VQA as generation ("what shape is in the image?" -> "circle"): a tiny LLaVA-style teacher (CLIP
-vision tower, projector, Llama language model, built from configs with a word-level tokenizer of the easy-VQA
-vocabulary; nothing downloads) is trained on every training label, then a smaller student of the same family
-is trained with labels on ``label_fraction`` of the training questions by
+easy-VQA as generation ("what shape is in the image?" -> "circle") with tiny LLaVA-style models (CLIP vision
+tower, projector, Llama language model, built from configs with a word-level tokenizer of the easy-VQA
+vocabulary; nothing downloads).
 
-- ``labels``: the labelled questions only (the model's own loss);
-- ``kd``: :class:`hf_msd.trainers.DistillationTrainer`, per-token KD on every question's answer (the
-  teacher's greedy answer where there is no label) plus the labels;
-- ``msd``: :class:`hf_msd.trainers.MSDTrainer`, KD plus the per-token KD on the question alone and on the
-  image with an empty question (:class:`hf_msd.data.VisionLanguageCollator`).
+The teacher is built in three stages, as LLaVA is (``docs/generative.md``):
 
-Every student gets the same number of optimizer steps. Accuracy is the exact match of the greedy answer on
-the test questions, with image + question, with the question alone and with the image alone, overall and per
-question type. With ``cache_teacher_outputs: true`` the teacher's answer-token distributions on the three
-inputs are computed once per seed (:func:`hf_msd.teacher_outputs.cache.precompute_teacher_outputs`,
-``cache_top_k``
-tokens per answer token, all of them when null) and the KD and MSD students read them instead of running the
-teacher. The last seed's student of each method is saved with its processor and a model card
-(``pipeline_tag: image-text-to-text``), ready for ``pipeline("image-text-to-text", model=folder)``; the
-results go to ``<output_dir>/results.json`` and ``results.md``. Config keys: see
-``examples/configs/vlm_easy_vqa.yaml``; ``--key value`` overrides one (YAML syntax, e.g. ``--seeds [0]``).
+1. ``tower_*``: the vision tower alone, trained as a classifier of the image's shape and colour (read off the
+   training questions' answers) on the mean of its last-layer patch tokens
+   (:func:`hf_msd.models.vision_tower_pretraining.pretrain_vision_tower`);
+2. ``align_*``: the projector alone (tower and language model frozen) on the describing questions ("what
+   shape ...", "what color ...");
+3. ``instruct_*``: the projector and the language model (tower frozen) on every training question.
+
+Students (:func:`hf_msd.models.vision_language_students.vision_language_student`) are the teacher with
+``student_language_layers`` of its language-model layers, with the teacher's vision tower (``vision_tower:
+teacher``) or a freshly initialised one (``random``, the control), trained for ``student_steps`` optimizer
+steps with labels on ``label_fraction`` of the training questions by each arm of :data:`ARMS`. Every model
+is scored on three inputs (:func:`hf_msd.evaluation.vision_language.three_input_accuracy`): image + question,
+the question alone, and another row's image (a seeded derangement of the test images), overall and per
+question type. Results: ``<output_dir>/results.json`` and ``results.md``; the teacher is saved with its
+processor in ``<output_dir>/teacher`` and the last seed's students in ``<output_dir>/student_<run>``. Config
+keys: see ``examples/configs/vlm_easy_vqa.yaml``; ``--key value`` overrides one (YAML, e.g. ``--seeds [0]``).
 """
 
 from __future__ import annotations
@@ -43,9 +44,23 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import Trainer, TrainingArguments
 
 from hf_msd.data import VisionLanguageCollator, easy_vqa_answers, easy_vqa_question_types, load_easy_vqa
-from hf_msd.data.splits import keep_labels_on_subset
+from hf_msd.data.splits import keep_labels_on_subset, select_subset
+from hf_msd.evaluation.vision_language import (
+    INPUTS,
+    SwappedImages,
+    generate_answers,
+    group_derangement,
+    three_input_accuracy,
+)
 from hf_msd.models.vision_language import llava_processor, tiny_llava, word_level_tokenizer
+from hf_msd.models.vision_language_students import VISION_TOWERS, vision_language_student
+from hf_msd.models.vision_tower_pretraining import (
+    VisionTowerClassifier,
+    image_attribute_labels,
+    pretrain_vision_tower,
+)
 from hf_msd.teacher_outputs.cache import precompute_teacher_outputs
+from hf_msd.teacher_outputs.full_input_targets import with_full_input_targets
 from hf_msd.trainers import (
     DistillationTrainer,
     DistillationTrainingArguments,
@@ -53,9 +68,22 @@ from hf_msd.trainers import (
     MSDTrainingArguments,
 )
 
-METHODS = ("labels", "kd", "msd")
-#: The inputs accuracy is measured on: image + question, the question alone, the image alone.
-VIEWS = {"image+text": None, "text only": "text", "image only": "image"}
+#: Each arm: its MSDTrainingArguments extras, None for DistillationTrainer. ``labels`` trains on the labelled
+#: questions only; ``kd`` is plain KD; the others are MSDTrainer: MSD, KD on the modality views with the
+#: teacher's full-input targets (``KD(T(x), S(x_m))``: the cached view outputs replaced by the full input's,
+#: :func:`~hf_msd.teacher_outputs.full_input_targets.with_full_input_targets`, with MSD's weights), and one
+#: MSD term at a time.
+ARMS = {
+    "labels": None,
+    "kd": None,
+    "msd": {},
+    "kd_full_target": {},
+    "msd_text": {"modality_terms": ["text"]},
+    "msd_image": {"modality_terms": ["image"]},
+}
+#: The attributes the vision tower is pretrained to name, as easy-VQA question types.
+ATTRIBUTES = ("shape", "color")
+QUESTION_TYPES = ("yes/no", "shape", "color")
 
 
 def load_config(argv: list[str]) -> dict[str, Any]:
@@ -69,10 +97,38 @@ def load_config(argv: list[str]) -> dict[str, Any]:
         if name not in config:
             raise SystemExit(f"Unknown option --{name}; the config's keys: {sorted(config)}.")
         config[name] = yaml.safe_load(value)
-    unknown = set(config["methods"]) - set(METHODS)
-    if unknown:
-        raise SystemExit(f"--methods: unknown {sorted(unknown)}; choose among {list(METHODS)}.")
+    for group in config["students"]:
+        unknown = set(group["arms"]) - set(ARMS)
+        if unknown:
+            raise SystemExit(f"--students: unknown arm(s) {sorted(unknown)}; choose among {list(ARMS)}.")
+        if group["vision_tower"] not in VISION_TOWERS:
+            raise SystemExit(
+                f"--students: vision_tower {group['vision_tower']!r} is unknown; choose one of "
+                f"{list(VISION_TOWERS)}."
+            )
+        if not 0 < group["label_fraction"] <= 1:
+            raise SystemExit(f"--students: label_fraction must be in (0, 1], got {group['label_fraction']}.")
+        if "kd_full_target" in group["arms"]:
+            check_full_target(config, group["arms"])
     return config
+
+
+def check_full_target(config: dict, arms: list[str]) -> None:
+    """``kd_full_target`` reads the full input's cached outputs in place of each view's, with MSD's weights:
+    it needs the cache, and, with population weights, an MSD arm before it (whose saliency it takes)."""
+    if not config["cache_teacher_outputs"]:
+        raise SystemExit("--students: the arm kd_full_target needs --cache_teacher_outputs true.")
+    if config["modality_weighting"] not in ("uniform", "population"):
+        raise SystemExit(
+            "--students: the arm kd_full_target takes --modality_weighting uniform or population, got "
+            f"{config['modality_weighting']!r} (per-example weights would come from the replaced targets)."
+        )
+    before = arms[: arms.index("kd_full_target")]
+    if config["modality_weighting"] == "population" and not any(ARMS.get(arm) is not None for arm in before):
+        raise SystemExit(
+            "--students: list an MSD arm (msd, msd_text or msd_image) before kd_full_target in its group: "
+            "kd_full_target uses that arm's population saliency as its weights."
+        )
 
 
 def words_of(text: str) -> list[str]:
@@ -81,58 +137,28 @@ def words_of(text: str) -> list[str]:
 
 
 def load_data(config: dict) -> tuple:
-    """``(train, test, vocabulary)``: easy-VQA rows ``{image, question, answer}`` (answer strings)."""
-    limits = {"train": config["train_samples"], "validation": 1, "test": config["test_samples"]}
+    """``(images, train, validation, test, vocabulary)``: easy-VQA rows ``{image, question, answer,
+    image_id}``; ``images``: ``tower_samples`` training questions (null: all), whose images and answers the
+    vision tower learns from; ``train``: the ``train_samples`` questions the rest of the teacher and the
+    students train on."""
+    limits = {"validation": config["validation_samples"], "test": config["test_samples"]}
     data = load_easy_vqa(max_samples=limits, seed=config["data_seed"])
     names = easy_vqa_answers()
-
-    def as_text(row):
-        return {"answer": names[row["label"]]}
-
-    train = data["train"].map(as_text).remove_columns(["image_id"])
-    test = data["test"].map(as_text).remove_columns(["image_id"])
-    words = {w for split in (train, test) for q in split["question"] for w in words_of(q)} | set(names)
-    return train, test, sorted(words)
-
-
-@torch.no_grad()
-def generate_answers(
-    model, collator: VisionLanguageCollator, rows, view: str | None, batch_size: int
-) -> list:
-    """The model's greedy answer (decoded, stripped) to every row on ``view``."""
-    model.eval()
-    tokenizer = collator.tokenizer
-    answers = []
-    for start in range(0, len(rows), batch_size):
-        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        inputs = collator.generation_inputs(batch, view=view)
-        output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        new = output[:, inputs["input_ids"].shape[1] :]
-        answers += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return answers
-
-
-def accuracy(model, collator, test, batch_size: int) -> dict[str, dict[str, float]]:
-    """Exact-match accuracy per view, overall and per question type (``{view: {"all": ..., type: ...}}``)."""
-    types = {answer: kind for kind, answers in easy_vqa_question_types().items() for answer in answers}
-    gold = test["answer"]
-    results = {}
-    for name, view in VIEWS.items():
-        predicted = generate_answers(model, collator, test, view, batch_size)
-        hits = [p == g for p, g in zip(predicted, gold)]
-        scores = {"all": sum(hits) / len(hits)}
-        for kind in ("yes/no", "shape", "color"):
-            mine = [h for h, g in zip(hits, gold) if types[g] == kind]
-            scores[kind] = sum(mine) / max(len(mine), 1)
-        results[name] = scores
-    return results
+    full, validation, test = [
+        data[name].map(lambda row: {"answer": names[row["label"]]}).remove_columns(["label"])
+        for name in ("train", *limits)
+    ]
+    train = select_subset(full, config["train_samples"], seed=config["data_seed"])
+    images = select_subset(full, config["tower_samples"], seed=config["data_seed"])
+    words = {w for split in (full, test) for q in split["question"] for w in words_of(q)} | set(names)
+    return images, train, validation, test, sorted(words)
 
 
 def training_arguments(config: dict, output_dir: str, seed: int, args_class=TrainingArguments, **extra):
+    extra.setdefault("learning_rate", config["learning_rate"])
     return args_class(
         output_dir=output_dir,
         per_device_train_batch_size=config["batch_size"],
-        learning_rate=config["learning_rate"],
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=10,
         weight_decay=0.0,
@@ -148,35 +174,99 @@ def training_arguments(config: dict, output_dir: str, seed: int, args_class=Trai
     )
 
 
-def train_teacher(config: dict, processor, train) -> torch.nn.Module:
+def image_attributes(rows, processor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One ``pixel_values`` row per image of ``rows`` and its shape / colour labels (-100 where unknown)."""
+    types = easy_vqa_question_types()
+    labels = image_attribute_labels(rows["image_id"], rows["answer"], {a: types[a] for a in ATTRIBUTES})
+    first = {}
+    for index, image_id in enumerate(rows["image_id"]):
+        first.setdefault(image_id, index)
+    images = list(rows.select([first[i] for i in labels])["image"])
+    pixels = torch.as_tensor(processor.image_processor(images, return_tensors="pt")["pixel_values"])
+    return pixels, {a: torch.tensor([labels[i][a] for i in labels]) for a in ATTRIBUTES}
+
+
+def set_trainable(model, parts: tuple[str, ...]) -> None:
+    """Gradients only for ``parts`` of a LLaVA model: ``vision_tower``, ``projector``, ``language_model``
+    (its decoder and LM head)."""
+    modules = {
+        "vision_tower": [model.model.vision_tower],
+        "projector": [model.model.multi_modal_projector],
+        "language_model": [model.model.language_model, model.lm_head],
+    }
+    for name, group in modules.items():
+        for module in group:
+            module.requires_grad_(name in parts)
+
+
+def train_teacher(config: dict, processor, images, train, validation) -> tuple[torch.nn.Module, dict]:
+    """The three teacher stages; returns the teacher and each stage's seconds and validation figures."""
     teacher = tiny_llava(processor, **config["teacher"], seed=config["data_seed"])
-    args = training_arguments(
-        config,
-        os.path.join(config["output_dir"], "teacher"),
-        config["data_seed"],
-        num_train_epochs=config["teacher_epochs"],
+    report = {}
+    start = time.perf_counter()
+    types = easy_vqa_question_types()
+    classifier = VisionTowerClassifier(teacher.model.vision_tower, {a: len(types[a]) for a in ATTRIBUTES})
+    pixels, labels = image_attributes(images, processor)
+    pretrain_vision_tower(
+        classifier,
+        pixels,
+        labels,
+        epochs=config["tower_epochs"],
+        learning_rate=config["tower_learning_rate"],
+        batch_size=config["batch_size"],
+        seed=config["data_seed"],
     )
-    Trainer(
-        model=teacher,
-        args=args,
-        train_dataset=train,
-        data_collator=VisionLanguageCollator(processor, views=False),
-    ).train()
-    return teacher.eval()
+    report["tower"] = {
+        "seconds": time.perf_counter() - start,
+        "validation_accuracy": classifier.accuracy(*image_attributes(validation, processor)),
+    }
+    print(json.dumps({"teacher stage": "tower", **report["tower"]}), flush=True)
+    folder = os.path.join(config["output_dir"], "teacher")
+    collator = VisionLanguageCollator(processor, views=False)
+    describing = train.filter(lambda row: row["answer"] not in types["yes/no"])
+    stages = {
+        "align": (("projector",), describing),
+        "instruct": (("projector", "language_model"), train),
+    }
+    for stage, (parts, data) in stages.items():
+        start = time.perf_counter()
+        set_trainable(teacher, parts)
+        args = training_arguments(
+            config,
+            folder,
+            config["data_seed"],
+            num_train_epochs=config[f"{stage}_epochs"],
+            learning_rate=config[f"{stage}_learning_rate"],
+        )
+        Trainer(model=teacher, args=args, train_dataset=data, data_collator=collator).train()
+        report[stage] = {"seconds": time.perf_counter() - start}
+        print(json.dumps({"teacher stage": stage, **report[stage]}), flush=True)
+    teacher.requires_grad_(False)
+    return teacher.eval(), report
 
 
-def train_student(config: dict, method: str, processor, teacher, train, seed: int):
-    """``(trainer, seconds per optimizer step)`` of one student."""
-    student = tiny_llava(processor, **config["student"], seed=1000 + seed)
-    output_dir = os.path.join(config["output_dir"], f"{method}_seed{seed}")
+def train_student(config: dict, arm: str, group: dict, processor, teacher, train, seed: int, saliency=None):
+    """``(trainer, seconds per optimizer step)`` of one student; ``saliency``: the population saliency an MSD
+    trainer uses instead of computing it from ``train``."""
+    student = vision_language_student(
+        teacher,
+        language_layers_to_keep=config["student_language_layers"],
+        vision_tower=group["vision_tower"],
+        freeze_vision_tower=config["freeze_student_vision_tower"],
+        seed=1000 + seed,
+    )
+    output_dir = os.path.join(config["output_dir"], f"{run_name(arm, group)}_seed{seed}")
     common = dict(
         max_steps=config["student_steps"],
         temperature=config["temperature"],
         hard_label_weight=1.0,
-        kd_loss_weight=0.0 if method == "labels" else 1.0,
+        kd_loss_weight=0.0 if arm == "labels" else 1.0,
+        lmbda=0.0 if arm == "labels" else config["lmbda"],
+        max_new_tokens=config["max_new_tokens"],
     )
-    collator = VisionLanguageCollator(processor, views=method == "msd")
-    if method == "msd":
+    msd_options = ARMS[arm]
+    collator = VisionLanguageCollator(processor, views=msd_options is not None)
+    if msd_options is not None:
         args = training_arguments(
             config,
             output_dir,
@@ -184,47 +274,59 @@ def train_student(config: dict, method: str, processor, teacher, train, seed: in
             MSDTrainingArguments,
             modality_loss_weight=config["modality_loss_weight"],
             modality_weighting=config["modality_weighting"],
-            saliency_batch_size=config["batch_size"],
+            saliency_batch_size=config["eval_batch_size"],
+            **msd_options,
             **common,
         )
         trainer_class = MSDTrainer
     else:
         args = training_arguments(config, output_dir, seed, DistillationTrainingArguments, **common)
         trainer_class = DistillationTrainer
-    data = train.filter(lambda row: row["answer"] is not None) if method == "labels" else train
+    data = train.filter(lambda row: row["answer"] is not None) if arm == "labels" else train
     trainer = trainer_class(
         model=student, teacher_model=teacher, args=args, train_dataset=data, data_collator=collator
     )
+    if saliency is not None:
+        trainer.weighting.set_population_saliency(saliency)
     start = time.perf_counter()
     trainer.train()
     seconds = (time.perf_counter() - start) / config["student_steps"]
     return trainer, seconds
 
 
-def save_student(trainer, processor, output_dir: str, method: str, results: dict, config: dict) -> None:
+def run_name(arm: str, group: dict) -> str:
+    """``<arm>-<vision tower>_tower-<label percentage>pct``, e.g. ``msd-teacher_tower-2pct``."""
+    return f"{arm}-{group['vision_tower']}_tower-{100 * group['label_fraction']:g}pct"
+
+
+def score_table(results: dict[str, dict[str, float]]) -> list[str]:
+    return [
+        f"| {name} | " + " | ".join(f"{scores[k]:.3f}" for k in ("all", *QUESTION_TYPES)) + " |"
+        for name, scores in results.items()
+    ]
+
+
+def save_student(trainer, processor, output_dir: str, name: str, results: dict, group: dict) -> None:
     """The student, its processor and a model card, loadable by ``pipeline("image-text-to-text", ...)``."""
     trainer.model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    rows = [
-        f"| {view} | " + " | ".join(f"{scores[k]:.3f}" for k in ("all", "yes/no", "shape", "color")) + " |"
-        for view, scores in results.items()
-    ]
     card = ModelCard.from_template(
         ModelCardData(
             pipeline_tag="image-text-to-text",
             library_name="transformers",
             license="apache-2.0",
-            tags=["hf_msd", "distillation", method, "llava"],
+            tags=["hf_msd", "distillation", name.split("-")[0], "llava"],
         ),
         template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
         body=(
-            f"# easy-VQA {method} student\n\nA tiny LLaVA-style student (CLIP vision tower, projector, Llama "
-            f"language model) distilled with `hf_msd` ({method}) from a larger LLaVA-style teacher on "
-            "easy-VQA as "
-            f"generation, with labels on {config['label_fraction']:.0%} of the training questions.\n\n"
+            f"# easy-VQA student {name}\n\nA tiny LLaVA-style student (CLIP vision tower, projector, Llama "
+            f"language model) distilled with `hf_msd` from a larger LLaVA-style teacher on easy-VQA as "
+            f"generation, with labels on {group['label_fraction']:.0%} of the training questions and the "
+            f"{group['vision_tower']} vision tower.\n\n"
             "## Results (exact match of the greedy answer, test subset)\n\n"
-            "| input | all | yes/no | shape | color |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-            "## Use\n\n```python\nfrom transformers import pipeline\n\n"
+            "| input | all | yes/no | shape | color |\n|---|---|---|---|---|\n"
+            + "\n".join(score_table(results))
+            + "\n\n## Use\n\n```python\nfrom transformers import pipeline\n\n"
             f'vqa = pipeline("image-text-to-text", model="{output_dir}")\n'
             'chat = [{"role": "user", "content": [{"type": "image", "image": image}, '
             '{"type": "text", "text": "what shape is in the image?"}]}]\n'
@@ -235,10 +337,10 @@ def save_student(trainer, processor, output_dir: str, method: str, results: dict
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Mean and standard deviation over seeds of every accuracy and of the step time, per method."""
+    """Per run name: mean and standard deviation over seeds of every accuracy and of the step time."""
     summary = {}
-    for method in dict.fromkeys(run["method"] for run in runs):
-        mine = [run for run in runs if run["method"] == method]
+    for name in dict.fromkeys(run["run"] for run in runs):
+        mine = [run for run in runs if run["run"] == name]
 
         def stats(values):
             return {
@@ -246,110 +348,175 @@ def summarise(runs: list[dict]) -> dict:
                 "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
             }
 
-        summary[method] = {
+        first = mine[0]["accuracy"]
+        summary[name] = {
             "accuracy": {
-                view: {k: stats([r["accuracy"][view][k] for r in mine]) for k in mine[0]["accuracy"][view]}
-                for view in mine[0]["accuracy"]
+                view: {k: stats([r["accuracy"][view][k] for r in mine]) for k in first[view]}
+                for view in first
             },
             "seconds_per_step": stats([r["seconds_per_step"] for r in mine]),
         }
     return summary
 
 
-def markdown(config: dict, teacher: dict, summary: dict, command: str, machine: dict) -> str:
+def markdown(config: dict, result: dict) -> str:
+    machine, teacher, summary = result["machine"], result["teacher"], result["summary"]
+    stages = teacher["stages"]
+    tower = stages["tower"]["validation_accuracy"]
     lines = [
         "# Generative MSD on easy-VQA (tiny LLaVA-style models)",
         "",
-        f"Command: `{command}`",
+        f"Command: `{result['command']}`",
         "",
-        f"Machine: {machine['cpu_count']} CPU cores, {machine['torch_threads']} torch thread(s);"
-        " s/step is the wall time of one optimizer step, "
+        f"Machine: {machine['cpu_count']} CPU cores, {machine['torch_threads']} torch thread(s); "
+        f"wall clock of the whole run {result['seconds'] / 60:.1f} min. s/step is the wall time of one "
+        "student optimizer step, "
         + (
-            f"teacher outputs cached (top {config['cache_top_k'] or 'all'} per answer token; computed once"
-            " per seed before training, not counted)."
+            f"teacher outputs cached (top {config['cache_top_k'] or 'all'}"
+            " per answer token; computed once per seed and label fraction before training, not counted)."
             if config["cache_teacher_outputs"]
             else "teacher online (no cache)."
         ),
         "",
-        f"Labels on {config['label_fraction']:.0%} of {config['train_samples']} training questions; "
-        f"{config['test_samples']} test questions; seeds {config['seeds']}; {config['student_steps']} "
-        "optimizer steps "
-        f"of batch {config['batch_size']} per student. Exact match of the greedy answer; mean ± std over "
-        "seeds.",
+        f"Teacher stages: vision tower {stages['tower']['seconds']:.0f} s (validation images: shape "
+        f"{tower['shape']:.3f}, colour {tower['color']:.3f}), projector alignment "
+        f"{stages['align']['seconds']:.0f} s, instruction tuning {stages['instruct']['seconds']:.0f} s.",
         "",
-        "| method | input | all | yes/no | shape | color | s/step |",
+        f"{config['train_samples']} training questions; {config['test_samples']} test questions; seeds "
+        f"{config['seeds']}; {config['student_steps']} optimizer steps of batch {config['batch_size']} per "
+        "student. Exact match of the greedy answer; mean ± std over seeds. Inputs: image + question, the "
+        "question alone, another test row's image with the question (a fixed seeded derangement).",
+        "",
+        "| model | input | all | yes/no | shape | color | s/step |",
         "|---|---|---|---|---|---|---|",
     ]
-    rows = [
-        (
-            "teacher",
-            {"accuracy": {v: {k: {"mean": x, "std": 0.0} for k, x in s.items()} for v, s in teacher.items()}},
-        )
-    ]
-    for method, result in [*rows, *summary.items()]:
-        for view, scores in result["accuracy"].items():
+    for view, scores in teacher["accuracy"].items():
+        cells = " | ".join(f"{scores[k]:.3f}" for k in ("all", *QUESTION_TYPES))
+        lines.append(f"| teacher | {view} | {cells} | |")
+    for name, row in summary.items():
+        for view, scores in row["accuracy"].items():
             cells = " | ".join(
-                f"{scores[k]['mean']:.3f} ± {scores[k]['std']:.3f}"
-                for k in ("all", "yes/no", "shape", "color")
+                f"{scores[k]['mean']:.3f} ± {scores[k]['std']:.3f}" for k in ("all", *QUESTION_TYPES)
             )
-            step = result.get("seconds_per_step")
-            timing = f"{step['mean']:.3f}" if step and view == "image+text" else ""
-            lines.append(f"| {method} | {view} | {cells} | {timing} |")
+            timing = f"{row['seconds_per_step']['mean']:.3f}" if view == "image+question" else ""
+            lines.append(f"| {name} | {view} | {cells} | {timing} |")
+    lines += ["", "Per seed (all questions; image + question / question only / swapped image):", ""]
+    lines += ["| run | seed | image+question | question only | swapped image | shape | color |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for run in result["runs"]:
+        scores = run["accuracy"]
+        lines.append(
+            f"| {run['run']} | {run['seed']} | "
+            + " | ".join(f"{scores[view]['all']:.3f}" for view in INPUTS)
+            + f" | {scores['image+question']['shape']:.3f} | {scores['image+question']['color']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def write_results(config: dict, result: dict, run_start: float) -> str:
+    """Summarise the runs so far into ``result`` and write ``results.json`` and ``results.md``; returns the
+    markdown."""
+    result["summary"] = summarise(result["runs"])
+    result["seconds"] = time.perf_counter() - run_start
+    with open(os.path.join(config["output_dir"], "results.json"), "w") as handle:
+        json.dump(result, handle, indent=2)
+    table = markdown(config, result)
+    with open(os.path.join(config["output_dir"], "results.md"), "w") as handle:
+        handle.write(table)
+    return table
+
+
+def remove_empty_folders(root: str) -> None:
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        if folder != root and not os.listdir(folder):
+            os.rmdir(folder)
 
 
 def run(config: dict, command: str) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.makedirs(config["output_dir"], exist_ok=True)
-    train, test, words = load_data(config)
+    run_start = time.perf_counter()
+    images, train, validation, test, words = load_data(config)
     processor = llava_processor(word_level_tokenizer(words), config["image_size"], config["patch_size"])
-    start = time.perf_counter()
-    teacher = train_teacher(config, processor, train)
-    teacher_seconds = time.perf_counter() - start
+    teacher, stages = train_teacher(config, processor, images, train, validation)
+    processor.save_pretrained(os.path.join(config["output_dir"], "teacher"))
+    teacher.save_pretrained(os.path.join(config["output_dir"], "teacher"))
     collator = VisionLanguageCollator(processor, views=False)
-    teacher_accuracy = accuracy(teacher, collator, test, config["eval_batch_size"])
-    print(json.dumps({"teacher": teacher_accuracy}), flush=True)
-    runs = []
-    for seed in config["seeds"]:
-        labelled = keep_labels_on_subset(
-            train, fraction=config["label_fraction"], seed=seed, label_column="answer"
-        )
-        needs_teacher_answers = any(m != "labels" for m in config["methods"])
-        if needs_teacher_answers:
-            teacher_answers = generate_answers(teacher, collator, train, None, config["eval_batch_size"])
-            labelled = labelled.add_column("teacher_answer", teacher_answers)
-        distilled = labelled
-        if needs_teacher_answers and config["cache_teacher_outputs"]:
-            distilled = precompute_teacher_outputs(
-                teacher,
-                labelled,
-                data_collator=VisionLanguageCollator(processor),
-                top_k=config["cache_top_k"],
-                batch_size=config["eval_batch_size"],
-                cache_dir=os.path.join(config["output_dir"], "teacher_outputs"),
-            )
-        for method in config["methods"]:
-            data = labelled if method == "labels" else distilled
-            trainer, seconds = train_student(config, method, processor, teacher, data, seed)
-            scores = accuracy(trainer.model, collator, test, config["eval_batch_size"])
-            runs.append({"method": method, "seed": seed, "accuracy": scores, "seconds_per_step": seconds})
-            print(json.dumps(runs[-1]), flush=True)
-            if seed == config["seeds"][-1]:
-                folder = os.path.join(config["output_dir"], f"student_{method}")
-                save_student(trainer, processor, folder, method, scores, config)
-    summary = summarise(runs)
+    types = easy_vqa_question_types()
+    batch = config["eval_batch_size"]
+
+    def evaluate(model, rows) -> dict:
+        swapped = SwappedImages(rows, group_derangement(rows["image_id"], seed=config["data_seed"]))
+        return three_input_accuracy(model, collator, rows, swapped, types, batch)
+
+    teacher_validation = evaluate(teacher, validation)
+    print(json.dumps({"teacher validation": teacher_validation}), flush=True)
+    teacher_accuracy = evaluate(teacher, test)
+    print(json.dumps({"teacher test": teacher_accuracy}), flush=True)
+    distilling = any(arm != "labels" for group in config["students"] for arm in group["arms"])
+    if distilling:
+        train = train.add_column("teacher_answer", generate_answers(teacher, collator, train, None, batch))
+    datasets_of = {}  # (seed, label fraction) -> the labelled rows, with cached outputs, with full targets
+    saliency = {}  # (seed, label fraction) -> the population saliency of its first MSD student
+
+    def student_data(seed: int, fraction: float) -> dict:
+        if (seed, fraction) not in datasets_of:
+            labelled = keep_labels_on_subset(train, fraction=fraction, seed=seed, label_column="answer")
+            data = {"labels": labelled, "distilled": labelled, "kd_full_target": labelled}
+            if distilling and config["cache_teacher_outputs"]:
+                data["distilled"] = precompute_teacher_outputs(
+                    teacher,
+                    labelled,
+                    data_collator=VisionLanguageCollator(processor),
+                    top_k=config["cache_top_k"],
+                    batch_size=batch,
+                    cache_dir=os.path.join(config["output_dir"], "teacher_outputs"),
+                )
+                data["kd_full_target"] = with_full_input_targets(data["distilled"])
+            datasets_of[seed, fraction] = data
+        return datasets_of[seed, fraction]
+
     result = {
         "command": command,
         "config": config,
         "machine": {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
-        "teacher": {"accuracy": teacher_accuracy, "training_seconds": teacher_seconds},
-        "runs": runs,
-        "summary": summary,
+        "teacher": {
+            "accuracy": teacher_accuracy,
+            "validation_accuracy": teacher_validation,
+            "stages": stages,
+        },
+        "runs": [],
     }
-    with open(os.path.join(config["output_dir"], "results.json"), "w") as handle:
-        json.dump(result, handle, indent=2)
-    with open(os.path.join(config["output_dir"], "results.md"), "w") as handle:
-        handle.write(markdown(config, teacher_accuracy, summary, command, result["machine"]))
+    # Group by group (the first group's arms on every seed first), the results written after every student.
+    for group in config["students"]:
+        fraction = group["label_fraction"]
+        for seed in config["seeds"]:
+            for arm in group["arms"]:
+                data = student_data(seed, fraction)
+                trainer, seconds = train_student(
+                    config,
+                    arm,
+                    group,
+                    processor,
+                    teacher,
+                    data.get(arm, data["distilled"]),
+                    seed,
+                    saliency.get((seed, fraction)) if arm == "kd_full_target" else None,
+                )
+                if ARMS[arm] is not None and config["modality_weighting"] == "population":
+                    saliency.setdefault((seed, fraction), trainer.weighting.population_saliency.clone())
+                scores = evaluate(trainer.model, test)
+                name = run_name(arm, group)
+                run = {"run": name, "seed": seed, "accuracy": scores, "seconds_per_step": seconds}
+                result["runs"].append(run)
+                print(json.dumps(run), flush=True)
+                if seed == config["seeds"][-1]:
+                    folder = os.path.join(config["output_dir"], f"student_{name}")
+                    save_student(trainer, processor, folder, name, scores, group)
+                write_results(config, result, run_start)
+    table = write_results(config, result, run_start)
+    remove_empty_folders(config["output_dir"])
+    print(table, flush=True)
     return result
 
 

@@ -1,12 +1,16 @@
-"""End-to-end: examples/run_vlm_msd.py on a tiny easy-VQA slice, as a user runs it, and its student served by
-``pipeline("image-text-to-text")``."""
+"""End-to-end: examples/run_vlm_msd.py on a tiny easy-VQA slice, as a user runs it (the three teacher stages,
+every arm with the teacher's and a random vision tower, two label fractions, the three-input evaluation), and
+its student served by ``pipeline("image-text-to-text")``."""
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -17,39 +21,69 @@ from hf_msd.data import VisionLanguageCollator, load_easy_vqa
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "run_vlm_msd.py"
 CONFIG = ROOT / "examples" / "configs" / "vlm_easy_vqa.yaml"
+TINY = {
+    "--train_samples": "64",
+    "--validation_samples": "16",
+    "--test_samples": "12",
+    "--tower_samples": "200",
+    "--tower_epochs": "1",
+    "--align_epochs": "1",
+    "--instruct_epochs": "1",
+    "--student_steps": "2",
+    "--batch_size": "8",
+    "--seeds": "[0]",
+    "--teacher": "{hidden_size: 16, num_layers: 2, vision_hidden_size: 16, vision_layers: 1}",
+}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def test_the_example_trains_evaluates_and_serves_the_students(tmp_path):
+def run_example(options: dict) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SCRIPT), str(CONFIG), *[x for pair in options.items() for x in pair]]
+    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_the_example_builds_the_teacher_trains_every_arm_and_serves_the_students(tmp_path):
     out = tmp_path / "run"
-    tiny = {
-        "--output_dir": str(out),
-        "--train_samples": "48",
-        "--test_samples": "12",
-        "--teacher_epochs": "1",
-        "--student_steps": "2",
-        "--batch_size": "8",
-        "--seeds": "[0]",
-        "--teacher": "{hidden_size: 16, num_layers: 1, vision_hidden_size: 16, vision_layers: 1}",
-        "--student": "{hidden_size: 8, num_layers: 1, vision_hidden_size: 8, vision_layers: 1}",
-    }
-    command = [sys.executable, str(SCRIPT), str(CONFIG), *[x for pair in tiny.items() for x in pair]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_example({**TINY, "--output_dir": str(out)})
     assert result.returncode == 0, result.stderr[-6000:]
 
     results = json.loads((out / "results.json").read_text())
-    assert [run["method"] for run in results["runs"]] == ["labels", "kd", "msd"]
-    for run in results["runs"]:
-        assert set(run["accuracy"]) == {"image+text", "text only", "image only"}
-        for scores in run["accuracy"].values():
-            assert set(scores) == {"all", "yes/no", "shape", "color"}
-            assert all(0.0 <= value <= 1.0 for value in scores.values())
-        assert run["seconds_per_step"] > 0
-    assert "| msd | image only |" in (out / "results.md").read_text()
+    stages = results["teacher"]["stages"]
+    assert list(stages) == ["tower", "align", "instruct"] and all(s["seconds"] > 0 for s in stages.values())
+    assert set(stages["tower"]["validation_accuracy"]) == {"shape", "color"}
+    inputs = ["image+question", "question only", "swapped image"]
+    teacher_arms = ["labels", "kd", "msd", "kd_full_target", "msd_text", "msd_image"]
+    assert [run["run"] for run in results["runs"]] == [
+        *(f"{arm}-teacher_tower-2pct" for arm in teacher_arms),
+        "kd-random_tower-2pct",
+        "msd-random_tower-2pct",
+        "kd-teacher_tower-10pct",
+        "msd-teacher_tower-10pct",
+    ]
+    for scores in [results["teacher"]["accuracy"], *(run["accuracy"] for run in results["runs"])]:
+        assert list(scores) == inputs
+        for by_type in scores.values():
+            assert set(by_type) == {"all", "yes/no", "shape", "color"}
+            assert all(0.0 <= value <= 1.0 for value in by_type.values())
+    assert all(run["seconds_per_step"] > 0 for run in results["runs"])
+    table = (out / "results.md").read_text()
+    assert "| msd-teacher_tower-2pct | swapped image |" in table and "| teacher | question only |" in table
+    assert "| kd-random_tower-2pct | image+question |" in result.stdout  # the table is printed at the end
+    assert all(any(folder.iterdir()) for folder in out.rglob("*") if folder.is_dir())  # no empty folder
+
+    # The teacher is saved with its processor; a student keeps every other language-model layer and the
+    # teacher's frozen vision tower, or a random one (the control).
+    teacher = load_file(out / "teacher" / "model.safetensors")
+    AutoProcessor.from_pretrained(out / "teacher")
+    for name, same_tower in (("msd-teacher_tower-2pct", True), ("msd-random_tower-2pct", False)):
+        student = load_file(out / f"student_{name}" / "model.safetensors")
+        tower = [key for key in teacher if "vision_tower" in key]
+        assert all(torch.equal(student[key], teacher[key]) for key in tower) == same_tower
+        assert not any("language_model.layers.1." in key for key in student)
 
     # The saved MSD student: served by the image-text-to-text pipeline, which answers as the model's own
     # greedy generation on the collator's prompt does; its card carries the pipeline tag.
-    folder = out / "student_msd"
+    folder = out / "student_msd-teacher_tower-2pct"
     card = (folder / "README.md").read_text()
     assert yaml.safe_load(card.split("---")[1])["pipeline_tag"] == "image-text-to-text"
     example = load_easy_vqa(max_samples={"train": 1, "validation": 1, "test": 2}, seed=0)["test"][0]
@@ -72,17 +106,49 @@ def test_the_example_trains_evaluates_and_serves_the_students(tmp_path):
     expected = collator.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert served.strip() == expected.strip()
 
-    # The same MSD student trained from the teacher's cached outputs (the whole vocabulary per answer token):
-    # the teacher runs once per example before training instead of every step, and the student is the same.
-    cached = tmp_path / "cached"
-    options = {**tiny, "--output_dir": str(cached), "--methods": "[msd]", "--cache_teacher_outputs": "true"}
-    command = [sys.executable, str(SCRIPT), str(CONFIG), *[x for pair in options.items() for x in pair]]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # The same MSD student trained with the teacher online: the cached outputs (the whole vocabulary per
+    # answer token) give the same student.
+    online = tmp_path / "online"
+    options = {
+        **TINY,
+        "--output_dir": str(online),
+        "--students": "[{arms: [msd], vision_tower: teacher, label_fraction: 0.02}]",
+        "--cache_teacher_outputs": "false",
+    }
+    result = run_example(options)
     assert result.returncode == 0, result.stderr[-6000:]
-    assert "teacher outputs cached" in (cached / "results.md").read_text()
-    assert list((cached / "teacher_outputs").glob("teacher-outputs-*.arrow"))
-    online_weights = load_file(folder / "model.safetensors")
-    cached_weights = load_file(cached / "student_msd" / "model.safetensors")
+    assert "teacher online" in (online / "results.md").read_text()
+    assert not (online / "teacher_outputs").exists()
+    cached_weights = load_file(folder / "model.safetensors")
+    online_weights = load_file(online / "student_msd-teacher_tower-2pct" / "model.safetensors")
     assert online_weights.keys() == cached_weights.keys()
     for name, value in online_weights.items():
         torch.testing.assert_close(cached_weights[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("run_vlm_msd", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_student_groups_are_refused_by_name_before_anything_runs():
+    example = load_example()
+    cases = {
+        ("--cache_teacher_outputs", "false"): "the arm kd_full_target needs --cache_teacher_outputs true",
+        (
+            "--students",
+            "[{arms: [kd_full_target, msd], vision_tower: teacher, label_fraction: 0.02}]",
+        ): "list an MSD arm (msd, msd_text or msd_image) before kd_full_target",
+        (
+            "--modality_weighting",
+            "instance",
+        ): "kd_full_target takes --modality_weighting uniform or population",
+        ("--students", "[{arms: [kd], vision_tower: shared, label_fraction: 0.02}]"): "vision_tower 'shared'",
+        ("--students", "[{arms: [distil], vision_tower: teacher, label_fraction: 0.02}]"): "unknown arm(s)",
+        ("--students", "[{arms: [kd], vision_tower: teacher, label_fraction: 0}]"): "label_fraction must be",
+    }
+    for option, message in cases.items():
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            example.load_config([str(CONFIG), *option])

@@ -63,6 +63,22 @@ def check_weight(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
 
+def check_on_policy(args: DistillationTrainingArguments) -> None:
+    """Raise a ValueError naming the field unless the on-policy settings are in range: ``lmbda`` in [0, 1],
+    ``max_new_tokens`` an integer >= 1, ``generation_temperature`` finite and > 0."""
+    if not (isinstance(args.lmbda, (int, float)) and 0.0 <= args.lmbda <= 1.0):
+        raise ValueError(f"lmbda must be in [0, 1] (the share of on-policy steps), got {args.lmbda!r}.")
+    if (
+        isinstance(args.max_new_tokens, bool)
+        or not isinstance(args.max_new_tokens, int)
+        or args.max_new_tokens < 1
+    ):
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {args.max_new_tokens!r}.")
+    temperature = args.generation_temperature
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"generation_temperature must be a finite number > 0, got {temperature!r}.")
+
+
 @dataclass
 class DistillationTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the knowledge-distillation settings of `DistillationTrainer`.
@@ -160,6 +176,34 @@ class DistillationTrainingArguments(TrainingArguments):
             "teacher is given as a path."
         },
     )
+    lmbda: float = field(
+        default=0.0,
+        metadata={
+            "help": "On-policy share, in [0, 1], as TRL's GKD `lmbda`: with this probability per optimizer "
+            "step (seeded by `seed` and the step, the same draw on every process), a generative (causal LM) "
+            "student generates each example's answer from the x prompt and the distillation terms (KD and "
+            "every MSD view) score those tokens instead of the collated answers; the task term keeps the "
+            "gold answers. 0 (default): off-policy only. Not with cached teacher outputs."
+        },
+    )
+    max_new_tokens: int = field(
+        default=128,
+        metadata={"help": "Longest on-policy answer (>= 1) the student generates (TRL's `max_new_tokens`)."},
+    )
+    generation_do_sample: bool = field(
+        default=False,
+        metadata={
+            "help": "On-policy answers sampled (True, at generation_temperature, no top-k / top-p) or greedy "
+            "(False, default). TRL's GKD always samples (do_sample=True, top_k=0)."
+        },
+    )
+    generation_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Sampling temperature (> 0) of the on-policy answers when generation_do_sample (TRL's "
+            "GKD calls it `temperature`). The distillation loss uses `temperature` (the KD one), not this."
+        },
+    )
 
     #: The weights of the loss terms: each is checked (finite, >= 0), and not all of them may be 0.
     loss_weight_names: ClassVar[tuple[str, ...]] = (
@@ -244,3 +288,4 @@ class DistillationTrainingArguments(TrainingArguments):
                 "teacher_model_init_kwargs must be a dict (or a JSON object string), "
                 f"got {self.teacher_model_init_kwargs!r}."
             )
+        check_on_policy(self)

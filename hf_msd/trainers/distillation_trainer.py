@@ -33,6 +33,8 @@ from transformers.utils import CONFIG_NAME, logging
 
 from ..architectures import get_logits
 from ..architectures import num_labels as architecture_num_labels
+from ..data.generative import view_inputs
+from ..data.on_policy import GOLD_VIEW
 from ..distillation import losses, objective
 from ..modalities.modality import Modality
 from ..pipelines import add_pipeline_code
@@ -43,6 +45,7 @@ from .data_checks import check_datasets
 from .distillation_config import DistillationTrainingArguments
 from .frozen_modules import keep_frozen_normalization_in_eval
 from .meters import AgreementMeter, StepWindow, TermLog
+from .on_policy import OnPolicy, check_on_policy_setup, gold_tokens
 from .pair import projections, resolve_pair
 from .teacher import Teacher, load_teacher, prepare_teacher
 from .terms import StudentOutput, weighted_terms
@@ -141,6 +144,11 @@ class DistillationTrainer(Trainer):
         self.term_log = TermLog(self.args.device)  # the <name>_loss logs
         self.agreement = AgreementMeter()  # <prefix>_teacher_agreement of an evaluation loop
         self._checked_data: tuple | None = None
+        check_on_policy_setup(args.lmbda, self.token_level, self.train_dataset)
+        #: The on-policy steps of ``lmbda > 0`` (:class:`~hf_msd.trainers.on_policy.OnPolicy`), else None.
+        self.on_policy = (
+            OnPolicy(args, self.columns.student, self.accelerator.process_index) if args.lmbda > 0 else None
+        )
 
     # ---- The pair, the teacher and the training-only modules ---------------------------------------------
 
@@ -186,13 +194,15 @@ class DistillationTrainer(Trainer):
         labels, distilled = batch.get("labels"), self.columns.distillation_labels(batch)
         library_task = torch.is_tensor(labels) and not self.token_level
         library_task = library_task and not self._model_computes_task_loss(batch)
-        return objective.count_batch(
+        counts = objective.count_batch(
             batch,
             distilled if torch.is_tensor(distilled) else None,
             self.token_level,
             self.pair.problem_type_of(labels) if library_task else None,
             library_task,
         )
+        counts[objective.TOKENS] += gold_tokens(batch)  # an on-policy batch's task term: its gold view
+        return counts
 
     # ---- Training: optimizer, steps, data, checkpoints ---------------------------------------------------
 
@@ -213,6 +223,8 @@ class DistillationTrainer(Trainer):
         becomes 1, so a summed loss over no labelled token is 0, not NaN), plus the library's counts of the
         whole accumulated batch over the processes (:attr:`step_window`)."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.on_policy is not None and batch_samples:  # the student's answers, before the counts
+            batch_samples = self.on_policy.rewrite(self.model, batch_samples, self.state.global_step)
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = torch.where(num_items_in_batch == 0, 1, num_items_in_batch)
         self.step_window.counts = None
@@ -376,6 +388,7 @@ class DistillationTrainer(Trainer):
         student = self.student_forward(model, inputs, num_items_in_batch)
         teacher = self.teacher_outputs(inputs) if self.uses_teacher else None
         components, _ = self.loss_components(model, inputs, student, teacher)
+        self.gold_task(model, inputs, student, components, num_items_in_batch)
         loss = self.reduce_loss(components, student, inputs, num_items_in_batch, accumulated)
         if self.uses_teacher:  # a NaN teacher must not reach the student; else the Trainer's NaN handling
             self.check_finite("The training loss" if model.training else "The evaluation loss", loss)
@@ -392,6 +405,28 @@ class DistillationTrainer(Trainer):
         if student.task_loss is None and isinstance(outputs, tuple):
             outputs = (loss, *outputs)  # Trainer's convention: a tuple's first entry is the loss
         return loss, outputs
+
+    def gold_task(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        student: StudentOutput,
+        components: dict[str, torch.Tensor],
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> None:
+        """On an on-policy batch, the task term on the gold answers: the student's forward on the batch's
+        :data:`~hf_msd.data.on_policy.GOLD_VIEW` (through the bare module: a second pass through DDP in one
+        step fails) replaces the task term of ``x``, whose labels are all -100 (``student.task_loss`` or
+        ``components["task"]``). Nothing happens off-policy or with ``hard_label_weight`` 0."""
+        gold = view_inputs(inputs, GOLD_VIEW)
+        if not gold or self.args.hard_label_weight == 0:
+            return
+        gold_student = self.student_forward(self.accelerator.unwrap_model(model), gold, num_items_in_batch)
+        if gold_student.task_loss is not None:
+            student.task_loss = gold_student.task_loss
+        else:
+            task = losses.token_task_loss(gold_student.logits, gold["labels"], causal=True)
+            components["task"] = self.args.hard_label_weight * task
 
     def reduce_loss(
         self,
@@ -478,6 +513,8 @@ class DistillationTrainer(Trainer):
         the others over all examples; a token-level model's ``task`` and ``kd`` over the labelled tokens)."""
         if "loss" in logs:
             logs.update(self.term_log.pop_means(self._sum_over_processes, self.token_level))
+            if self.on_policy is not None:
+                logs.update(self.on_policy.pop_logs(self._sum_over_processes, self.args.device))
         super().log(logs, start_time)
 
     def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,9 @@ CASES = {
 }
 
 
-def train_one_step(output_dir, batch_size: int, accumulation: int, weighting: str):
-    """One SGD step (lr 0.5, sequential order) of the tiny LLaVA pair; returns the bare student."""
+def train_one_step(output_dir, batch_size: int, accumulation: int, weighting: str, **overrides):
+    """One SGD step (lr 0.5, sequential order) of the tiny LLaVA pair (``overrides``: more arguments);
+    returns the trainer and the bare student."""
     teacher, student = teacher_and_student()
     args = msd_args(
         output_dir,
@@ -39,6 +40,7 @@ def train_one_step(output_dir, batch_size: int, accumulation: int, weighting: st
         modality_weighting=weighting,
         # The CLIP tower's post-layernorm is not used by LLaVA (it reads the last hidden state).
         ddp_find_unused_parameters=True,
+        **overrides,
     )
     trainer = MSDTrainer(
         model=student,
@@ -55,10 +57,12 @@ def parameters(student: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in student.state_dict().items()}
 
 
-def main(out_dir: str) -> None:
-    for name, (batch_size, accumulation, weighting) in CASES.items():
+def main(out_dir: str, cases: dict = CASES) -> None:
+    """Train every case of ``cases`` (name -> (batch size, accumulation, weighting, optional overrides)) and
+    save each rank's parameters."""
+    for name, (batch_size, accumulation, weighting, *overrides) in cases.items():
         trainer, student = train_one_step(
-            os.path.join(out_dir, name, "trainer"), batch_size, accumulation, weighting
+            os.path.join(out_dir, name, "trainer"), batch_size, accumulation, weighting, **dict(*overrides)
         )
         state = trainer.accelerator.state
         if state.num_processes != 2:
