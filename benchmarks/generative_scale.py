@@ -5,25 +5,35 @@ Models are Idefics3 (SmolVLM's architecture) built from configs with random weig
 ``--shape smolvlm-256m`` is SmolVLM-256M's sizes (SigLIP-base vision tower at 512 px, 64 image tokens per
 image, a Llama-style LM of width 576 and 30 layers, 49,280 vocabulary, untied output layer); ``--shape tiny``
 is a few-thousand-parameter model for a smoke check. The teacher has the student's shape, or with
-``--teacher larger`` a 960-wide, 32-layer LM (SmolLM2-360M's sizes) on the same vision tower.
+``--teacher larger`` a 960-wide, 32-layer LM (SmolLM2-360M's sizes) on the same vision tower. The LM sizes
+are SmolLM2-135M's (576 wide, 1,536 MLP, 30 layers, 9 heads, 3 key-value heads) and the vision tower
+SigLIP base-patch16-512's (768 wide, 3,072 MLP, 12 layers, 12 heads), the model card's base models; the
+49,280 vocabulary (SmolLM2's 49,152 plus SmolVLM's added tokens), the untied output layer and the scale factor
+4 are typed in from SmolVLM-256M's published config and not checked offline here (transformers' Idefics3 and
+SmolVLM defaults are Idefics3-8B's). RoPE base, RMSNorm epsilon and position limits keep Llama's defaults:
+they change no tensor shape.
 
 Each batch holds ``--batch`` examples of one image each, a prompt of ``--prompt-tokens`` tokens (the image
 tokens, then random text tokens: a long prompt is a long text prompt, not image splitting) and answers of
 1 to ``--answer-tokens`` tokens. The views of MSD: ``x_text`` is the prompt without its image tokens and
 image, ``x_image`` the image tokens and the image without the text; every view has the same answers.
 
-Variants (``--variants``), each a training step written out with hf_msd's loss functions (the maths of
-DistillationTrainer / MSDTrainer: task and KD weights 0.5, T = 2, MSD's modality terms uniformly weighted
-with weight 0.5; one backward, AdamW):
+Variants (``--variants``), each one training step (task and KD weights 0.5, T = 2, MSD's modality terms
+uniformly weighted with weight 0.5 each; one backward, AdamW):
 
-- ``sft``: the student alone on the labels (full logits: the model's own loss);
+- ``sft``: the student alone on the labels;
 - ``kd_online`` / ``kd_cached``: KD on ``x``, the teacher run under no_grad or its top-k answer-token logits
-  from a cache (``--top-k``; cached rows are random, so a cached variant never builds the teacher);
+  from a cache (``--top-k``; cached rows are random, so a cached variant never builds the full teacher);
 - ``msd_online`` / ``msd_cached``: KD on ``x`` plus the KD terms on ``x_text`` and ``x_image``;
 
-each with ``:full`` (today: (B, T, V) logits of every view, the per-token losses of
-hf_msd.distillation.losses) or ``:answer`` (hf_msd.distillation.answer_logits: the output layer at the
-answer tokens only, for teacher and student).
+each with ``:answer`` (what the trainers do: the output layer at the answer tokens only, for teacher and
+student) or ``:full`` (before answer-only logits: (B, T, V) logits of every view). The ``:answer`` KD and MSD
+steps are ``DistillationTrainer`` / ``MSDTrainer``'s own ``compute_loss`` on the batch as
+``VisionLanguageCollator`` collates it (the cached variants give the trainer a tiny stand-in teacher of the
+same vocabulary, which the cache keeps from running); ``sft:answer`` is ``answer_task_loss`` on the answer
+rows (the trainers' task term) and ``sft:full`` the model's own loss. The ``:full`` steps are written out with
+the per-token losses of hf_msd.distillation.losses and give the ``:answer`` steps' loss (checked on tiny
+shapes: equal to the float32 bit).
 
 Measurement: every variant runs in its own process, one process per variant and round, the variants
 interleaved round after round (order reversed every other round). A process builds its models and data,
@@ -48,6 +58,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -55,14 +66,19 @@ from typing import Any
 import torch
 from results_files import write_results
 
-from hf_msd.distillation.answer_logits import (
-    answer_logits,
-    answer_positions,
-    answer_soft_target_loss,
-    answer_task_loss,
-)
+from hf_msd.data.generative import DISTILLATION_LABELS, VIEW_NAMES, view_key
+from hf_msd.distillation.answer_logits import answer_logits, answer_positions, answer_task_loss
 from hf_msd.distillation.losses import IGNORE_INDEX, token_soft_target_loss, token_task_loss
-from hf_msd.teacher_outputs.cache import compress_topk, expand_topk
+from hf_msd.teacher_outputs.cache import (
+    REST_LOGIT,
+    TOPK_INDICES,
+    TOPK_LOGITS,
+    compress_topk,
+    expand_topk,
+    teacher_column,
+)
+
+NAN = float("nan")
 
 VISION = {
     "smolvlm-256m": dict(
@@ -101,12 +117,13 @@ def image_tokens(shape: str) -> int:
     return patches // SCALE_FACTOR[shape] ** 2
 
 
-def build_model(shape: str, size: str, seed: int) -> torch.nn.Module:
-    """An Idefics3ForConditionalGeneration of ``shape`` (LM ``size`` "same" or "larger"), random weights."""
+def build_model(shape: str, size: str, seed: int, vocab: int | None = None) -> torch.nn.Module:
+    """An Idefics3ForConditionalGeneration of ``shape`` (LM ``size`` "same" or "larger"), random weights;
+    ``vocab`` overrides the shape's vocabulary."""
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration
 
     torch.manual_seed(seed)
-    text = dict(zip(TEXT_FIELDS, TEXT[shape, size]), vocab_size=VOCAB[shape], pad_token_id=PAD)
+    text = dict(zip(TEXT_FIELDS, TEXT[shape, size]), vocab_size=vocab or VOCAB[shape], pad_token_id=PAD)
     config = Idefics3Config(
         text_config=text,
         vision_config=dict(VISION[shape], image_size=IMAGE_SIZE[shape]),
@@ -164,42 +181,79 @@ def cached_rows(labels: torch.Tensor, vocab: int, top_k: int, seed: int) -> tupl
     return compress_topk(torch.randn(count, vocab, generator=generator), top_k, "single_label_classification")
 
 
-def teacher_logits(teacher, cache, view: dict, answer_only: bool, vocab: int) -> torch.Tensor:
-    """The teacher's logits of one view: (N, V) answer rows or (B, T, V), online or from the cache (placed
-    where the online teacher's would be, as hf_msd's batch_cached_answer_logits does)."""
+def teacher_logits(teacher, cache, view: dict, vocab: int) -> torch.Tensor:
+    """Today's (full-logits) teacher logits of one view, (B, T, V): online, or the cached rows placed where
+    the online teacher's would be (0 elsewhere), as hf_msd's cache did before answer-only logits."""
     labels = view["labels"]
-    if cache is not None:
-        rows = expand_topk(*cache, num_labels=vocab)
-        if answer_only:
-            return rows
-        dense = rows.new_zeros(*labels.shape, rows.shape[-1])
-        dense[answer_positions(labels)] = rows
-        return dense
-    with torch.no_grad():
-        if answer_only:
-            return answer_logits(teacher, view["inputs"], labels)
-        return teacher(**view["inputs"]).logits
+    if cache is None:
+        with torch.no_grad():
+            return teacher(**view["inputs"]).logits
+    rows = expand_topk(*cache, num_labels=vocab)
+    dense = rows.new_zeros(*labels.shape, rows.shape[-1])
+    dense[answer_positions(labels)] = rows
+    return dense
 
 
-def view_losses(student, teacher, cache, view: dict, answer_only: bool, with_task: bool = True) -> list:
-    """The per-token KD loss of one view and, ``with_task``, its task loss, each a mean over its answer
-    tokens (the modality views have no task term: today's trainers compute none there)."""
+def view_losses(student, teacher, cache, view: dict, with_task: bool = True) -> list:
+    """Today's per-token KD loss of one view on full logits and, ``with_task``, its task loss, each a mean
+    over its answer tokens (the modality views have no task term)."""
     labels = view["labels"]
-    target = teacher_logits(teacher, cache, view, answer_only, student.config.text_config.vocab_size)
-    if answer_only:
-        rows = answer_logits(student, view["inputs"], labels)
-        kd = answer_soft_target_loss(rows, target, labels, temperature=TEMPERATURE)
-        task = answer_task_loss(rows, labels, labels) if with_task else None
-    else:
-        logits = student(**view["inputs"]).logits
-        kd = token_soft_target_loss(logits, target, labels=labels, causal=True, temperature=TEMPERATURE)
-        task = token_task_loss(logits, labels, causal=True) if with_task else None
+    target = teacher_logits(teacher, cache, view, student.config.text_config.vocab_size)
+    logits = student(**view["inputs"]).logits
+    kd = token_soft_target_loss(logits, target, labels=labels, causal=True, temperature=TEMPERATURE)
     tokens = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    return [kd.sum() / tokens] + ([task.sum() / tokens] if with_task else [])
+    if not with_task:
+        return [kd.sum() / tokens]
+    return [kd.sum() / tokens, token_task_loss(logits, labels, causal=True).sum() / tokens]
 
 
-def step_loss(variant: str, student, teacher, caches: dict, views: dict) -> torch.Tensor:
-    """The variant's training loss on the batch ``views``."""
+def trainer_batch(views: dict, caches: dict) -> dict[str, torch.Tensor]:
+    """The batch as a :class:`~hf_msd.data.VisionLanguageCollator` collates it for the trainers: ``x`` with
+    ``labels`` and ``distillation_labels`` (every answer is gold here), the views ``view_<m>__<key>``, and
+    each cached view's top-k rows as (B, A, k) columns, NaN past an example's answer tokens."""
+    x = views["x"]
+    batch = {**x["inputs"], "labels": x["labels"], DISTILLATION_LABELS: x["labels"]}
+    for name in VIEW_NAMES:
+        for key, value in {**views[name]["inputs"], DISTILLATION_LABELS: views[name]["labels"]}.items():
+            batch[view_key(name, key)] = value
+    for name, (values, indices, rest) in caches.items():
+        counts = answer_positions(views[name]["labels"]).sum(-1).tolist()
+        column = teacher_column(None if name == "x" else name)
+        for suffix, rows, fill in (
+            (TOPK_LOGITS, values, NAN),
+            (TOPK_INDICES, indices, 0),
+            (REST_LOGIT, rest, NAN),
+        ):
+            padded = rows.new_full((len(counts), max(counts), *rows.shape[1:]), fill)
+            for example, part in enumerate(rows.split(counts)):
+                padded[example, : len(part)] = part
+            batch[column + suffix] = padded
+    return batch
+
+
+def build_trainer(method: str, student, teacher, output_dir: str):
+    """The trainer of ``method`` (kd_* or msd_*): DistillationTrainer / MSDTrainer with the weights of
+    :data:`TASK_WEIGHT`, :data:`KD_WEIGHT`, :data:`MODALITY_WEIGHT` (uniform), T = :data:`TEMPERATURE`."""
+    from hf_msd.trainers import DistillationTrainer, MSDTrainer, MSDTrainingArguments
+
+    msd = method.startswith("msd")
+    args = MSDTrainingArguments(
+        output_dir=output_dir,
+        use_cpu=True,
+        report_to=[],
+        remove_unused_columns=False,
+        hard_label_weight=TASK_WEIGHT,
+        kd_loss_weight=KD_WEIGHT,
+        modality_loss_weight=MODALITY_WEIGHT if msd else 0.0,
+        modality_weighting="uniform",
+        temperature=TEMPERATURE,
+    )
+    return (MSDTrainer if msd else DistillationTrainer)(model=student, teacher_model=teacher, args=args)
+
+
+def step_loss(variant: str, student, teacher, caches: dict, views: dict, trainer=None) -> torch.Tensor:
+    """The variant's training loss on the batch ``views``: ``trainer.compute_loss`` for the KD and MSD
+    variants with answer-only logits (the trainers' own step), written out for SFT and for full logits."""
     method, logits = variant.split(":")
     answer_only = logits == "answer"
     x = views["x"]
@@ -210,14 +264,16 @@ def step_loss(variant: str, student, teacher, caches: dict, views: dict) -> torc
         return answer_task_loss(rows, x["labels"], x["labels"]).sum() / int(
             (x["labels"][:, 1:] != IGNORE_INDEX).sum()
         )
-    kd, task = view_losses(student, teacher, caches.get("x"), x, answer_only)
+    if answer_only:
+        return trainer.compute_loss(student, trainer_batch(views, caches))
+    kd, task = view_losses(student, teacher, caches.get("x"), x)
     loss = TASK_WEIGHT * task + KD_WEIGHT * kd
-    if method.startswith("msd"):
-        terms = [
-            view_losses(student, teacher, caches.get(n), views[n], answer_only, False)[0]
-            for n in ("text", "image")
-        ]
-        loss = loss + MODALITY_WEIGHT * sum(terms) / len(terms)
+    if method.startswith("msd"):  # uniform weights: modality_loss_weight on each view's term
+        for name in VIEW_NAMES:
+            loss = (
+                loss
+                + MODALITY_WEIGHT * view_losses(student, teacher, caches.get(name), views[name], False)[0]
+            )
     return loss
 
 
@@ -239,8 +295,13 @@ def child(args: argparse.Namespace) -> None:
     if args.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
-    online = "online" in variant
-    teacher = build_model(args.shape, args.teacher, seed=2).eval().requires_grad_(False) if online else None
+    method, logits = variant.split(":")
+    if "online" in variant:
+        teacher = build_model(args.shape, args.teacher, seed=2).eval().requires_grad_(False)
+    elif logits == "answer" and method != "sft":  # the trainer needs a teacher; the cache replaces its passes
+        teacher = build_model("tiny", "same", seed=2, vocab=VOCAB[args.shape]).eval().requires_grad_(False)
+    else:
+        teacher = None
     views = build_batch(args.shape, args.batch, args.prompt_tokens, args.answer_tokens, seed=0)
     caches = {}
     if "cached" in variant:
@@ -248,13 +309,16 @@ def child(args: argparse.Namespace) -> None:
         caches = {
             name: cached_rows(views[name]["labels"], VOCAB[args.shape], args.top_k, 3) for name in names
         }
+    trainer = None
+    if logits == "answer" and method != "sft":
+        trainer = build_trainer(method, student, teacher, tempfile.mkdtemp(prefix="generative_scale_"))
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
     loaded = _status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     seconds = []
     for index in range(args.warmup + args.steps):
         started = time.perf_counter()
-        step_loss(variant, student, teacher, caches, views).backward()
+        step_loss(variant, student, teacher, caches, views, trainer).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if index >= args.warmup:

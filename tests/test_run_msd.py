@@ -14,9 +14,11 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 from hf_msd.data import load_easy_vqa
+from hf_msd.errors import InputValueError
 from hf_msd.experiment import parse_arguments
 from hf_msd.experiment.arguments import check_student_schedule
 from hf_msd.experiment.output_lock import LOCK_FILE
+from hf_msd.experiment.runtime import check_no_deepspeed
 from tests.helpers.launch import two_process_launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +101,19 @@ def test_a_schedule_of_steps_is_accepted_whatever_the_epochs():
             assert not accepted, flags
         else:
             assert accepted, flags
+
+
+def test_deepspeed_is_refused_with_the_ddp_command(monkeypatch):
+    """The workflow under DeepSpeed (``accelerate launch --use_deepspeed`` sets ACCELERATE_USE_DEEPSPEED) is
+    refused in one line naming the flags and the DDP command; tests/test_deepspeed.py launches it."""
+    training_args = parse_arguments([str(TINY)])[3]
+    check_no_deepspeed(training_args)  # no DeepSpeed: accepted
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(InputValueError) as refused:
+        check_no_deepspeed(training_args)
+    message = str(refused.value)
+    assert "--use_deepspeed" in message and "accelerate launch --multi_gpu --num_processes N" in message
+    assert "\n" not in message
 
 
 def test_an_output_dir_in_use_is_one_line_naming_the_flag(tmp_path):

@@ -8,6 +8,7 @@ import datasets
 import pytest
 
 from hf_msd.data import VisionLanguageCollator
+from hf_msd.teacher_outputs.cache import precompute_teacher_outputs
 from hf_msd.trainers import DistillationTrainer, MSDTrainer
 from tests.helpers.vlm import msd_args, processor, raw_examples, teacher_and_student
 
@@ -73,3 +74,17 @@ def test_the_collator_names_the_column_and_the_example_in_its_batch():
         collator.generation_inputs(examples_without("question", (0,)), view="image")["input_ids"].shape[0]
         == 4
     )
+
+
+def test_precompute_teacher_outputs_names_the_row_without_an_image(tmp_path):
+    teacher, _ = teacher_and_student()
+    dataset = datasets.Dataset.from_list(examples_without("image", (0, 3)))
+    calls = []
+    teacher.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(
+        ValueError, match=r"dataset has 2 bad example\(s\):\n  row 0, column 'image': no image.*\n  row 3"
+    ):
+        precompute_teacher_outputs(
+            teacher, dataset, data_collator=VisionLanguageCollator(processor()), cache_dir=str(tmp_path)
+        )
+    assert not calls  # refused before the teacher ran

@@ -24,68 +24,14 @@ rows (the gold answers are a subset of the scored tokens).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
+from ..targets import answer_logits as answer_logits  # re-exported: the model side lives in the leaf layer
+from ..targets import answer_outputs as answer_outputs
+from ..targets import answer_positions as answer_positions
+from ..targets import answer_targets as answer_targets
 from .losses import IGNORE_INDEX, SINGLE_LABEL, soft_target_loss
-
-
-def answer_positions(labels: torch.Tensor) -> torch.Tensor:
-    """The positions whose logits predict a scored token: (B, T) bool, True at ``t - 1`` when ``labels[:, t]``
-    (B, T) is not -100 (the causal shift); the last position predicts nothing."""
-    positions = torch.zeros_like(labels, dtype=torch.bool)
-    positions[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return positions
-
-
-def answer_targets(labels: torch.Tensor) -> torch.Tensor:
-    """The scored tokens of ``labels`` (B, T) in the row order of the answer-only logits: (N,)."""
-    targets = labels[:, 1:]
-    return targets[targets != IGNORE_INDEX]
-
-
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def answer_logits(model: torch.nn.Module, inputs: Mapping[str, Any], labels: torch.Tensor) -> torch.Tensor:
-    """The logits of ``model`` at the positions predicting the scored tokens of ``labels`` only.
-
-    Args:
-        model: a causal (vision-)language model whose forward takes ``logits_to_keep`` (a transformers
-            model, or a PEFT model around one).
-        inputs: its inputs (``input_ids``, ``attention_mask``, image tensors, ...) without ``labels``.
-        labels: (B, T) the tokens to score (-100 elsewhere), on the positions of ``inputs["input_ids"]``:
-            the batch's ``distillation_labels``.
-
-    Returns (N, V) logits, N the number of scored tokens (:func:`answer_positions`), in the model's dtype;
-    gradients flow as through the full forward.
-    """
-    if "labels" in inputs:
-        raise ValueError(
-            "answer_logits computes no model loss (it would need the full (B, T, V) logits): leave 'labels' "
-            "out of the inputs and compute the task term with answer_task_loss."
-        )
-    if not _accepts_logits_to_keep(model):
-        raise ValueError(
-            f"{type(model).__name__}.forward takes no `logits_to_keep`, so its output layer cannot be "
-            "limited to the answer tokens: compute full logits for this model."
-        )
-    positions = answer_positions(labels)
-    logits = model(**inputs, logits_to_keep=positions).logits
-    expected = (int(positions.sum()), model.config.get_text_config().vocab_size)
-    if tuple(logits.shape) != expected:
-        raise ValueError(
-            f"{type(model).__name__} returned logits {tuple(logits.shape)} for a boolean `logits_to_keep` "
-            f"mask of {expected[0]} positions (expected {expected}): its forward does not slice with "
-            "transformers' slice_logits_to_keep; compute full logits for this model."
-        )
-    return logits
 
 
 def _per_example_sum(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from . import losses
+from .answer_logits import answer_soft_target_loss
 
 #: The entries of a batch's counts (:func:`count_batch`), in order.
 COUNT_NAMES = ("examples", "labelled", "tokens", "distilled")
@@ -117,11 +118,24 @@ def soft_target(
     temperature: float,
     loss_type: str,
     beta: float = 0.0,
+    answer_rows: bool = False,
 ) -> torch.Tensor:
     """The soft-target (KD) term per example, (B,): :func:`~hf_msd.distillation.losses.soft_target_loss` on
     (B, C) logits; for a token-level model (B, T, V) the sum over each example's tokens scored by
     ``distilled_labels`` (B, T) (:func:`~hf_msd.distillation.losses.token_soft_target_loss`); ``beta`` selects
-    the divergence (:func:`~hf_msd.distillation.divergences.generalized_jsd`)."""
+    the divergence (:func:`~hf_msd.distillation.divergences.generalized_jsd`). With ``answer_rows``, the
+    logits are the two models' answer-only rows (N, V) of ``distilled_labels``
+    (:func:`~hf_msd.targets.answer_logits`), summed per example
+    (:func:`~hf_msd.distillation.answer_logits.answer_soft_target_loss`)."""
+    if answer_rows:
+        return answer_soft_target_loss(
+            student_logits,
+            teacher_logits,
+            distilled_labels,
+            temperature=temperature,
+            loss_type=loss_type,
+            beta=beta,
+        )
     if token_level:
         return losses.token_soft_target_loss(
             student_logits,

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..architectures import get_logits
 from ..constants import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from ..modalities.modality import Modality, model_inputs, remove, restrict
-from ..targets import answer_token_logits, resolve_problem_type
+from ..targets import answer_positions, resolve_problem_type
 from ..teacher_outputs.cache import cached_logits, has_cached_column, teacher_column, teacher_columns
 from ..teacher_outputs.fingerprint import (
     combine_fingerprints,
@@ -90,7 +90,7 @@ def modality_saliency(
 
 
 def answer_token_saliency(
-    full_logits: torch.Tensor,
+    full_rows: torch.Tensor,
     full_labels: torch.Tensor,
     without: Sequence[tuple[torch.Tensor, torch.Tensor]],
     saliency_fn: SaliencyFn | None = None,
@@ -101,28 +101,26 @@ def answer_token_saliency(
     answer tokens (0 for an example without any).
 
     Args:
-        full_logits: (B, T, V) teacher logits on ``x``.
-        full_labels: (B, T) its scored (answer) tokens, -100 elsewhere.
-        without: per modality ``(logits (B, T_m, V), labels (B, T_m))`` of ``x without m``; the answer tokens
-            are matched by their order (:func:`~hf_msd.targets.answer_token_logits`), so each
-            example must have
-            the same number of them in every input.
+        full_rows: (N, V) the teacher's answer-only logits on ``x`` (:func:`~hf_msd.targets.answer_logits`
+            of ``full_labels``): one row per answer token, example by example.
+        full_labels: (B, T) the scored (answer) tokens of ``x``, -100 elsewhere.
+        without: per modality ``(rows (N, V), labels (B, T_m))`` of ``x without m``; the answer tokens are
+            matched by their order, so each example must have the same number of them in every input.
     """
-    full, mask = answer_token_logits(full_logits, full_labels)
-    batch, length, vocab = full.shape
-    others = []
-    for index, (logits, labels) in enumerate(without):
-        other, other_mask = answer_token_logits(logits, labels)
-        if other_mask.shape != mask.shape or not bool((other_mask == mask.to(other_mask.device)).all()):
+    positions = answer_positions(full_labels)
+    counts = positions.sum(dim=-1)
+    for index, (_, labels) in enumerate(without):
+        other = answer_positions(labels).sum(dim=-1)
+        if not torch.equal(other.cpu(), counts.cpu()):
             raise ValueError(
-                f"The input without modality {index} has other answer tokens per example "
-                f"({other_mask.sum(-1).tolist()}) than the full input ({mask.sum(-1).tolist()}): build the "
-                "modality views with one completion (hf_msd.data.VisionLanguageCollator)."
+                f"The input without modality {index} has other answer tokens per example ({other.tolist()}) "
+                f"than the full input ({counts.tolist()}): build the modality views with one completion "
+                "(hf_msd.data.VisionLanguageCollator)."
             )
-        others.append(other.reshape(-1, vocab))
-    per_token = modality_saliency(full.reshape(-1, vocab), others, SINGLE_LABEL, saliency_fn)
-    per_token = per_token.reshape(batch, length, -1) * mask[..., None].to(per_token.device)
-    return per_token.sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp_min(1).to(per_token.device)
+    per_token = modality_saliency(full_rows, [rows for rows, _ in without], SINGLE_LABEL, saliency_fn)
+    examples = positions.nonzero()[:, 0].to(per_token.device)
+    sums = per_token.new_zeros(len(counts), per_token.shape[1]).index_add(0, examples, per_token)
+    return sums / counts.clamp_min(1)[:, None].to(sums)
 
 
 def without_logits(

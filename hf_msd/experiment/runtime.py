@@ -10,7 +10,38 @@ from typing import TypeVar
 import torch
 from transformers import TrainingArguments
 
+from ..errors import InputValueError
+
 Args = TypeVar("Args", bound=TrainingArguments)
+
+
+#: The command that runs the workflow on several processes (DDP), named where DeepSpeed is refused.
+DDP_COMMAND = "accelerate launch --multi_gpu --num_processes N examples/run_msd.py CONFIG"
+
+
+def _launched_with(plugin: str) -> bool:
+    return os.environ.get(f"ACCELERATE_USE_{plugin}", "false").lower() in ("1", "true")
+
+
+def uses_deepspeed(args: TrainingArguments) -> bool:
+    """Whether ``args`` run under DeepSpeed: a ``deepspeed`` config, ``accelerate launch --use_deepspeed``."""
+    return bool(args.deepspeed) or _launched_with("DEEPSPEED")
+
+
+def check_no_deepspeed(args: TrainingArguments) -> None:
+    """Refuse, before any work, the workflow under DeepSpeed. ZeRO-3's ``zero.Init`` partitions every model
+    the workflow builds or loads (a teacher built from a config fails in its weight initialisation), while
+    its saliency, student-building and evaluation stages run those models outside a DeepSpeed engine; under
+    ZeRO-2 the evaluation stage's ``Trainer.predict`` stops ("ZeRO inference only makes sense with ZeRO Stage
+    3"). DDP runs the workflow on several processes; the trainers themselves train under ZeRO-2 and ZeRO-3."""
+    if uses_deepspeed(args):
+        raise InputValueError(
+            "examples/run_msd.py does not run under DeepSpeed (--use_deepspeed / --deepspeed): its saliency, "
+            "student and evaluation stages run the models outside DeepSpeed, which ZeRO-3 partitions and "
+            f"whose ZeRO-2 evaluation stops; run it with DDP ({DDP_COMMAND}, on CPU with "
+            "CUDA_VISIBLE_DEVICES=); DistillationTrainer and MSDTrainer train under ZeRO-2/3 "
+            "(docs/workflow.md#deepspeed)."
+        )
 
 
 def for_this_machine(args: Args) -> Args:
@@ -20,14 +51,7 @@ def for_this_machine(args: Args) -> Args:
     settings (their CPU back ends need ``use_cpu=False``); with an accelerator ``args`` is returned as is."""
     if torch.accelerator.is_available():
         return args
-    plugin = (
-        args.deepspeed
-        or args.fsdp
-        or any(
-            os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() in ("1", "true")
-            for name in ("DEEPSPEED", "FSDP")
-        )
-    )
+    plugin = uses_deepspeed(args) or bool(args.fsdp) or _launched_with("FSDP")
     return dataclasses.replace(args, use_cpu=args.use_cpu or not plugin, dataloader_pin_memory=False)
 
 

@@ -37,7 +37,7 @@ from .evaluation_stage import evaluate_models, measure_speed
 from .output_lock import output_dir_lock
 from .report import check_hub_model_id, format_summary, push_student, write_report
 from .run import TRAIN_RESULTS, Run
-from .runtime import for_this_machine
+from .runtime import check_no_deepspeed, for_this_machine
 from .saliency_stage import saliency_report
 from .student_stage import distill_student, new_student
 from .teacher_stage import new_teacher, resolve_path, train_or_load_teacher
@@ -52,9 +52,11 @@ def run_experiment(
     """Run every stage (see the module docstring) and return the summary written to ``summary.json``.
 
     A student schedule of no step (:func:`~hf_msd.experiment.arguments.check_student_schedule`) is refused
-    first. ``output_dir`` is locked for the run (:mod:`hf_msd.experiment.output_lock`): a second run into the
-    same folder raises :class:`~hf_msd.experiment.output_lock.OutputDirLockedError` naming the first."""
+    first, and so is DeepSpeed (:func:`~hf_msd.experiment.runtime.check_no_deepspeed`). ``output_dir``
+    is locked for the run (:mod:`hf_msd.experiment.output_lock`): a second run into the same folder raises
+    :class:`~hf_msd.experiment.output_lock.OutputDirLockedError` naming the first."""
     check_student_schedule(training_args)
+    check_no_deepspeed(training_args)
     training_args = for_this_machine(training_args)  # decides which process is the main one
     with output_dir_lock(training_args.output_dir, main_process=training_args.process_index == 0):
         return _run_stages(model_args, data_args, exp_args, training_args)

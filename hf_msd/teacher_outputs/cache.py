@@ -69,7 +69,7 @@ from ..architectures import default_modalities
 from ..constants import IGNORE_INDEX, REGRESSION, SINGLE_LABEL
 from ..data.generative import DISTILLATION_LABELS, VIEW_NAMES, VIEW_PREFIX, view_inputs, view_key
 from ..modalities.modality import Modality, model_inputs, remove, restrict
-from ..targets import answer_token_logits, resolve_problem_type, token_targets
+from ..targets import answer_logits, answer_positions, resolve_problem_type, token_targets
 from .fingerprint import combine_fingerprints, dataset_fingerprint, model_fingerprint, object_fingerprint
 
 logger = logging.get_logger(__name__)
@@ -172,10 +172,9 @@ def answer_labels_column(column: str) -> str:
 def batch_cached_answer_logits(
     batch: Mapping[str, Any], column: str, labels: torch.Tensor, vocab_size: int
 ) -> torch.Tensor | None:
-    """A generative teacher's cached answer-token logits ``column`` placed where the online teacher's logits
-    would be: (B, T, vocab_size) for ``labels`` (B, T), the row of the ``i``-th answer token of an example at
-    the position that predicts it (the causal shift: position ``t`` predicts the token at ``t + 1``), 0 at
-    every other position (no loss reads them). ``None`` when the batch does not have the column.
+    """A generative teacher's cached answer-token logits ``column`` as the online teacher's answer-only
+    logits (:func:`~hf_msd.targets.answer_logits` of ``labels`` (B, T)): (N, vocab_size), one row per answer
+    token, example by example. ``None`` when the batch does not have the column.
 
     The collated column is (B, A, ...) with the rows past an example's answer tokens NaN
     (:class:`~hf_msd.data.VisionLanguageCollator` pads them so); an example whose number of cached rows
@@ -192,9 +191,7 @@ def batch_cached_answer_logits(
             f"example, the batch's answers {scored.sum(-1).tolist()}: the cache was computed for other "
             "answers. Compute it again with precompute_teacher_outputs on this dataset and collator."
         )
-    dense = answers.new_zeros(*labels.shape, vocab_size)
-    dense[:, :-1][scored.to(dense.device)] = answers[stored]
-    return dense
+    return answers[stored]
 
 
 def has_cached_column(column_names: Sequence[str], column: str) -> bool:
@@ -412,7 +409,8 @@ def precompute_teacher_outputs(
         modalities: the modality spec; default the teacher's
             (:func:`~hf_msd.architectures.default_modalities`). Unused for a generative teacher (its views
             are the collator's ``x_image`` and ``x_text``).
-        data_collator: turns a list of examples into a batch dict of tensors (the trainer's collator).
+        data_collator: turns a list of examples into a batch dict of tensors (the trainer's collator); its
+            ``validate(dataset, name=...)``, when it has one, checks every row first, naming the bad ones.
         batch_size: examples per teacher pass.
         storage_dtype: "float32" or "float16".
         top_k: store only the top-k classes per example and spread the rest (see the module docstring).
@@ -442,6 +440,9 @@ def precompute_teacher_outputs(
         raise ValueError("The dataset is empty: there are no teacher outputs to compute.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    validate = getattr(data_collator, "validate", None)
+    if callable(validate):  # names a bad row (no image, an empty question) before the first collated batch
+        validate(dataset, name="dataset")
     answer_tokens = DISTILLATION_LABELS in data_collator([dataset[0]])
     if answer_tokens:  # a generative teacher: its answer-token distributions on x and each view
         modalities, problem_type = list(VIEW_NAMES), SINGLE_LABEL
@@ -555,15 +556,16 @@ def _encode(
 
 def _answer_token_logits(teacher: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:
     """A generative teacher's logits at the positions predicting each answer token, per example ((A_i, V),
-    in order), on ``x`` and on each view of a :class:`~hf_msd.data.VisionLanguageCollator` batch."""
+    in order), on ``x`` and on each view of a :class:`~hf_msd.data.VisionLanguageCollator` batch: its
+    output layer runs at those positions only (:func:`~hf_msd.targets.answer_logits`)."""
     inputs = {None: {k: v for k, v in batch.items() if not k.startswith(VIEW_PREFIX)}}
     inputs.update({name: view_inputs(batch, name) for name in VIEW_NAMES})
     rows = {}
     for name, view in inputs.items():
         labels = view.pop(DISTILLATION_LABELS)
         view.pop("labels", None)
-        logits, mask = answer_token_logits(teacher(**view).logits, labels)
-        rows[teacher_column(name)] = [example[keep] for example, keep in zip(logits, mask)]
+        counts = answer_positions(labels).sum(dim=-1).tolist()
+        rows[teacher_column(name)] = list(answer_logits(teacher, view, labels).split(counts))
     return rows
 
 

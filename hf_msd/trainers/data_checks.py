@@ -1,4 +1,6 @@
-"""The checks a distillation trainer runs on its data before any training work, naming rows and columns."""
+"""The checks a distillation trainer runs on its data: before any training work, naming rows and columns
+(:func:`check_datasets`), and on each batch's teacher outputs and loss, naming the batch
+(:func:`check_finite`)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import datasets
+import torch
+from transformers import TrainerState
+
+from ..teacher_outputs.cache import TEACHER_LOGITS
 
 
 def check_datasets(
@@ -55,3 +61,27 @@ def check_datasets(
                 f"{type(data_collator).__name__} cannot turn images into tensors. Pass "
                 "data_collator=hf_msd.data.MultimodalDataCollator.from_model(model, processor)."
             )
+
+
+def check_finite(
+    what: str, tensor: torch.Tensor, training: bool, micro_batch: int, state: TrainerState
+) -> None:
+    """Raise a FloatingPointError naming the batch and step if ``tensor`` holds NaN or inf.
+
+    A NaN teacher output would silently turn every student weight into NaN while the logged loss reads 0
+    (the Trainer's ``logging_nan_inf_filter``), so training stops before the optimizer applies it.
+    ``training``: whether ``tensor`` comes from training batch ``micro_batch`` (at ``state``'s optimizer step
+    and epoch), else from an evaluation batch.
+    """
+    if bool(torch.isfinite(tensor.detach()).all()):
+        return
+    where = (
+        f"training batch {micro_batch} (optimizer step {state.global_step}, epoch {state.epoch or 0:.2f})"
+        if training
+        else "an evaluation batch"
+    )
+    raise FloatingPointError(
+        f"{what} contain NaN or inf on {where}. Check the teacher's weights and any cached "
+        f"'{TEACHER_LOGITS}*' columns (recompute them), the inputs of that batch, and the "
+        "learning rate / mixed precision settings; nothing of this batch was applied to the student."
+    )

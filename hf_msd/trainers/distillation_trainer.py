@@ -33,19 +33,17 @@ from transformers.utils import CONFIG_NAME, logging
 
 from ..architectures import get_logits
 from ..architectures import num_labels as architecture_num_labels
-from ..data.generative import view_inputs
-from ..data.on_policy import GOLD_VIEW
 from ..distillation import losses, objective
 from ..modalities.modality import Modality
 from ..pipelines import add_pipeline_code
-from ..teacher_outputs.cache import TEACHER_LOGITS
+from ..targets import answer_outputs, answer_rows
 from .columns import EXTRA_COLUMN_PREFIXES, BatchColumns
 from .compilation import allow_recompiles, mark_batch_dynamic
-from .data_checks import check_datasets
+from .data_checks import check_datasets, check_finite
 from .distillation_config import DistillationTrainingArguments
 from .frozen_modules import keep_frozen_normalization_in_eval
 from .meters import AgreementMeter, StepWindow, TermLog
-from .on_policy import OnPolicy, check_on_policy_setup, gold_tokens
+from .on_policy import OnPolicy, add_gold_tokens, gold_task
 from .pair import projections, resolve_pair
 from .teacher import Teacher, load_teacher, prepare_teacher
 from .terms import StudentOutput, weighted_terms
@@ -144,11 +142,8 @@ class DistillationTrainer(Trainer):
         self.term_log = TermLog(self.args.device)  # the <name>_loss logs
         self.agreement = AgreementMeter()  # <prefix>_teacher_agreement of an evaluation loop
         self._checked_data: tuple | None = None
-        check_on_policy_setup(args.lmbda, self.token_level, self.train_dataset)
         #: The on-policy steps of ``lmbda > 0`` (:class:`~hf_msd.trainers.on_policy.OnPolicy`), else None.
-        self.on_policy = (
-            OnPolicy(args, self.columns.student, self.accelerator.process_index) if args.lmbda > 0 else None
-        )
+        self.on_policy = OnPolicy.from_trainer(self)
 
     # ---- The pair, the teacher and the training-only modules ---------------------------------------------
 
@@ -201,8 +196,7 @@ class DistillationTrainer(Trainer):
             self.pair.problem_type_of(labels) if library_task else None,
             library_task,
         )
-        counts[objective.TOKENS] += gold_tokens(batch)  # an on-policy batch's task term: its gold view
-        return counts
+        return add_gold_tokens(counts, batch)  # an on-policy batch's task term: its gold view
 
     # ---- Training: optimizer, steps, data, checkpoints ---------------------------------------------------
 
@@ -288,13 +282,18 @@ class DistillationTrainer(Trainer):
     def _model_computes_task_loss(self, inputs: dict[str, Any]) -> bool:
         """Whether the task term is the model's own loss, computed as `Trainer.compute_loss` does: with
         ``compute_loss_func`` or label smoothing, with custom ``label_names``, and for a student that takes
-        labels (:attr:`~hf_msd.trainers.pair.DistillationPair.student_takes_labels`)."""
+        labels (:attr:`~hf_msd.trainers.pair.DistillationPair.student_takes_labels`), unless the batch has
+        answer tokens (:meth:`~hf_msd.trainers.pair.DistillationPair.answer_labels`): the model's own loss
+        would need its (B, T, V) logits, so the library computes the same cross-entropy from the answer
+        rows (:func:`~hf_msd.distillation.answer_logits.answer_task_loss`)."""
         if self.args.hard_label_weight == 0:
             return False
         if self.compute_loss_func is not None or self.label_smoother is not None:
             return True
         if list(self.label_names) not in ([], ["labels"]):
             return any(name in inputs for name in self.label_names)
+        if self.pair.answer_labels(inputs) is not None:
+            return False
         return torch.is_tensor(inputs.get("labels")) and self.pair.student_takes_labels
 
     def student_forward(
@@ -315,15 +314,19 @@ class DistillationTrainer(Trainer):
             student_inputs["output_attentions"] = True
         if model.training and self.student_returns_towers:
             student_inputs["return_tower_outputs"] = True
-        if not model_loss:
-            outputs = model(**student_inputs)
-            return StudentOutput(outputs, get_logits(self._student_base(), outputs))
-        task, outputs = super().compute_loss(
-            model, student_inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-        )
-        labels_reached_model = self.label_smoother is None and self.compute_loss_func is None
+        answers = self.pair.answer_labels(inputs)
+        if answers is not None and model.training and not model_loss:  # the output layer at the answers only
+            outputs = answer_outputs(model, student_inputs, answers)
+            return StudentOutput(outputs, outputs.logits, answer_labels=answers)
+        if model_loss:  # with answer tokens, the full logits that the model's own loss needed
+            task, outputs = super().compute_loss(
+                model, student_inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+        else:  # with answer tokens, evaluation keeps Trainer's (B, T, V) logits
+            task, outputs = None, model(**student_inputs)
+        labels_reached_model = model_loss and self.label_smoother is None and self.compute_loss_func is None
         logits = get_logits(self._student_base(), outputs, has_loss=labels_reached_model)
-        return StudentOutput(outputs, logits, task_loss=task)
+        return StudentOutput(outputs, answer_rows(logits, answers), task_loss=task, answer_labels=answers)
 
     @property
     def student_returns_towers(self) -> bool:
@@ -388,7 +391,7 @@ class DistillationTrainer(Trainer):
         student = self.student_forward(model, inputs, num_items_in_batch)
         teacher = self.teacher_outputs(inputs) if self.uses_teacher else None
         components, _ = self.loss_components(model, inputs, student, teacher)
-        self.gold_task(model, inputs, student, components, num_items_in_batch)
+        gold_task(self, model, inputs, student, components, num_items_in_batch)  # on-policy: the gold view
         loss = self.reduce_loss(components, student, inputs, num_items_in_batch, accumulated)
         if self.uses_teacher:  # a NaN teacher must not reach the student; else the Trainer's NaN handling
             self.check_finite("The training loss" if model.training else "The evaluation loss", loss)
@@ -405,28 +408,6 @@ class DistillationTrainer(Trainer):
         if student.task_loss is None and isinstance(outputs, tuple):
             outputs = (loss, *outputs)  # Trainer's convention: a tuple's first entry is the loss
         return loss, outputs
-
-    def gold_task(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        student: StudentOutput,
-        components: dict[str, torch.Tensor],
-        num_items_in_batch: torch.Tensor | int | None,
-    ) -> None:
-        """On an on-policy batch, the task term on the gold answers: the student's forward on the batch's
-        :data:`~hf_msd.data.on_policy.GOLD_VIEW` (through the bare module: a second pass through DDP in one
-        step fails) replaces the task term of ``x``, whose labels are all -100 (``student.task_loss`` or
-        ``components["task"]``). Nothing happens off-policy or with ``hard_label_weight`` 0."""
-        gold = view_inputs(inputs, GOLD_VIEW)
-        if not gold or self.args.hard_label_weight == 0:
-            return
-        gold_student = self.student_forward(self.accelerator.unwrap_model(model), gold, num_items_in_batch)
-        if gold_student.task_loss is not None:
-            student.task_loss = gold_student.task_loss
-        else:
-            task = losses.token_task_loss(gold_student.logits, gold["labels"], causal=True)
-            components["task"] = self.args.hard_label_weight * task
 
     def reduce_loss(
         self,
@@ -467,24 +448,8 @@ class DistillationTrainer(Trainer):
         return loss
 
     def check_finite(self, what: str, tensor: torch.Tensor) -> None:
-        """Raise a FloatingPointError naming the batch and step if ``tensor`` holds NaN or inf.
-
-        A NaN teacher output would silently turn every student weight into NaN while the logged loss reads 0
-        (the Trainer's ``logging_nan_inf_filter``), so training stops before the optimizer applies it.
-        """
-        if bool(torch.isfinite(tensor.detach()).all()):
-            return
-        where = (
-            f"training batch {self.step_window.micro_batches} (optimizer step {self.state.global_step}, "
-            f"epoch {self.state.epoch or 0:.2f})"
-            if self.model.training
-            else "an evaluation batch"
-        )
-        raise FloatingPointError(
-            f"{what} contain NaN or inf on {where}. Check the teacher's weights and any cached "
-            f"'{TEACHER_LOGITS}*' columns (recompute them), the inputs of that batch, and the "
-            "learning rate / mixed precision settings; nothing of this batch was applied to the student."
-        )
+        """Raise a FloatingPointError if ``tensor`` holds NaN or inf (:func:`~.data_checks.check_finite`)."""
+        check_finite(what, tensor, self.model.training, self.step_window.micro_batches, self.state)
 
     # ---- Saving, the model card, logs and evaluation ---------------------------------------------------
 

@@ -38,7 +38,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..architectures import get_logits, reuses_towers
 from ..data.generative import DISTILLATION_LABELS, VIEW_NAMES, has_views, view_inputs
-from ..distillation import losses
+from ..distillation import losses, objective
+from ..distillation.answer_logits import answer_logits
 from ..distillation.saliency import (
     SaliencyFn,
     answer_token_saliency,
@@ -225,9 +226,9 @@ class MSDTrainer(DistillationTrainer):
         self, inputs: dict[str, Any], full_logits: torch.Tensor, instance_saliency: bool | None = None
     ) -> dict[str, Any]:
         """A generative student's teacher outputs on the collator's views: ``"only"`` (view name -> the
-        teacher's logits (B, T_m, V) on ``x_m``, for the views with a term, or every view for per-example
-        weights) and, for per-example weights (``instance_saliency``, default whether the weighting needs
-        it), ``"saliency"`` (B, M) from the answer-token distributions
+        teacher's answer-only logits (N, V) on ``x_m``, for the views with a term, or every view for
+        per-example weights) and, for per-example weights (``instance_saliency``, default whether the
+        weighting needs it), ``"saliency"`` (B, M) from the answer-token distributions
         (:func:`~hf_msd.distillation.saliency.answer_token_saliency`; with two modalities ``x without image``
         is ``x_text`` and ``x without text`` is ``x_image``)."""
         if instance_saliency is None:
@@ -266,7 +267,7 @@ class MSDTrainer(DistillationTrainer):
             terms = self._view_terms(model, inputs, teacher)
         else:
             terms = self._modality_terms(model, inputs, student, teacher)
-        batch_size = student.logits.shape[0]
+        batch_size = objective.batch_size(inputs)
         weights = self.weighting(batch_size, teacher.get("saliency")).to(student.logits.device)
         if not differentiable_weights:
             weights = weights.detach()
@@ -279,7 +280,8 @@ class MSDTrainer(DistillationTrainer):
 
     def _view_terms(self, model: nn.Module, inputs: dict[str, Any], teacher: dict) -> dict[str, torch.Tensor]:
         """A generative student's unweighted modality terms: view name -> the per-token KD between the
-        student's and the teacher's logits on that view, summed over each example's answer tokens (B,)."""
+        student's and the teacher's answer-only logits on that view (the output layer at the answer tokens
+        only, :func:`~hf_msd.targets.answer_logits`), summed over each example's answer tokens (B,)."""
         bare = self._unwrapped(model)  # see _modality_terms
         answers = (self.columns.distillation_labels(inputs) != losses.IGNORE_INDEX).sum(dim=-1)
         terms = {}
@@ -292,15 +294,17 @@ class MSDTrainer(DistillationTrainer):
                     "one "
                     "completion per example (hf_msd.data.VisionLanguageCollator)."
                 )
-            logits = get_logits(bare, bare(**view))
-            terms[name] = losses.token_soft_target_loss(
-                logits,
+            terms[name] = objective.soft_target(
+                answer_logits(bare, view, labels),
                 teacher["only"][name],
-                labels=labels,
-                causal=True,
+                distilled_labels=labels,
+                attention_mask=None,
+                token_level=self.token_level,
+                problem_type=losses.SINGLE_LABEL,
                 temperature=self.args.temperature,
                 loss_type=self.args.kd_loss_type,
                 beta=self.args.beta,
+                answer_rows=True,
             )
         return terms
 

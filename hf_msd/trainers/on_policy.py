@@ -7,8 +7,10 @@ process and every micro-batch). If it is, the student generates each example's a
 (:func:`generate_answers`: eval mode, no gradients, greedy or sampled, image / video placeholder tokens
 suppressed) and every micro-batch is rewritten with those answers in ``x`` and in every modality view
 (:func:`~hf_msd.data.on_policy.with_answers`), before the step's counts are taken, so the distillation terms
-are normalised over the generated tokens of the whole accumulated batch. The generation's cost (seconds and
-generated tokens) is summed over the logging window (:meth:`OnPolicy.pop_logs`).
+are normalised over the generated tokens of the whole accumulated batch. The task term of such a batch is the
+student's on the gold answers (:func:`gold_task`), counted over the gold tokens (:func:`add_gold_tokens`).
+The generation's cost (seconds and generated tokens) is summed over the logging window
+(:meth:`OnPolicy.pop_logs`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from ..data.on_policy import (
     prompt_inputs,
     with_answers,
 )
-from ..distillation import losses
+from ..distillation import losses, objective
 from ..teacher_outputs.cache import TEACHER_LOGITS
 from .columns import BatchColumns
 from .distillation_config import DistillationTrainingArguments
+from .terms import StudentOutput
 
 #: Words in the names of a vision-language config's placeholder token ids (``image_token_id``,
 #: ``video_token_id``, ``vision_start_token_id``...): an answer holding one would not match the images.
@@ -121,14 +124,41 @@ def _cached_message(lmbda: float, cached: Sequence[str]) -> str:
     )
 
 
-def gold_tokens(batch: Mapping[str, Any]) -> int:
-    """The gold answer tokens of an on-policy ``batch`` (its :data:`~hf_msd.data.on_policy.GOLD_VIEW`'s
-    ``labels`` != -100 after the causal shift), 0 without a gold view: the task term's count."""
+def add_gold_tokens(counts: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+    """``counts`` of ``batch`` (:func:`~hf_msd.distillation.objective.count_batch`) with, for an on-policy
+    batch, its gold answer tokens added to the token count in place (its
+    :data:`~hf_msd.data.on_policy.GOLD_VIEW`'s ``labels`` != -100 after the causal shift): the task term's
+    count. Unchanged without a gold view."""
     gold = view_inputs(batch, GOLD_VIEW)
-    if not gold:
-        return 0
-    labels = gold["labels"]
-    return int(losses.scored_token_mask(labels, gold.get("attention_mask"), labels.shape, causal=True).sum())
+    if gold:
+        labels = gold["labels"]
+        mask = losses.scored_token_mask(labels, gold.get("attention_mask"), labels.shape, causal=True)
+        counts[objective.TOKENS] += int(mask.sum())
+    return counts
+
+
+def gold_task(
+    trainer: Any,
+    model: nn.Module,
+    inputs: dict[str, Any],
+    student: StudentOutput,
+    components: dict[str, torch.Tensor],
+    num_items_in_batch: torch.Tensor | int | None,
+) -> None:
+    """On an on-policy batch, the task term on the gold answers: the student's forward
+    (:meth:`~hf_msd.trainers.DistillationTrainer.student_forward` of ``trainer``, a DistillationTrainer) on
+    the batch's :data:`~hf_msd.data.on_policy.GOLD_VIEW` (through the bare module: a second pass through DDP
+    in one step fails) replaces the task term of ``x``, whose labels are all -100 (``student.task_loss`` or
+    ``components["task"]``). Nothing happens off-policy or with ``hard_label_weight`` 0."""
+    gold = view_inputs(inputs, GOLD_VIEW)
+    if not gold or trainer.args.hard_label_weight == 0:
+        return
+    gold_student = trainer.student_forward(trainer.accelerator.unwrap_model(model), gold, num_items_in_batch)
+    if gold_student.task_loss is not None:
+        student.task_loss = gold_student.task_loss
+    else:
+        task = losses.token_task_loss(gold_student.logits, gold["labels"], causal=True)
+        components["task"] = trainer.args.hard_label_weight * task
 
 
 class OnPolicy:
@@ -152,6 +182,16 @@ class OnPolicy:
         self.seconds = 0.0
         self.tokens = 0
         self.steps = 0
+
+    @classmethod
+    def from_trainer(cls, trainer: Any) -> OnPolicy | None:
+        """The on-policy steps of ``trainer`` (a :class:`~hf_msd.trainers.DistillationTrainer`) when its
+        ``args.lmbda > 0``, else None, after :func:`check_on_policy_setup` (its student, its training set)."""
+        args = trainer.args
+        check_on_policy_setup(args.lmbda, trainer.token_level, trainer.train_dataset)
+        return (
+            cls(args, trainer.columns.student, trainer.accelerator.process_index) if args.lmbda > 0 else None
+        )
 
     def rewrite(self, model: nn.Module, batches: Sequence[dict[str, Any]], step: int) -> list[dict[str, Any]]:
         """``batches`` (the micro-batches of optimizer step ``step``) with the student's answers when the

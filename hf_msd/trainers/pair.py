@@ -25,6 +25,7 @@ from transformers.utils import logging
 
 from ..architectures import default_modalities, get_architecture
 from ..architectures import num_labels as architecture_num_labels
+from ..data.generative import DISTILLATION_LABELS
 from ..distillation import intermediate_losses, losses
 from ..modalities.modality import Modality
 from .distillation_config import DistillationTrainingArguments
@@ -231,6 +232,14 @@ class DistillationPair:
                 "set problem_type='single_label_classification' on both models."
             )
         return problem_type
+
+    def answer_labels(self, batch: dict) -> torch.Tensor | None:
+        """The tokens whose answer-only logits (:func:`~hf_msd.targets.answer_logits`, (N, V)) a causal
+        student and its teacher compute instead of logits at every position: the batch's
+        ``distillation_labels`` (B, T) (a :class:`~hf_msd.data.VisionLanguageCollator`'s answer tokens);
+        ``None`` for another model or batch."""
+        labels = batch.get(DISTILLATION_LABELS)
+        return labels if self.token_level == "causal" and torch.is_tensor(labels) else None
 
     def student_span(self, teacher_length: int, student_length: int) -> slice:
         """The teacher's tokens of the student's modalities

@@ -26,6 +26,7 @@ from ..architectures import classifier_output
 from ..architectures import num_labels as architecture_num_labels
 from ..data.generative import view_inputs
 from ..modalities.modality import remove, restrict
+from ..targets import answer_outputs
 from ..teacher_outputs.cache import (
     TEACHER_LOGITS,
     answer_labels_column,
@@ -200,22 +201,25 @@ class Teacher:
                 teacher_inputs["output_hidden_states"] = True
             if self.pair.attention_map:
                 teacher_inputs["output_attentions"] = True
+        answers = self.pair.answer_labels(batch)
         with self.context():
+            if answers is not None:  # answer-only logits (N, V)
+                return answer_outputs(self.model, teacher_inputs, answers)
             return classifier_output(self.model, self.model(**teacher_inputs))
 
     def cached_logits(self, batch: dict[str, Any], column: str = TEACHER_LOGITS) -> torch.Tensor | None:
         """The batch's cached teacher logits ``column`` on the trainer's device; ``None`` if not cached.
 
         A classifier's are dense (B, num_labels) (top-k columns expanded by
-        :func:`~hf_msd.teacher_outputs.cache.batch_cached_logits`); a generative teacher's (one row per answer
-        token) are placed at the positions predicting the answer tokens of the column's input (``x`` or a
-        view), (B, T, vocab_size), 0 elsewhere
+        :func:`~hf_msd.teacher_outputs.cache.batch_cached_logits`); a generative teacher's are its answer-only
+        logits on the column's input (``x`` or a view), (N, vocab_size), one row per answer token
         (:func:`~hf_msd.teacher_outputs.cache.batch_cached_answer_logits`)."""
         if self.pair.token_level == "causal":
             labels = batch.get(answer_labels_column(column))
             if labels is None:  # batches of a causal LM without the collator's answer columns
                 return None
-            vocab_size = self.model.config.get_text_config().vocab_size
+            # The prepared teacher may be a DeepSpeed engine, whose own `config` is its DeepSpeed settings.
+            vocab_size = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
             logits = batch_cached_answer_logits(batch, column, labels, vocab_size)
         else:
             logits = batch_cached_logits(batch, column, architecture_num_labels(self.model))
@@ -302,7 +306,7 @@ class Teacher:
         return logits
 
     def view_logits(self, batch: dict[str, Any], names: Sequence[str]) -> dict[str, torch.Tensor]:
-        """A generative teacher's logits (B, T_m, V) on the collator's views ``names`` (``x_text``,
+        """A generative teacher's answer-only logits (N, V) on the collator's views ``names`` (``x_text``,
         ``x_image``): cached or a pass on each view."""
         only = {}
         for name in names:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..distillation import intermediate_losses, losses, objective
+from ..distillation.answer_logits import answer_task_loss
 from .columns import BatchColumns
 from .distillation_config import DistillationTrainingArguments
 from .pair import DistillationPair
@@ -19,11 +20,13 @@ from .pair import DistillationPair
 class StudentOutput:
     """The student's forward on a batch: its raw ``outputs`` (what `Trainer.prediction_step` reads), its
     ``logits`` and, when the model's own loss is the task term, that loss as `Trainer.compute_loss` returns
-    it."""
+    it. ``answer_labels`` (B, T) when ``logits`` are the answer-only rows (N, V) of those labels
+    (:func:`~hf_msd.targets.answer_logits`: a causal student on a batch with ``distillation_labels``)."""
 
     outputs: Any
     logits: torch.Tensor
     task_loss: torch.Tensor | None = None
+    answer_labels: torch.Tensor | None = None
 
 
 def weighted_terms(
@@ -48,7 +51,9 @@ def weighted_terms(
     labels = batch.get("labels")
     components: dict[str, torch.Tensor] = {}
     if args.hard_label_weight > 0 and student.task_loss is None and torch.is_tensor(labels):
-        if pair.token_level:
+        if student.answer_labels is not None:
+            task = answer_task_loss(student.logits, student.answer_labels, labels)
+        elif pair.token_level:
             task = losses.token_task_loss(student.logits, labels, causal=pair.token_level == "causal")
         else:
             task = losses.task_loss(student.logits, labels, pair.problem_type_of(labels))
@@ -78,6 +83,7 @@ def weighted_terms(
             temperature=args.temperature,
             loss_type=args.kd_loss_type,
             beta=args.beta,
+            answer_rows=student.answer_labels is not None,
         )
     mask = batch.get("attention_mask")
     if args.hidden_loss_weight > 0:

@@ -58,3 +58,17 @@ def two_process_launch(script: str, *args: str) -> tuple[list[str], dict[str, st
         *args,
     ]
     return command, script_env()
+
+
+def deepspeed_launch(script: str, zero_stage: int, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The command of docs/workflow.md that runs ``script args...`` under DeepSpeed ZeRO-``zero_stage`` on 2
+    CPU processes (``accelerate launch --use_deepspeed``, ``DS_ACCELERATOR=cpu``), and its environment."""
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch"),
+        *("--use_deepspeed", "--zero_stage", str(zero_stage)),
+        *("--zero3_save_16bit_model", "true", "--num_processes", "2", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())),
+        str(script),
+        *args,
+    ]
+    return command, script_env(DS_ACCELERATOR="cpu")

@@ -84,22 +84,34 @@ def losses(trainer) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
+def train_launched(train_case, out_dir: str, case: str, batch_size: int = PER_DEVICE_BATCH):
+    """``train_case(OUT_DIR/<case>/run, case, batch_size)`` on the launched processes (checked: 2, under
+    DeepSpeed), its student saved to ``OUT_DIR/<case>/student``; returns ``(OUT_DIR/<case>, trainer)``."""
+    directory = os.path.join(out_dir, case)
+    trainer = train_case(os.path.join(directory, "run"), case, batch_size)
+    if trainer.accelerator.state.num_processes != 2 or not trainer.is_deepspeed_enabled:
+        raise RuntimeError("expected 2 processes under DeepSpeed")
+    trainer.save_model(os.path.join(directory, "student"))
+    return directory, trainer
+
+
+def write_losses(trainer, directory: str, **record) -> None:
+    """``directory/losses.json``: the step losses, the ZeRO stage and ``record``, from process 0."""
+    if trainer.is_world_process_zero():
+        record = {"losses": losses(trainer), **record}
+        record["zero_stage"] = trainer.accelerator.state.deepspeed_plugin.zero_stage
+        with open(os.path.join(directory, "losses.json"), "w") as file:
+            json.dump(record, file)
+    trainer.accelerator.wait_for_everyone()
+
+
 def main(out_dir: str) -> None:
     for case in CASES:
-        directory = os.path.join(out_dir, case)
-        trainer = train(os.path.join(directory, "run"), case, PER_DEVICE_BATCH)
-        if trainer.accelerator.state.num_processes != 2 or not trainer.is_deepspeed_enabled:
-            raise RuntimeError("expected 2 processes under DeepSpeed")
-        trainer.save_model(os.path.join(directory, "student"))
+        directory, trainer = train_launched(train, out_dir, case)
         checkpoint = os.path.join(directory, "run", f"checkpoint-{SAVE_STEPS}")
         resumed = train(os.path.join(directory, "resume"), case, PER_DEVICE_BATCH, checkpoint)
         resumed.save_model(os.path.join(directory, "resumed"))
-        if trainer.is_world_process_zero():
-            record = {"losses": losses(trainer), "resumed_losses": losses(resumed)}
-            record["zero_stage"] = trainer.accelerator.state.deepspeed_plugin.zero_stage
-            with open(os.path.join(directory, "losses.json"), "w") as file:
-                json.dump(record, file)
-        trainer.accelerator.wait_for_everyone()
+        write_losses(trainer, directory, resumed_losses=losses(resumed))
 
 
 if __name__ == "__main__":
