@@ -363,6 +363,9 @@ class MSDTrainer(DistillationTrainer):
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
     ) -> torch.Tensor:
         if self.weighting.learned and self.meta_schedule.due(self.state.global_step):
+            # In training mode, as the step itself (`Trainer.training_step` sets it only after this): the
+            # first step of a run or of a resume, or the one after an evaluation, would find it in eval mode.
+            model.train()
             self._meta_step(model, self._prepare_inputs(inputs))
         return super().training_step(model, inputs, num_items_in_batch)
 
