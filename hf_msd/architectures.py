@@ -7,7 +7,9 @@ how each
   is removed for the modality-only inputs ``x_m``);
 - ``logits_key``: the name of the output field that holds the classification logits (LXMERT names them
   ``question_answering_score``);
-- ``num_labels_attr``: the config field that holds the number of classes (LXMERT: ``num_qa_labels``).
+- ``num_labels_attr``: the config field that holds the number of classes (LXMERT: ``num_qa_labels``);
+- ``reuses_towers``: whether the modality-only passes may reuse the full pass's tower outputs
+  (:func:`reuses_towers`).
 
 Built-in adapters (``x_text`` keeps the text, ``x_image`` keeps the image):
 
@@ -24,6 +26,15 @@ VisualBERT's VQA head reads position ``attention_mask.sum(1) - 2``: an all-zero 
 so its text removal keeps ``[CLS]`` and ``[SEP]`` attended (the empty question) and the head reads ``[CLS]``.
 LXMERT needs ``visual_feats`` and ``visual_pos`` in every call, so its image is masked, not dropped.
 
+Tower reuse: hf_msd's fusion transformer and dual encoder run one tower per modality and drop the removed
+modality, so on ``x_m`` the kept tower sees exactly its input in ``x`` and the removed one does not run:
+the full pass's tower outputs (``forward(..., return_tower_outputs=True)``) give every ``x_m`` with only the
+fusion layers and the head (``forward(tower_outputs={m: ...})``). They are marked ``reuses_towers=True``.
+The others are not: ViLT and VisualBERT are single-stream (text and image tokens share every layer from the
+first); LXMERT and BridgeTower have unimodal layers before their cross-modal ones, but their removal masks
+or blanks the removed modality instead of dropping it, so each ``x_m`` still runs that tower on the blank
+input, and their forward takes no tower outputs: they keep separate passes.
+
 The registry is a plain dict, :data:`ARCHITECTURES`, filled by :func:`register_architecture` calls (the
 built-in ones at the end of this module); :func:`default_modalities` reads a model's modality spec from it and
 :func:`get_logits` its logits, for the trainers, saliency and evaluation.
@@ -31,7 +42,7 @@ built-in ones at the end of this module); :func:`default_modalities` reads a mod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,12 +61,17 @@ class ArchitectureAdapter:
         modalities: ``fn(config) -> [Modality, ...]``.
         logits_key: output field holding the logits (B, num_labels).
         num_labels_attr: config field holding the number of classes.
+        reuses_towers: the model's forward takes ``return_tower_outputs=True`` (output field
+            ``tower_outputs``, a dict keyed by modality name) and ``tower_outputs={name: ...}`` (only what
+            depends on the modality combination runs), and with its default modality spec the latter on a
+            subset of the tower outputs equals the forward on the modality-only input.
     """
 
     model_type: str
     modalities: Callable[[Any], list[Modality]]
     logits_key: str = "logits"
     num_labels_attr: str = "num_labels"
+    reuses_towers: bool = False
 
 
 #: ``config.model_type`` -> its adapter; fill it with :func:`register_architecture`.
@@ -94,6 +110,18 @@ def default_modalities(model) -> list[Modality]:
             "register one with `hf_msd.architectures.register_architecture`."
         )
     return adapter.modalities(config)
+
+
+def reuses_towers(model, modalities: Sequence[Modality] | None = None) -> bool:
+    """Whether ``model``'s passes on the modality-only inputs under the spec ``modalities`` (default: the
+    registered one) may reuse its full pass's tower outputs: its adapter is marked ``reuses_towers`` and the
+    spec is the registered one (another removal strategy, e.g. filling the image with its mean, changes what
+    the towers see, so it keeps separate passes)."""
+    config = _config(model)
+    adapter = get_architecture(config)
+    if adapter is None or not adapter.reuses_towers:
+        return False
+    return modalities is None or list(modalities) == adapter.modalities(config)
 
 
 def get_logits(model, outputs: Any, has_loss: bool = False) -> torch.Tensor:
@@ -220,8 +248,8 @@ def _lxmert_modalities(config) -> list[Modality]:
 
 
 for _adapter in (
-    ArchitectureAdapter("msd_multimodal_transformer", _hf_msd_modalities),
-    ArchitectureAdapter("msd_dual_encoder", _hf_msd_modalities),
+    ArchitectureAdapter("msd_multimodal_transformer", _hf_msd_modalities, reuses_towers=True),
+    ArchitectureAdapter("msd_dual_encoder", _hf_msd_modalities, reuses_towers=True),
     ArchitectureAdapter("vilt", _vilt_modalities),
     ArchitectureAdapter("bridgetower", _bridgetower_modalities),
     ArchitectureAdapter("visual_bert", _visual_bert_modalities),

@@ -87,7 +87,9 @@ def test_msd_trainer_with_registered_teacher_and_student(tmp_path, name, weighti
     trainer = MSDTrainer(
         model=student,
         teacher_model=teacher,
-        args=msd_args(tmp_path, modality_weighting=weighting),
+        # Separate passes, so that every model receives x_text and x_image as inputs (with tower reuse,
+        # hf_msd's models run them from the towers' outputs: tests/test_tower_reuse.py).
+        args=msd_args(tmp_path, modality_weighting=weighting, tower_reuse=False),
         train_dataset=examples_of(batch),
         data_collator=stack,
     )

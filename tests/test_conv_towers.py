@@ -12,16 +12,7 @@ from hf_msd.models import (
     student_from_config,
 )
 from tests.helpers.models import TINY_IMAGE_SIZE, tiny_batch, tiny_config
-
-RESNET = {
-    "model_type": "resnet",
-    "image_size": TINY_IMAGE_SIZE,
-    "embedding_size": 8,
-    "hidden_sizes": [8, 12],
-    "depths": [1, 1],
-    "layer_type": "basic",
-    "downsample_in_first_stage": False,
-}
+from tests.helpers.models import TINY_RESNET as RESNET
 
 
 def resnet_model(seed: int = 0, **overrides):

@@ -85,3 +85,29 @@ def test_batch_norm_without_parameters_follows_its_frozen_parent():
     model.eval()
     model.train()
     assert all(m.training for m in norms)  # train() undoes it: the trainers call it per batch
+
+
+def test_freezing_or_unfreezing_between_steps_is_followed():
+    """The frozen layers are looked up again when a parameter's requires_grad changes between calls, or a
+    module is added."""
+    model = resnet_model().train()
+    tower = model.multimodal_transformer.image_encoder
+    norms = [m for m in tower.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    keep_frozen_normalization_in_eval(model)
+    assert all(norm.training for norm in norms)  # everything trains
+    tower.requires_grad_(False)
+    model.train()
+    keep_frozen_normalization_in_eval(model)
+    assert not any(norm.training for norm in norms)
+    tower.requires_grad_(True)
+    model.train()
+    keep_frozen_normalization_in_eval(model)
+    assert all(norm.training for norm in norms)
+    tower.requires_grad_(False)
+    model.train()
+    keep_frozen_normalization_in_eval(model)
+    extra = torch.nn.BatchNorm2d(4, affine=False)  # no parameters: the flags stay those of the last call
+    tower.add_module("extra_norm", extra)
+    model.train()
+    keep_frozen_normalization_in_eval(model)
+    assert not extra.training and not any(norm.training for norm in norms)

@@ -266,6 +266,31 @@ def test_learned_weights_are_checkpointed_and_restored(tmp_path, task):
     assert int(resumed.weighting.optimizer.state_dict()["state"][0]["step"]) == 2
 
 
+def test_the_meta_step_runs_the_student_in_training_mode(tmp_path, task):
+    """Every student pass that builds a graph, the meta step's included, is in training mode: at the first
+    step (the student comes in eval mode) and at the step after each evaluation (which leaves it there)."""
+    student = tiny_model(seed=1)
+    assert not student.training
+    calls = []  # (training mode, gradients enabled) per student forward
+    student.register_forward_pre_hook(
+        lambda module, args: calls.append((module.training, torch.is_grad_enabled()))
+    )
+    trainer = make_trainer(
+        tmp_path,
+        task,
+        student=student,
+        modality_weighting="learned",
+        meta_update_interval=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        max_steps=2,
+    )
+    trainer.train()
+    assert (False, False) in calls  # the evaluations ran, in eval mode
+    in_graph = [training for training, grad in calls if grad]
+    assert len(in_graph) > 2 and all(in_graph)  # meta steps (a training pass and a look-ahead) and steps
+
+
 def test_unimodal_student_sees_only_its_modality(tmp_path, task):
     student = tiny_model(modalities=("text",), seed=1)
     trainer = MSDTrainer(

@@ -72,6 +72,7 @@ def test_vilt_teacher_fusion_student_end_to_end(tmp_path, pair, weighting):
         logging_steps=1,
         remove_unused_columns=False,
         saliency_batch_size=2,
+        tower_reuse=False,  # the student receives x_text and x_image as inputs (tests/test_tower_reuse.py)
     )
     trainer = MSDTrainer(
         model=student,

@@ -312,6 +312,8 @@ class DistillationTrainer(Trainer):
             student_inputs["output_hidden_states"] = True
         if self.pair.attention_map:
             student_inputs["output_attentions"] = True
+        if model.training and self.student_returns_towers:
+            student_inputs["return_tower_outputs"] = True
         answers = self.pair.answer_labels(inputs)
         if answers is not None and model.training and not model_loss:  # the output layer at the answers only
             outputs = answer_outputs(model, student_inputs, answers)
@@ -325,6 +327,12 @@ class DistillationTrainer(Trainer):
         labels_reached_model = model_loss and self.label_smoother is None and self.compute_loss_func is None
         logits = get_logits(self._student_base(), outputs, has_loss=labels_reached_model)
         return StudentOutput(outputs, answer_rows(logits, answers), task_loss=task, answer_labels=answers)
+
+    @property
+    def student_returns_towers(self) -> bool:
+        """Whether the student's training pass returns its towers' outputs (``return_tower_outputs=True``)
+        for later passes to reuse; none here (see ``MSDTrainer``)."""
+        return False
 
     def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The teacher's outputs the terms need: ``{"full": outputs on the whole input}``, cached or a pass

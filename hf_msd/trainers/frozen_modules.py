@@ -9,7 +9,15 @@ layers in eval mode while they train.
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from torch import nn
+
+#: model -> (its number of modules and its parameters' ``requires_grad`` flags, the frozen normalisation
+#: layers they make): the layers are found again when a module is added or a flag changes, not at every step.
+_FROZEN_NORMALIZATION: WeakKeyDictionary[nn.Module, tuple[tuple[int | bool, ...], list[nn.Module]]] = (
+    WeakKeyDictionary()
+)
 
 
 def _tracks_running_stats(module: nn.Module) -> bool:
@@ -27,15 +35,29 @@ def keep_frozen_normalization_in_eval(model: nn.Module) -> None:
     """Put every normalisation layer with running statistics (BatchNorm, InstanceNorm with
     ``track_running_stats``) whose parameters are all frozen into eval mode, so training leaves its
     statistics unchanged. A layer that trains keeps them updating. Nothing happens when ``model`` is not
-    training; ``model.train()`` undoes it, so call it after each ``train()`` (the trainers do, per batch)."""
-    if model.training:
-        _walk(model, inherited=False)
+    training; ``model.train()`` undoes it, so call it after each ``train()`` (the trainers do, per batch).
+    The layers are looked up again when a module is added or a ``requires_grad`` changes (it runs every
+    step)."""
+    if not model.training:
+        return
+    modules = list(model.modules())
+    flags = (
+        len(modules),
+        *(p.requires_grad for m in modules for p in m._parameters.values() if p is not None),
+    )
+    known = _FROZEN_NORMALIZATION.get(model)
+    if known is None or known[0] != flags:
+        found: list[nn.Module] = []
+        _walk(model, False, found)
+        known = _FROZEN_NORMALIZATION[model] = (flags, found)
+    for module in known[1]:
+        module.eval()
 
 
-def _walk(module: nn.Module, inherited: bool) -> None:
+def _walk(module: nn.Module, inherited: bool, found: list[nn.Module]) -> None:
     frozen = _frozen(module, inherited)
     if _tracks_running_stats(module) and frozen:
-        module.eval()
+        found.append(module)
         return
     for child in module.children():
-        _walk(child, frozen)
+        _walk(child, frozen, found)

@@ -62,6 +62,16 @@ class MSDTrainingArguments(DistillationTrainingArguments):
             "kept terms' weights are those of the full weighting."
         },
     )
+    tower_reuse: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the student's and the online teacher's modality-only passes from the full pass's "
+            "tower outputs (only the fusion layers and the head run again) when the architecture qualifies "
+            "(hf_msd.architectures.reuses_towers: hf_msd's fusion transformer and dual encoder with their "
+            "registered modalities). Same loss and gradients as separate passes; batch-norm running "
+            "statistics are updated once per step instead of once per pass. False: separate passes."
+        },
+    )
     saliency_batch_size: int = field(
         default=32,
         metadata={"help": "Batch size of the teacher pass that computes population saliency (>= 1)."},

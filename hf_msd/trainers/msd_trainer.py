@@ -36,7 +36,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ..architectures import get_logits
+from ..architectures import get_logits, reuses_towers
 from ..data.generative import DISTILLATION_LABELS, VIEW_NAMES, has_views, view_inputs
 from ..distillation import losses, objective
 from ..distillation.answer_logits import answer_logits
@@ -140,6 +140,11 @@ class MSDTrainer(DistillationTrainer):
                 "modality_target='full' is not supported for generative students (each view has its own "
                 "token sequence): use modality_target='modality'."
             )
+        # Tower reuse (hf_msd.architectures.reuses_towers): the modality-only passes run from the full
+        # pass's tower outputs when the student / the online teacher qualifies with its spec.
+        self.teacher.tower_reuse = args.tower_reuse and reuses_towers(
+            self.teacher.model, self.teacher_modalities
+        )
         self.weighting = build_weighting(
             args.modality_weighting,
             names,
@@ -161,6 +166,28 @@ class MSDTrainer(DistillationTrainer):
     @property
     def uses_teacher(self) -> bool:
         return super().uses_teacher or self.args.modality_loss_weight > 0
+
+    @property
+    def student_returns_towers(self) -> bool:
+        """With ``tower_reuse``, a classifier student with at least two modalities whose architecture
+        qualifies with the trainer's spec (:func:`~hf_msd.architectures.reuses_towers`) returns its towers'
+        outputs from the full pass, and its modality terms run from them (:meth:`_modality_terms`)."""
+        return (
+            self.args.tower_reuse
+            and self.args.modality_loss_weight > 0
+            and not self.generative
+            and not self.pair.unimodal_student
+            and bool(self._term_modalities())
+            and reuses_towers(self._student_base(), self.modalities)
+        )
+
+    def _unwrapped(self, model: nn.Module) -> nn.Module:
+        """``accelerator.unwrap_model(model)`` (without DDP; a compiled student stays compiled), resolved once
+        per model object: accelerate reads package metadata on every call (milliseconds per step)."""
+        resolved = getattr(self, "_resolved_unwrapped", None)
+        if resolved is None or resolved[0] is not model:
+            self._resolved_unwrapped = resolved = (model, self.accelerator.unwrap_model(model))
+        return resolved[1]
 
     def _term_modalities(self) -> list[str]:
         """The modalities that get a term in a classifier's loss: those of :attr:`term_names` the student
@@ -255,7 +282,7 @@ class MSDTrainer(DistillationTrainer):
         """A generative student's unweighted modality terms: view name -> the per-token KD between the
         student's and the teacher's answer-only logits on that view (the output layer at the answer tokens
         only, :func:`~hf_msd.targets.answer_logits`), summed over each example's answer tokens (B,)."""
-        bare = self.accelerator.unwrap_model(model)  # see _modality_terms
+        bare = self._unwrapped(model)  # see _modality_terms
         answers = (self.columns.distillation_labels(inputs) != losses.IGNORE_INDEX).sum(dim=-1)
         terms = {}
         for name in self.term_names:
@@ -290,15 +317,19 @@ class MSDTrainer(DistillationTrainer):
         problem_type = self.pair.problem_type_of(inputs.get("labels"))
         student_batch = self.columns.student(inputs)
         names = self._term_modalities()
+        towers = getattr(student.outputs, "tower_outputs", None)
         if self.pair.unimodal_student:
             student_logits = [student.logits] if names else []
+        elif towers is not None:  # tower reuse: only the fusion and the head run on each x_m
+            bare = self._unwrapped(model)  # not through DDP, as below
+            student_logits = [get_logits(bare, bare(tower_outputs={n: towers[n]})) for n in names]
         else:
             student_batches = [restrict(student_batch, self.modalities, n) for n in names]
             # Only the full-input pass (in the parent) goes through a DDP wrapper: a second forward through
             # DDP in one step fails ("mark a variable ready only once"). The modality-only passes use the
             # bare module; autograd sums their gradients into the same parameters before DDP's reducer
             # all-reduces them, so the update is the same as on one process.
-            bare = self.accelerator.unwrap_model(model)
+            bare = self._unwrapped(model)
             student_logits = batched_logits(lambda batch: get_logits(bare, bare(**batch)), student_batches)
         if self.weighting.needs_instance_saliency:
             teacher["saliency"] = modality_saliency(
@@ -332,6 +363,9 @@ class MSDTrainer(DistillationTrainer):
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None
     ) -> torch.Tensor:
         if self.weighting.learned and self.meta_schedule.due(self.state.global_step):
+            # In training mode, as the step itself (`Trainer.training_step` sets it only after this): the
+            # first step of a run or of a resume, or the one after an evaluation, would find it in eval mode.
+            model.train()
             self._meta_step(model, self._prepare_inputs(inputs))
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -352,7 +386,7 @@ class MSDTrainer(DistillationTrainer):
     def _meta_step(self, model: nn.Module, inputs: dict[str, Any]) -> None:
         """:func:`~hf_msd.trainers.msd_setup.meta_step` on ``inputs`` and the next held-out batch, on the
         uncompiled student (the look-ahead needs second-order gradients, which compiled graphs lack)."""
-        student = uncompiled(self.accelerator.unwrap_model(model))
+        student = uncompiled(self._unwrapped(model))
         held_out = self._prepare_inputs(self._meta_batches.next())
 
         def train_loss() -> torch.Tensor:

@@ -166,6 +166,8 @@ class Teacher:
     ) -> None:
         self.model, self.pair, self.accelerator = model, pair, accelerator
         self.inputs, self.check, self.device, self.peft_student = inputs, check, device, peft_student
+        #: Run ``x_m`` from the full pass's tower outputs (:meth:`reused_logits`); set by ``MSDTrainer``.
+        self.tower_reuse = False
 
     @property
     def needs_intermediates(self) -> bool:
@@ -268,7 +270,9 @@ class Teacher:
             with self.context():
                 return classifier_output(self.model, self.model(**teacher_inputs)).logits
 
-        results = dict(zip([key for key, _ in pending], batched_logits(run, [b for _, b in pending])))
+        results = self.reused_logits(teacher_batch, [key for key, _ in pending]) if self.tower_reuse else {}
+        pending = [(key, b) for key, b in pending if key not in results]
+        results.update(zip([key for key, _ in pending], batched_logits(run, [b for _, b in pending])))
         results.update(results_cached)
         only.update({key[len("only:") :]: value for key, value in results.items() if key.startswith("only:")})
         for name, logits in only.items():
@@ -283,6 +287,23 @@ class Teacher:
                 else [results[f"without:{n}"] for n in all_names]
             )
         return only, extra
+
+    def reused_logits(self, teacher_batch: dict[str, Any], keys: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tower reuse: when ``keys`` (of :meth:`modality_logits`) hold ``"full"`` and some ``"only:<m>"``,
+        one pass on ``x`` returning its towers' outputs, then only the fusion and head for each ``x_m``
+        (``tower_outputs={m: ...}``, equal to the pass on ``x_m``). Returns those keys -> (B, C); ``{}``
+        otherwise (the full input cached or run elsewhere, or no view needed)."""
+        views = [key.removeprefix("only:") for key in keys if key.startswith("only:")]
+        if "full" not in keys or not views:
+            return {}
+        with self.context():
+            full = self.model(**teacher_batch, return_tower_outputs=True)
+            towers = full.tower_outputs
+            logits = {"full": classifier_output(self.model, full).logits}
+            for name in views:
+                view = self.model(tower_outputs={name: towers[name]})
+                logits[f"only:{name}"] = classifier_output(self.model, view).logits
+        return logits
 
     def view_logits(self, batch: dict[str, Any], names: Sequence[str]) -> dict[str, torch.Tensor]:
         """A generative teacher's answer-only logits (N, V) on the collator's views ``names`` (``x_text``,

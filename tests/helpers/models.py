@@ -21,6 +21,16 @@ from hf_msd.models import (
 
 TINY_IMAGE_SIZE = 16
 TINY_PATCH_SIZE = 8  # -> 4 patches + [CLS] = 5 image tokens
+# A tiny ResNet image tower (`vision_config`): 16x16 images -> a 2x2 feature map of width 12 (4 image tokens).
+TINY_RESNET = {
+    "model_type": "resnet",
+    "image_size": TINY_IMAGE_SIZE,
+    "embedding_size": 8,
+    "hidden_sizes": [8, 12],
+    "depths": [1, 1],
+    "layer_type": "basic",
+    "downsample_in_first_stage": False,
+}
 # easy-VQA's question words and answers, so the tiny tokenizer covers the real data set's text.
 TINY_WORDS = [
     "?",

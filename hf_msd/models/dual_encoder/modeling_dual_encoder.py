@@ -4,6 +4,13 @@ This file imports only torch, transformers and its own configuration so that a s
 loads with `trust_remote_code=True` where hf_msd is not installed. The fused features are defined in
 [`DualEncoderConfig`]: `f = [u; v; u * v]` of the projected pooled embeddings (a missing input gives a zero
 embedding), then `Linear -> GELU -> Dropout -> Linear`.
+
+Tower reuse (modality-specific distillation at the cost of one tower pass): each tower sees its modality on
+its own, so a modality-only input runs the same tower on the same input as the full one.
+`forward(..., return_tower_outputs=True)` returns the projected embeddings by modality (`tower_outputs`);
+`forward(tower_outputs={m: ...})` runs only the fusion and the head on the modalities given (the others get
+the zero embedding) and equals `forward` on that modality alone. In training mode, tower dropout then draws
+one mask shared by the passes instead of one per pass.
 """
 
 import inspect
@@ -43,20 +50,24 @@ class DualEncoderModelOutput(ModelOutput):
             when no text was given.
         image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*): `v`, or `None`
             when no image was given.
+        tower_outputs (`dict[str, torch.FloatTensor]`, *optional*): the projected embeddings by modality
+            (B, projection_dim), with `return_tower_outputs=True`.
     """
 
     pooler_output: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
+    tower_outputs: dict[str, torch.FloatTensor] | None = None
 
 
 @dataclass
 class DualEncoderSequenceClassifierOutput(SequenceClassifierOutput):
     """[`SequenceClassifierOutput`] (`loss`, `logits` (B, num_labels)) plus `text_embeds` and `image_embeds`
-    (B, projection_dim) as in [`DualEncoderModelOutput`]."""
+    (B, projection_dim) and `tower_outputs` as in [`DualEncoderModelOutput`]."""
 
     text_embeds: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
+    tower_outputs: dict[str, torch.FloatTensor] | None = None
 
 
 class DualEncoderPreTrainedModel(PreTrainedModel):
@@ -173,6 +184,8 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
+        tower_outputs: dict[str, torch.FloatTensor] | None = None,
+        return_tower_outputs: bool = False,
     ) -> DualEncoderModelOutput:
         r"""
         Args:
@@ -181,9 +194,38 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
             token_type_ids (`torch.LongTensor`, *optional*): accepted for BERT-style tokenizers and passed on
                 only to a text tower that takes it (CLIP and SigLIP have no segment embeddings).
             pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*).
+            tower_outputs (`dict[str, torch.FloatTensor]`, *optional*): projected embeddings (B,
+                projection_dim) by modality from a call with `return_tower_outputs=True`, instead of the
+                inputs: only the fusion runs, on the modalities given.
+            return_tower_outputs (`bool`): also return the projected embeddings by modality (`tower_outputs`).
 
         At least one input of a modality the model has must be given; a missing one gives a zero embedding.
         """
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+        if tower_outputs is None:
+            tower_outputs = self.encode_towers(input_ids, attention_mask, token_type_ids, pixel_values)
+        elif any(value is not None for value in (*inputs.values(), token_type_ids)):
+            given = sorted(name for name, value in inputs.items() if value is not None)
+            raise ValueError(f"Pass either `tower_outputs` or the inputs, not both (got {given} too).")
+        elif not tower_outputs or set(tower_outputs) - set(self.modalities):
+            raise ValueError(
+                f"`tower_outputs` must map some of this model's modalities {self.modalities} to embeddings "
+                f"(from `return_tower_outputs=True`), got keys {sorted(tower_outputs)}."
+            )
+        output = self.fuse(tower_outputs)
+        if return_tower_outputs:
+            output.tower_outputs = dict(tower_outputs)
+        return output
+
+    def encode_towers(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+    ) -> dict[str, torch.FloatTensor]:
+        """Run the tower and the projection of each present modality once (inputs as in [`forward`]).
+        Returns modality -> projected pooled embedding (B, projection_dim), for [`fuse`]."""
         given = {"text": input_ids, "image": pixel_values}
         foreign = [m for m, value in given.items() if value is not None and m not in self.modalities]
         if foreign:
@@ -191,26 +233,31 @@ class DualEncoderModel(DualEncoderPreTrainedModel):
         if all(given[m] is None for m in self.modalities):
             names = {"text": "input_ids", "image": "pixel_values"}
             raise ValueError(f"Give at least one of {[names[m] for m in self.modalities]}.")
-        embeds: dict[str, torch.Tensor | None] = {"text": None, "image": None}
+        embeds = {}
         if input_ids is not None:
             text_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None and _takes(self.towers["text"], "token_type_ids"):
                 text_inputs["token_type_ids"] = token_type_ids
-            pooled = self.towers["text"](**text_inputs).pooler_output
-            embeds["text"] = self.projections["text"](pooled)
+            embeds["text"] = self.projections["text"](self.towers["text"](**text_inputs).pooler_output)
         if pixel_values is not None:
-            pooled = self.towers["image"](pixel_values=pixel_values).pooler_output
-            embeds["image"] = self.projections["image"](pooled)
-        present = next(e for e in embeds.values() if e is not None)
+            embeds["image"] = self.projections["image"](
+                self.towers["image"](pixel_values=pixel_values).pooler_output
+            )
+        return embeds
+
+    def fuse(self, tower_outputs: dict[str, torch.FloatTensor]) -> DualEncoderModelOutput:
+        """The fused features `f` from the projected embeddings of [`encode_towers`] (or a subset of them: a
+        missing modality gives the zero embedding)."""
+        present = next(iter(tower_outputs.values()))
         if len(self.modalities) == 1:
             fused = present
         else:
-            u, v = (
-                embeds[m] if embeds[m] is not None else torch.zeros_like(present) for m in ("text", "image")
-            )
+            u, v = (tower_outputs.get(m, torch.zeros_like(present)) for m in ("text", "image"))
             fused = torch.cat([u, v, u * v], dim=-1)
         return DualEncoderModelOutput(
-            pooler_output=fused, text_embeds=embeds["text"], image_embeds=embeds["image"]
+            pooler_output=fused,
+            text_embeds=tower_outputs.get("text"),
+            image_embeds=tower_outputs.get("image"),
         )
 
 
@@ -247,23 +294,32 @@ class DualEncoderForSequenceClassification(DualEncoderPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         labels: torch.Tensor | None = None,
+        tower_outputs: dict[str, torch.FloatTensor] | None = None,
+        return_tower_outputs: bool = False,
     ) -> DualEncoderSequenceClassifierOutput:
         r"""
-        Inputs as [`DualEncoderModel.forward`]; `labels` int64 (B,) for single-label classification, float
-        (B, num_labels) for multi-label, float (B,) / (B, num_labels) for regression.
+        Inputs (and tower reuse: `tower_outputs`, `return_tower_outputs`) as [`DualEncoderModel.forward`];
+        `labels` int64 (B,) for single-label classification, float (B, num_labels) for multi-label, float (B,)
+        / (B, num_labels) for regression.
         """
         outputs = self.dual_encoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             pixel_values=pixel_values,
+            tower_outputs=tower_outputs,
+            return_tower_outputs=return_tower_outputs,
         )
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
         return DualEncoderSequenceClassifierOutput(
-            loss=loss, logits=logits, text_embeds=outputs.text_embeds, image_embeds=outputs.image_embeds
+            loss=loss,
+            logits=logits,
+            text_embeds=outputs.text_embeds,
+            image_embeds=outputs.image_embeds,
+            tower_outputs=outputs.tower_outputs,
         )
 
 

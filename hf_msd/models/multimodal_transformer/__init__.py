@@ -7,6 +7,7 @@ from .modeling_multimodal_transformer import (
     MultimodalTransformerModel,
     MultimodalTransformerModelOutput,
     MultimodalTransformerPreTrainedModel,
+    MultimodalTransformerTowerOutput,
 )
 from .processing_multimodal_transformer import MultimodalTransformerProcessor
 
@@ -18,4 +19,5 @@ __all__ = [
     "MultimodalTransformerModelOutput",
     "MultimodalTransformerPreTrainedModel",
     "MultimodalTransformerProcessor",
+    "MultimodalTransformerTowerOutput",
 ]

@@ -22,6 +22,15 @@ layers):
 - `text_encoder_hidden_states` / `text_encoder_attentions` and `image_encoder_hidden_states` /
   `image_encoder_attentions`: the towers' own outputs at the towers' widths (as their transformers models
   return them), or `None` when that tower did not run.
+
+Tower reuse (modality-specific distillation at the cost of one tower pass): the towers see each modality on
+its own, so a modality-only input `x_m` (the other modality's keys left out) runs the same tower on the same
+input as the full `x`. `forward(..., return_tower_outputs=True)` returns the towers' outputs (`tower_outputs`,
+modality -> [`MultimodalTransformerTowerOutput`]); `forward(tower_outputs={m: ...})` runs only the fusion
+layers, pooler and head on the modalities given, and equals `forward` on `x_m` (gradients flow back into the
+shared tower outputs). Two things differ from separate passes in training mode: a batch-norm tower (ResNet)
+updates its running statistics once instead of once per pass, and tower dropout draws one mask shared by the
+views instead of one per pass.
 """
 
 import inspect
@@ -45,6 +54,24 @@ PROCESSING_FILE = "processing_multimodal_transformer.py"
 
 
 @dataclass
+class MultimodalTransformerTowerOutput(ModelOutput):
+    """One modality's tower pass: what the fusion layers read from that modality.
+
+    Args:
+        tokens (`torch.FloatTensor` of shape `(batch_size, L_m, hidden_size)`): the tower's last hidden state
+            as tokens, projected to the fusion width (the stream's fusion input).
+        mask (`torch.Tensor` of shape `(batch_size, L_m)`, *optional*): 1 for real tokens (the text
+            `attention_mask`); `None` when every token is real (image tokens).
+        hidden_states / attentions: the tower's own outputs at its width, or `None` when not asked for.
+    """
+
+    tokens: torch.FloatTensor | None = None
+    mask: torch.Tensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
 class MultimodalTransformerModelOutput(ModelOutput):
     """Output of [`MultimodalTransformerModel`]; see the module docstring for the sequence layout.
 
@@ -54,6 +81,8 @@ class MultimodalTransformerModelOutput(ModelOutput):
         pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): mean over the present
             streams of `tanh(dense(first token))` (the text [CLS] and the image [CLS]).
         hidden_states_mask (`torch.LongTensor` of shape `(batch_size, L)`): 1 for real tokens, 0 for padding.
+        tower_outputs (`dict[str, MultimodalTransformerTowerOutput]`, *optional*): the towers' outputs by
+            modality, with `return_tower_outputs=True`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -66,6 +95,7 @@ class MultimodalTransformerModelOutput(ModelOutput):
     text_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     image_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    tower_outputs: dict[str, MultimodalTransformerTowerOutput] | None = None
 
 
 @dataclass
@@ -73,7 +103,8 @@ class MultimodalSequenceClassifierOutput(SequenceClassifierOutput):
     """[`SequenceClassifierOutput`] (`loss`, `logits` (B, num_labels), `hidden_states`, `attentions`) plus the
     multimodal fields of [`MultimodalTransformerModelOutput`]; see the module docstring for the layout.
     `hidden_states_mask` is set only when hidden states or attentions were asked for, so that the default
-    output (and `Trainer.predict`'s predictions) is the logits alone."""
+    output (and `Trainer.predict`'s predictions) is the logits alone; `tower_outputs` only with
+    `return_tower_outputs=True`."""
 
     hidden_states_mask: torch.LongTensor | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -81,6 +112,7 @@ class MultimodalSequenceClassifierOutput(SequenceClassifierOutput):
     text_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     image_encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    tower_outputs: dict[str, MultimodalTransformerTowerOutput] | None = None
 
 
 class MultimodalTransformerAttention(nn.Module):
@@ -394,6 +426,8 @@ class MultimodalTransformerModel(MultimodalTransformerPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        tower_outputs: dict[str, MultimodalTransformerTowerOutput] | None = None,
+        return_tower_outputs: bool = False,
     ) -> MultimodalTransformerModelOutput | tuple:
         r"""
         Args:
@@ -404,18 +438,15 @@ class MultimodalTransformerModel(MultimodalTransformerPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`,
                 *optional*): images (image modality).
             output_hidden_states / output_attentions / return_dict: as in transformers (config defaults).
+            tower_outputs (`dict[str, MultimodalTransformerTowerOutput]`, *optional*): the towers' outputs
+                from a call with `return_tower_outputs=True`, instead of the inputs: only the fusion layers
+                and the pooler run, on the modalities given (`{"text": ...}` alone equals the call on the
+                text alone). The output's tower fields are those of the given tower outputs.
+            return_tower_outputs (`bool`): also return the towers' outputs (`tower_outputs`).
 
         Either modality may be missing: only the present towers and streams run, nothing is filled in. An
         input of a modality the model lacks, or no input at all, raises a `ValueError` naming the keys.
         """
-        self._check_inputs(
-            {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "token_type_ids": token_type_ids,
-                "pixel_values": pixel_values,
-            }
-        )
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -423,26 +454,82 @@ class MultimodalTransformerModel(MultimodalTransformerPreTrainedModel):
             output_attentions if output_attentions is not None else self.config.output_attentions
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        tower_kwargs = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "pixel_values": pixel_values,
+        }
+        if tower_outputs is None:
+            self._check_inputs(inputs)
+            tower_outputs = self.encode_towers(
+                **inputs, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+            )
+        else:
+            self._check_tower_outputs(tower_outputs, inputs)
+        output = self.fuse(tower_outputs, output_hidden_states, output_attentions)
+        if return_tower_outputs:
+            output.tower_outputs = dict(tower_outputs)
+        return output if return_dict else output.to_tuple()
 
-        states, masks, tower_outputs = {}, {}, {}
+    def _check_tower_outputs(self, tower_outputs: dict, inputs: dict[str, torch.Tensor | None]) -> None:
+        given = sorted(name for name, value in inputs.items() if value is not None)
+        if given:
+            raise ValueError(f"Pass either `tower_outputs` or the inputs, not both (got {given} too).")
+        if not tower_outputs or set(tower_outputs) - set(self.modalities):
+            raise ValueError(
+                f"`tower_outputs` must map some of this model's modalities {self.modalities} to tower "
+                f"outputs (from `return_tower_outputs=True`), got keys {sorted(tower_outputs)}."
+            )
+
+    def encode_towers(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> dict[str, MultimodalTransformerTowerOutput]:
+        """Run the tower and the projection of each present modality once (inputs as in [`forward`]).
+        Returns modality -> [`MultimodalTransformerTowerOutput`], text first, for [`fuse`]."""
+        tower_kwargs = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        towers = {}
         if input_ids is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             text_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 text_inputs["token_type_ids"] = token_type_ids
-            tower_outputs["text"] = self.text_encoder(**text_inputs, **tower_kwargs, return_dict=True)
-            states["text"] = self.text_projection(tower_outputs["text"].last_hidden_state)
-            masks["text"] = attention_mask
+            encoded = self.text_encoder(**text_inputs, **tower_kwargs, return_dict=True)
+            towers["text"] = MultimodalTransformerTowerOutput(
+                tokens=self.text_projection(encoded.last_hidden_state),
+                mask=attention_mask,
+                hidden_states=encoded.hidden_states,
+                attentions=encoded.attentions,
+            )
         if pixel_values is not None:
             dtype = next(self.image_encoder.parameters()).dtype
-            tower_outputs["image"] = self.image_encoder(
+            encoded = self.image_encoder(
                 pixel_values=pixel_values.to(dtype), **tower_kwargs, return_dict=True
             )
-            states["image"] = self.image_projection(_as_tokens(tower_outputs["image"].last_hidden_state))
-            masks["image"] = None
+            towers["image"] = MultimodalTransformerTowerOutput(
+                tokens=self.image_projection(_as_tokens(encoded.last_hidden_state)),
+                hidden_states=getattr(encoded, "hidden_states", None),
+                attentions=getattr(encoded, "attentions", None),
+            )
+        return towers
 
+    def fuse(
+        self,
+        tower_outputs: dict[str, MultimodalTransformerTowerOutput],
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> MultimodalTransformerModelOutput:
+        """The fusion layers and the pooler on the modalities in `tower_outputs` (from [`encode_towers`], or a
+        subset of them: the streams of the missing modalities do not run)."""
+        states = {m: tower_outputs[m].tokens for m in ("text", "image") if m in tower_outputs}
+        masks = {m: tower_outputs[m].mask for m in states}
         lengths = {m: x.shape[1] for m, x in states.items()}
         all_hidden_states = [torch.cat(list(states.values()), dim=1)] if output_hidden_states else None
         all_attentions, all_cross_attentions = ([], []) if output_attentions else (None, None)
@@ -466,19 +553,19 @@ class MultimodalTransformerModel(MultimodalTransformerPreTrainedModel):
             ],
             dim=1,
         )
-        output = MultimodalTransformerModelOutput(
+        text, image = tower_outputs.get("text"), tower_outputs.get("image")
+        return MultimodalTransformerModelOutput(
             last_hidden_state=torch.cat(list(states.values()), dim=1),
             pooler_output=pooled,
             hidden_states_mask=hidden_states_mask,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
             cross_attentions=tuple(all_cross_attentions) if all_cross_attentions else None,
-            text_encoder_hidden_states=getattr(tower_outputs.get("text"), "hidden_states", None),
-            text_encoder_attentions=getattr(tower_outputs.get("text"), "attentions", None),
-            image_encoder_hidden_states=getattr(tower_outputs.get("image"), "hidden_states", None),
-            image_encoder_attentions=getattr(tower_outputs.get("image"), "attentions", None),
+            text_encoder_hidden_states=getattr(text, "hidden_states", None),
+            text_encoder_attentions=getattr(text, "attentions", None),
+            image_encoder_hidden_states=getattr(image, "hidden_states", None),
+            image_encoder_attentions=getattr(image, "attentions", None),
         )
-        return output if return_dict else output.to_tuple()
 
 
 class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTrainedModel):
@@ -513,6 +600,8 @@ class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTra
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        tower_outputs: dict[str, MultimodalTransformerTowerOutput] | None = None,
+        return_tower_outputs: bool = False,
     ) -> MultimodalSequenceClassifierOutput | tuple:
         r"""
         Inputs as in [`MultimodalTransformerModel.forward`], plus `labels`: int64 `(batch_size,)` for single-
@@ -520,6 +609,9 @@ class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTra
         num_labels)` for regression. Returns `logits` of shape `(batch_size, num_labels)` and the fields
         described in the module docstring. `inputs_embeds` is accepted so callers that always pass it (PEFT's
         `task_type="SEQ_CLS"` wrapper passes `inputs_embeds=None`) work; it must be None: pass `input_ids`.
+        `tower_outputs` / `return_tower_outputs`: tower reuse, as in [`MultimodalTransformerModel.forward`]
+        (`model(tower_outputs={"text": full.tower_outputs["text"]})` equals `model(input_ids=...)` on the same
+        text).
 
         A missing modality is not an error (modality-specific distillation and per-modality evaluation call
         the model with one modality on purpose), so a caller that feeds only part of the input gets an answer
@@ -537,6 +629,8 @@ class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTra
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            tower_outputs=tower_outputs,
+            return_tower_outputs=return_tower_outputs,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
@@ -556,6 +650,7 @@ class MultimodalTransformerForSequenceClassification(MultimodalTransformerPreTra
             text_encoder_attentions=outputs.text_encoder_attentions,
             image_encoder_hidden_states=outputs.image_encoder_hidden_states,
             image_encoder_attentions=outputs.image_encoder_attentions,
+            tower_outputs=outputs.tower_outputs,
         )
         return output if return_dict else output.to_tuple()
 
@@ -566,4 +661,5 @@ __all__ = [
     "MultimodalTransformerModel",
     "MultimodalTransformerModelOutput",
     "MultimodalTransformerPreTrainedModel",
+    "MultimodalTransformerTowerOutput",
 ]
