@@ -159,10 +159,11 @@ LAYERS = {
 FAMILIES = sorted(TOWER)
 
 
+# The language model (32) and the vision tower (16) differ in width, so a tower read at the wrong width fails.
 def family_teacher(family, num_layers=2):
     proc = vlm_processor(family, WORDS, image_size=32, patch_size=8)
     model = tiny_vlm(
-        family, proc, hidden_size=16, num_layers=num_layers, vision_hidden_size=16, vision_layers=1, seed=0
+        family, proc, hidden_size=32, num_layers=num_layers, vision_hidden_size=16, vision_layers=1, seed=0
     )
     return proc, model
 
