@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from hf_msd.data import VisionLanguageCollator
 from hf_msd.models import vision_language_parts as parts
-from hf_msd.models.vision_language import tiny_llava, tiny_vlm, vlm_processor
+from hf_msd.models.vision_language import VLM_FAMILIES, tiny_llava, tiny_vlm, vlm_processor
 from hf_msd.models.vision_language_students import vision_language_student
 from hf_msd.models.vision_tower_pretraining import (
     VisionTowerClassifier,
@@ -253,3 +253,9 @@ def test_each_familys_random_tower_student_redraws_the_tower_and_projector_only(
         elif not name.startswith(vision):
             assert torch.equal(value, theirs[name]), name  # layer 0 and the rest of the language model
     assert all(p.requires_grad for p in student.parameters())
+
+
+def test_every_buildable_family_has_a_layout():
+    assert sorted(parts.VLM_LAYOUTS) == sorted(VLM_FAMILIES) == FAMILIES
+    with pytest.raises(ValueError, match=r"family='blip' has no known layout"):
+        parts.vlm_layout("blip")
