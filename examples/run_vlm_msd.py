@@ -3,9 +3,11 @@
 
     python examples/run_vlm_msd.py examples/configs/vlm_easy_vqa.yaml [--key value ...]
 
-easy-VQA as generation ("what shape is in the image?" -> "circle") with tiny LLaVA-style models (CLIP vision
-tower, projector, Llama language model, built from configs with a word-level tokenizer of the easy-VQA
-vocabulary; nothing downloads).
+easy-VQA as generation ("what shape is in the image?" -> "circle") with tiny vision-language models of one
+``family`` (``llava``: CLIP tower, projector, Llama; ``idefics3``: SigLIP-like tower, pixel-shuffle connector,
+Llama; ``qwen2_vl``: Qwen2-VL's vision transformer and merger, Qwen2), built from configs with a word-level
+tokenizer of the easy-VQA vocabulary; nothing downloads. Which module is each family's tower, projector and
+language model: :data:`hf_msd.models.vision_language_parts.VLM_LAYOUTS`.
 
 The teacher is built in three stages, as LLaVA is (``docs/generative.md``):
 
@@ -15,6 +17,9 @@ The teacher is built in three stages, as LLaVA is (``docs/generative.md``):
 2. ``align_*``: the projector alone (tower and language model frozen) on the describing questions ("what
    shape ...", "what color ...");
 3. ``instruct_*``: the projector and the language model (tower frozen) on every training question.
+
+With ``teacher_path`` (a teacher saved by an earlier run, ``<its output_dir>/teacher``) the stages are skipped
+and that teacher and its processor are loaded instead (its family must be ``family``).
 
 Students (:func:`hf_msd.models.vision_language_students.vision_language_student`) are the teacher with
 ``student_language_layers`` of its language-model layers, with the teacher's vision tower (``vision_tower:
@@ -39,6 +44,7 @@ import time
 from typing import Any
 
 import torch
+import transformers
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import Trainer, TrainingArguments
@@ -52,13 +58,10 @@ from hf_msd.evaluation.vision_language import (
     group_derangement,
     three_input_accuracy,
 )
-from hf_msd.models.vision_language import llava_processor, tiny_llava, word_level_tokenizer
+from hf_msd.models.vision_language import VLM_FAMILIES, load_vlm, saved_family, tiny_vlm, vlm_processor
+from hf_msd.models.vision_language_parts import image_rows, set_trainable_parts, tower_classifier
 from hf_msd.models.vision_language_students import VISION_TOWERS, vision_language_student
-from hf_msd.models.vision_tower_pretraining import (
-    VisionTowerClassifier,
-    image_attribute_labels,
-    pretrain_vision_tower,
-)
+from hf_msd.models.vision_tower_pretraining import image_attribute_labels, pretrain_vision_tower
 from hf_msd.teacher_outputs.cache import precompute_teacher_outputs
 from hf_msd.teacher_outputs.full_input_targets import with_full_input_targets
 from hf_msd.trainers import (
@@ -84,6 +87,8 @@ ARMS = {
 #: The attributes the vision tower is pretrained to name, as easy-VQA question types.
 ATTRIBUTES = ("shape", "color")
 QUESTION_TYPES = ("yes/no", "shape", "color")
+#: Keys an older config may lack, with their defaults.
+DEFAULTS = {"family": "llava", "teacher_path": None}
 
 
 def load_config(argv: list[str]) -> dict[str, Any]:
@@ -91,12 +96,13 @@ def load_config(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("config")
     known, rest = parser.parse_known_args(argv)
     with open(known.config) as handle:
-        config = yaml.safe_load(handle)
+        config = {**DEFAULTS, **yaml.safe_load(handle)}
     for key, value in zip(rest[::2], rest[1::2]):
         name = key.lstrip("-")
         if name not in config:
             raise SystemExit(f"Unknown option --{name}; the config's keys: {sorted(config)}.")
         config[name] = yaml.safe_load(value)
+    check_family(config)
     for group in config["students"]:
         unknown = set(group["arms"]) - set(ARMS)
         if unknown:
@@ -111,6 +117,26 @@ def load_config(argv: list[str]) -> dict[str, Any]:
         if "kd_full_target" in group["arms"]:
             check_full_target(config, group["arms"])
     return config
+
+
+def check_family(config: dict) -> None:
+    """``family`` is a known family, and a ``teacher_path`` holds a saved model of that family."""
+    if config["family"] not in VLM_FAMILIES:
+        raise SystemExit(f"--family: {config['family']!r} is unknown; choose one of {list(VLM_FAMILIES)}.")
+    path = config["teacher_path"]
+    if path is None:
+        return
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise SystemExit(
+            f"--teacher_path: no saved model in {path!r} (no config.json); give the teacher folder of an "
+            "earlier run (<output_dir>/teacher) or null to train the teacher."
+        )
+    found = saved_family(path)
+    if found != config["family"]:
+        raise SystemExit(
+            f"--teacher_path: {path!r} holds a {found} teacher but --family is {config['family']}; set "
+            f"--family {found} or give a {config['family']} teacher."
+        )
 
 
 def check_full_target(config: dict, arms: list[str]) -> None:
@@ -174,39 +200,28 @@ def training_arguments(config: dict, output_dir: str, seed: int, args_class=Trai
     )
 
 
-def image_attributes(rows, processor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One ``pixel_values`` row per image of ``rows`` and its shape / colour labels (-100 where unknown)."""
+def image_attributes(rows, processor, family: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One row of pixels per image of ``rows`` (``family``'s image processor's) and its shape / colour labels
+    (-100 where unknown)."""
     types = easy_vqa_question_types()
     labels = image_attribute_labels(rows["image_id"], rows["answer"], {a: types[a] for a in ATTRIBUTES})
     first = {}
     for index, image_id in enumerate(rows["image_id"]):
         first.setdefault(image_id, index)
     images = list(rows.select([first[i] for i in labels])["image"])
-    pixels = torch.as_tensor(processor.image_processor(images, return_tensors="pt")["pixel_values"])
+    pixels = image_rows(family, processor.image_processor, images)
     return pixels, {a: torch.tensor([labels[i][a] for i in labels]) for a in ATTRIBUTES}
-
-
-def set_trainable(model, parts: tuple[str, ...]) -> None:
-    """Gradients only for ``parts`` of a LLaVA model: ``vision_tower``, ``projector``, ``language_model``
-    (its decoder and LM head)."""
-    modules = {
-        "vision_tower": [model.model.vision_tower],
-        "projector": [model.model.multi_modal_projector],
-        "language_model": [model.model.language_model, model.lm_head],
-    }
-    for name, group in modules.items():
-        for module in group:
-            module.requires_grad_(name in parts)
 
 
 def train_teacher(config: dict, processor, images, train, validation) -> tuple[torch.nn.Module, dict]:
     """The three teacher stages; returns the teacher and each stage's seconds and validation figures."""
-    teacher = tiny_llava(processor, **config["teacher"], seed=config["data_seed"])
+    family = config["family"]
+    teacher = tiny_vlm(family, processor, **config["teacher"], seed=config["data_seed"])
     report = {}
     start = time.perf_counter()
     types = easy_vqa_question_types()
-    classifier = VisionTowerClassifier(teacher.model.vision_tower, {a: len(types[a]) for a in ATTRIBUTES})
-    pixels, labels = image_attributes(images, processor)
+    classifier = tower_classifier(teacher, {a: len(types[a]) for a in ATTRIBUTES})
+    pixels, labels = image_attributes(images, processor, family)
     pretrain_vision_tower(
         classifier,
         pixels,
@@ -218,7 +233,7 @@ def train_teacher(config: dict, processor, images, train, validation) -> tuple[t
     )
     report["tower"] = {
         "seconds": time.perf_counter() - start,
-        "validation_accuracy": classifier.accuracy(*image_attributes(validation, processor)),
+        "validation_accuracy": classifier.accuracy(*image_attributes(validation, processor, family)),
     }
     print(json.dumps({"teacher stage": "tower", **report["tower"]}), flush=True)
     folder = os.path.join(config["output_dir"], "teacher")
@@ -230,7 +245,7 @@ def train_teacher(config: dict, processor, images, train, validation) -> tuple[t
     }
     for stage, (parts, data) in stages.items():
         start = time.perf_counter()
-        set_trainable(teacher, parts)
+        set_trainable_parts(teacher, parts)
         args = training_arguments(
             config,
             folder,
@@ -306,28 +321,36 @@ def score_table(results: dict[str, dict[str, float]]) -> list[str]:
     ]
 
 
-def save_student(trainer, processor, output_dir: str, name: str, results: dict, group: dict) -> None:
+def save_student(
+    trainer, processor, output_dir: str, name: str, results: dict, group: dict, family: str
+) -> None:
     """The student, its processor and a model card, loadable by ``pipeline("image-text-to-text", ...)``."""
     trainer.model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    processor_class = type(processor).__name__
+    processor_module = type(processor).__module__
+    if hasattr(transformers, processor_class):
+        processor_module = "transformers"
     card = ModelCard.from_template(
         ModelCardData(
             pipeline_tag="image-text-to-text",
             library_name="transformers",
             license="apache-2.0",
-            tags=["hf_msd", "distillation", name.split("-")[0], "llava"],
+            tags=["hf_msd", "distillation", name.split("-")[0], family],
         ),
         template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
         body=(
-            f"# easy-VQA student {name}\n\nA tiny LLaVA-style student (CLIP vision tower, projector, Llama "
-            f"language model) distilled with `hf_msd` from a larger LLaVA-style teacher on easy-VQA as "
-            f"generation, with labels on {group['label_fraction']:.0%} of the training questions and the "
+            f"# easy-VQA student {name}\n\nA tiny `{family}` student (vision tower, projector, language "
+            f"model) distilled with `hf_msd` from a larger `{family}` teacher on easy-VQA as generation, "
+            f"with labels on {group['label_fraction']:.0%} of the training questions and the "
             f"{group['vision_tower']} vision tower.\n\n"
             "## Results (exact match of the greedy answer, test subset)\n\n"
             "| input | all | yes/no | shape | color |\n|---|---|---|---|---|\n"
             + "\n".join(score_table(results))
-            + "\n\n## Use\n\n```python\nfrom transformers import pipeline\n\n"
-            f'vqa = pipeline("image-text-to-text", model="{output_dir}")\n'
+            + "\n\n## Use\n\n```python\nfrom transformers import pipeline\n"
+            f"from {processor_module} import {processor_class}\n\n"
+            f'processor = {processor_class}.from_pretrained("{output_dir}")\n'
+            f'vqa = pipeline("image-text-to-text", model="{output_dir}", processor=processor)\n'
             'chat = [{"role": "user", "content": [{"type": "image", "image": image}, '
             '{"type": "text", "text": "what shape is in the image?"}]}]\n'
             "vqa(text=chat, max_new_tokens=3, return_full_text=False)\n```\n"
@@ -359,12 +382,22 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
+def teacher_line(config: dict, stages: dict) -> str:
+    """Where the teacher comes from: each stage's time, or the ``teacher_path`` it was loaded from."""
+    if not stages:
+        return f"Teacher: loaded from `{config['teacher_path']}` (no teacher stage run)."
+    tower = stages["tower"]["validation_accuracy"]
+    return (
+        f"Teacher stages: vision tower {stages['tower']['seconds']:.0f} s (validation images: shape "
+        f"{tower['shape']:.3f}, colour {tower['color']:.3f}), projector alignment "
+        f"{stages['align']['seconds']:.0f} s, instruction tuning {stages['instruct']['seconds']:.0f} s."
+    )
+
+
 def markdown(config: dict, result: dict) -> str:
     machine, teacher, summary = result["machine"], result["teacher"], result["summary"]
-    stages = teacher["stages"]
-    tower = stages["tower"]["validation_accuracy"]
     lines = [
-        "# Generative MSD on easy-VQA (tiny LLaVA-style models)",
+        f"# Generative MSD on easy-VQA (tiny `{config['family']}` models)",
         "",
         f"Command: `{result['command']}`",
         "",
@@ -378,9 +411,7 @@ def markdown(config: dict, result: dict) -> str:
             else "teacher online (no cache)."
         ),
         "",
-        f"Teacher stages: vision tower {stages['tower']['seconds']:.0f} s (validation images: shape "
-        f"{tower['shape']:.3f}, colour {tower['color']:.3f}), projector alignment "
-        f"{stages['align']['seconds']:.0f} s, instruction tuning {stages['instruct']['seconds']:.0f} s.",
+        teacher_line(config, teacher["stages"]),
         "",
         f"{config['train_samples']} training questions; {config['test_samples']} test questions; seeds "
         f"{config['seeds']}; {config['student_steps']} optimizer steps of batch {config['batch_size']} per "
@@ -432,15 +463,32 @@ def remove_empty_folders(root: str) -> None:
             os.rmdir(folder)
 
 
+def build_teacher(config: dict, images, train, validation, words: list[str]) -> tuple:
+    """``(teacher, processor, stage report)``: the teacher of ``teacher_path`` and its processor (no stage
+    runs), or a ``family`` processor on ``words`` and the teacher of the three stages; either is saved with
+    its processor in ``<output_dir>/teacher``."""
+    folder = os.path.join(config["output_dir"], "teacher")
+    path = config["teacher_path"]
+    if path is not None:
+        teacher, processor = load_vlm(path, config["family"])
+        teacher.requires_grad_(False)
+        teacher.eval()
+        stages = {}
+    else:
+        processor = vlm_processor(config["family"], words, config["image_size"], config["patch_size"])
+        teacher, stages = train_teacher(config, processor, images, train, validation)
+    if path is None or not (os.path.isdir(folder) and os.path.samefile(path, folder)):
+        processor.save_pretrained(folder)
+        teacher.save_pretrained(folder)
+    return teacher, processor, stages
+
+
 def run(config: dict, command: str) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.makedirs(config["output_dir"], exist_ok=True)
     run_start = time.perf_counter()
     images, train, validation, test, words = load_data(config)
-    processor = llava_processor(word_level_tokenizer(words), config["image_size"], config["patch_size"])
-    teacher, stages = train_teacher(config, processor, images, train, validation)
-    processor.save_pretrained(os.path.join(config["output_dir"], "teacher"))
-    teacher.save_pretrained(os.path.join(config["output_dir"], "teacher"))
+    teacher, processor, stages = build_teacher(config, images, train, validation, words)
     collator = VisionLanguageCollator(processor, views=False)
     types = easy_vqa_question_types()
     batch = config["eval_batch_size"]
@@ -512,7 +560,7 @@ def run(config: dict, command: str) -> dict:
                 print(json.dumps(run), flush=True)
                 if seed == config["seeds"][-1]:
                     folder = os.path.join(config["output_dir"], f"student_{name}")
-                    save_student(trainer, processor, folder, name, scores, group)
+                    save_student(trainer, processor, folder, name, scores, group, config["family"])
                 write_results(config, result, run_start)
     table = write_results(config, result, run_start)
     remove_empty_folders(config["output_dir"])

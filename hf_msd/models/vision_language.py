@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     Idefics3Config,
@@ -302,17 +304,19 @@ def _llava_processor_for_words(
 @dataclass(frozen=True)
 class VLMFamily:
     """How one family's processor and model are built: ``processor(words, image_size, patch_size,
-    chat_template)`` and ``model(processor, size)`` (a :class:`VLMSize`; randomly initialised)."""
+    chat_template)`` and ``model(processor, size)`` (a :class:`VLMSize`; randomly initialised); a saved
+    processor is reloaded with ``processor_class.from_pretrained``."""
 
     processor: Callable[[Iterable[str], int, int, str], ProcessorMixin]
     model: Callable[[ProcessorMixin, VLMSize], PreTrainedModel]
+    processor_class: type[ProcessorMixin]
 
 
-#: The families :func:`vlm_processor` and :func:`tiny_vlm` build, by name.
+#: The families :func:`vlm_processor` and :func:`tiny_vlm` build, by name (transformers' ``model_type``).
 VLM_FAMILIES: dict[str, VLMFamily] = {
-    "llava": VLMFamily(_llava_processor_for_words, _llava_model),
-    "idefics3": VLMFamily(idefics3_processor, _idefics3_model),
-    "qwen2_vl": VLMFamily(qwen2_vl_processor, _qwen2_vl_model),
+    "llava": VLMFamily(_llava_processor_for_words, _llava_model, LlavaProcessor),
+    "idefics3": VLMFamily(idefics3_processor, _idefics3_model, Idefics3Processor),
+    "qwen2_vl": VLMFamily(qwen2_vl_processor, _qwen2_vl_model, Qwen2VLImageTextProcessor),
 }
 
 
@@ -362,6 +366,22 @@ def tiny_vlm(
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     return model
+
+
+def saved_family(folder: str) -> str:
+    """The family (``model_type``) of the model saved in ``folder``."""
+    return AutoConfig.from_pretrained(folder).model_type
+
+
+def load_vlm(folder: str, family: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The model of ``family`` saved in ``folder`` (``save_pretrained``) and its processor, reloaded with the
+    family's processor class (Qwen2-VL's without a video processor, which `AutoProcessor` would need).
+    A model of another family is refused, naming both."""
+    found = saved_family(folder)
+    if found != family:
+        raise ValueError(f"{folder} holds a {found!r} model, not one of family={family!r}.")
+    processor = _family(family).processor_class.from_pretrained(folder)
+    return AutoModelForImageTextToText.from_pretrained(folder), processor
 
 
 #: ``tiny_llava(processor, hidden_size=64, ..., seed=None)``: :func:`tiny_vlm` with ``family="llava"``, a

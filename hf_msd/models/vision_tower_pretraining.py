@@ -10,7 +10,7 @@ head per attribute on the mean of the tower's last-layer patch tokens (the token
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -47,25 +47,41 @@ def image_attribute_labels(
     return labels
 
 
+def clip_patch_tokens(tower: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The patch tokens (B, P, H) of a tower whose ``last_hidden_state`` (B, 1 + P, H) starts with a CLS
+    token (CLIP), on images ``pixel_values`` (B, 3, S, S)."""
+    return tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+
 class VisionTowerClassifier(nn.Module):
     """A vision tower with one linear head per attribute on its mean-pooled last-layer patch tokens.
 
     Args:
-        tower: a transformers vision model whose output has ``last_hidden_state`` (B, 1 + P, H), the first
-            token a CLS token (CLIP, SigLIP-style towers with a CLS token).
+        tower: a transformers vision model.
         num_classes: attribute name -> number of values.
+        patch_tokens: ``(tower, pixels) -> (B, P, H)``, the tower's patch tokens on a batch of ``B`` images'
+            pixels (one row per image); default :func:`clip_patch_tokens`. Each family's is in
+            :data:`hf_msd.models.vision_language_parts.VLM_LAYOUTS`.
+        hidden_size: ``H``; default ``tower.config.hidden_size``.
     """
 
-    def __init__(self, tower: nn.Module, num_classes: Mapping[str, int]):
+    def __init__(
+        self,
+        tower: nn.Module,
+        num_classes: Mapping[str, int],
+        patch_tokens: Callable[[nn.Module, torch.Tensor], torch.Tensor] = clip_patch_tokens,
+        hidden_size: int | None = None,
+    ):
         super().__init__()
         self.tower = tower
-        hidden = tower.config.hidden_size
+        self.patch_tokens = patch_tokens
+        hidden = tower.config.hidden_size if hidden_size is None else hidden_size
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in num_classes.items()})
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{attribute: logits (B, num_classes)}`` of images ``pixel_values`` (B, 3, S, S)."""
-        patches = self.tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
-        pooled = patches.mean(dim=1)
+        """``{attribute: logits (B, num_classes)}`` of ``B`` images' pixels ``pixel_values`` (one row per
+        image, e.g. (B, 3, S, S))."""
+        pooled = self.patch_tokens(self.tower, pixel_values).mean(dim=1)
         return {name: head(pooled) for name, head in self.heads.items()}
 
     def loss(self, pixel_values: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -109,9 +125,9 @@ def pretrain_vision_tower(
     weight_decay: float = 0.01,
     seed: int = 0,
 ) -> list[float]:
-    """Train ``classifier`` (tower and heads) on images ``pixel_values`` (N, 3, S, S) and their ``labels``
-    (``{attribute: (N,) long}``, -100 where unknown) with AdamW and a cosine schedule; returns the mean loss
-    of each epoch."""
+    """Train ``classifier`` (tower and heads) on images ``pixel_values`` (N, ...: one row per image) and
+    their ``labels`` (``{attribute: (N,) long}``, -100 where unknown) with AdamW and a cosine schedule;
+    returns the mean loss of each epoch."""
     if epochs < 1 or learning_rate <= 0:
         raise ValueError(f"epochs must be >= 1 and learning_rate > 0, got {epochs} and {learning_rate}.")
     generator = torch.Generator().manual_seed(seed)
