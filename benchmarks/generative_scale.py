@@ -9,9 +9,9 @@ is a few-thousand-parameter model for a smoke check. The teacher has the student
 are SmolLM2-135M's (576 wide, 1,536 MLP, 30 layers, 9 heads, 3 key-value heads) and the vision tower
 SigLIP base-patch16-512's (768 wide, 3,072 MLP, 12 layers, 12 heads), the model card's base models; the
 49,280 vocabulary (SmolLM2's 49,152 plus SmolVLM's added tokens), the untied output layer and the scale factor
-4 are typed in from SmolVLM-256M's published config and not checked offline here (transformers' Idefics3 and
-SmolVLM defaults are Idefics3-8B's). RoPE base, RMSNorm epsilon and position limits keep Llama's defaults:
-they change no tensor shape.
+4 are SmolVLM-256M's published config (the Hub is out of reach here: these values were checked against copies
+of that config in other projects' tests; transformers' Idefics3 and SmolVLM defaults are Idefics3-8B's). RoPE
+base, RMSNorm epsilon and position limits keep Llama's defaults: they change no tensor shape.
 
 Each batch holds ``--batch`` examples of one image each, a prompt of ``--prompt-tokens`` tokens (the image
 tokens, then random text tokens: a long prompt is a long text prompt, not image splitting) and answers of
