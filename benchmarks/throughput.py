@@ -516,6 +516,10 @@ def targets(times: dict, caching: dict, memory: dict | None, inference: dict) ->
     rows = [
         ("KD cached <= 1.05 x F", mean["KD cached"] / mean["F"], 1.05),
         *(
+            (f"MSD {w} cached <= {limit} x F", mean[f"MSD {w} cached"] / mean["F"], limit)
+            for w, limit in (("uniform", 1.30), ("population", 1.30), ("learned", 1.8))
+        ),
+        *(
             (
                 f"MSD {w} cached <= 1.10 x student's own passes (x, each x_m) + optimizer step",
                 mean[f"MSD {w} cached"] / own,
