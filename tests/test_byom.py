@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from hf_msd import architectures
 from hf_msd.architectures import (
     ArchitectureAdapter,
     default_modalities,
@@ -177,7 +178,10 @@ def test_logits_under_another_name():
         get_logits(tiny_model(), SequenceClassifierOutput(loss=torch.zeros(())).__class__())
 
 
-def test_registered_architecture_reads_logits_and_modalities():
+def test_registered_architecture_reads_logits_and_modalities(monkeypatch):
+    # a copy of the registry, restored afterwards: the architecture registered here stays in this test
+    monkeypatch.setattr(architectures, "ARCHITECTURES", dict(architectures.ARCHITECTURES))
+
     class Config:
         model_type = "byom_test_scores"
 
