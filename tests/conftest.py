@@ -1,6 +1,9 @@
 """Fixtures shared by several test modules (helpers that are plain functions live in tests/helpers)."""
 
+import os
+
 import pytest
+import torch
 
 from tests.helpers.hub_server import LocalHub
 from tests.helpers.models import tiny_processor
@@ -17,3 +20,12 @@ def hub():
     """A local stand-in for the Hugging Face Hub (tests/helpers/hub_server.py), serving for one test."""
     with LocalHub() as server:
         yield server
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the default, ``-n 2`` in setup.cfg) each worker shares the machine's cores with the
+    other: one torch thread per worker, and the scripts it launches inherit ``OMP_NUM_THREADS=1``. Two
+    workers at the default thread count oversubscribe two cores and run many times slower."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
