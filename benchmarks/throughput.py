@@ -14,8 +14,9 @@ examples, already collated, is timed for each variant:
   ``teacher_logits`` from :func:`~hf_msd.precompute_teacher_outputs`' columns;
 - ``MSD <weighting> online`` / ``cached`` for ``uniform``, ``population`` and ``learned`` weights;
 - the student's own passes in isolation (forward + backward of the cross-entropy on ``x``, ``x_text``,
-  ``x_image``), the optimizer step alone, and the teacher's no-grad forward on ``x``, ``x_text``,
-  ``x_image``;
+  ``x_image``), the optimizer step alone, the teacher's no-grad forward on ``x``, ``x_text``,
+  ``x_image``, and data loading (reading a batch's rows, which decodes their images, and collating them:
+  what the Trainer's DataLoader adds to every variant's step, outside the timed steps above);
 - with ``--compile 1`` (default), ``F``, ``KD cached`` and ``MSD <weighting> cached`` again with
   ``torch_compile=True`` (``<variant> compiled``: the student compiled by the trainer's accelerator, as
   ``Trainer.train`` compiles it, default inductor backend). Their untimed warm-up steps, which compile, are
@@ -319,8 +320,8 @@ def amortize_meta_steps(times: dict, interval: int) -> None:
 
 
 def component_steps(setup: Setup) -> dict[str, Any]:
-    """The student's passes on x and each x_m (forward + backward), the optimizer step alone, and the
-    teacher's no-grad forwards, each as a function of a collated raw batch."""
+    """The student's passes on x and each x_m (forward + backward), the optimizer step alone, the teacher's
+    no-grad forwards and data loading, each as a function of a collated raw batch."""
     student, teacher = setup.student, setup.teacher
     optimizer = torch.optim.AdamW(student.parameters(), lr=setup.training_args.learning_rate)
     names = [m.name for m in setup.modalities]
@@ -348,7 +349,14 @@ def component_steps(setup: Setup) -> dict[str, Any]:
 
         return run
 
+    def data_loading(batch):
+        # What the Trainer's DataLoader does per step with dataloader_num_workers=0 (the batch passed in is
+        # only its size): read the rows (decoding each image) and collate them.
+        train = setup.data["train"]
+        setup.collator([train[i] for i in range(len(batch["labels"]))])
+
     steps = {f"student pass {key}": student_pass(view) for key, view in views.items()}
+    steps["data loading"] = data_loading
     steps["optimizer step"] = optimizer_step
     steps.update({f"teacher forward {key}": teacher_pass(view) for key, view in views.items()})
     return steps
