@@ -29,23 +29,3 @@ def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
-
-
-#: The modules that take minutes (compilation, end-to-end runs), longest first: collected before the rest, so
-#: that under the ``--dist loadfile`` scheduling each starts early instead of leaving one worker running at
-#: the end while the other idles.
-LONGEST_MODULES = (
-    "test_torch_compile.py",
-    "test_workflow_features.py",
-    "test_pipelines.py",
-    "test_reproduce_easy_vqa.py",
-    "test_run_msd.py",
-    "test_run_vlm_msd.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Moves the tests of :data:`LONGEST_MODULES` to the front, in that order (a stable sort: the order
-    within a module is kept)."""
-    rank = {name: index for index, name in enumerate(LONGEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_MODULES)))
