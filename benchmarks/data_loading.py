@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.throughput import DEFAULT_CONFIG, Setup, build_trainer
+from hf_msd.evaluation.speed import time_interleaved
 
 
 class StepClock(TrainerCallback):
@@ -78,19 +80,19 @@ def main() -> None:
     parser.add_argument("--num_examples", type=int, default=2048, help="Training questions.")
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
-    variants = args.variants.split(",")
+    runs = {f"{v}, {w} workers": (v, w) for v in args.variants.split(",") for w in workers}
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as cache_dir:
         setup = Setup(str(DEFAULT_CONFIG), [], args.num_examples, cache_dir)
-        runs: dict[str, list[float]] = {f"{v}, {w} workers": [] for v in variants for w in workers}
-        for round_index in range(args.rounds):
-            order = list(runs) if round_index % 2 == 0 else list(reversed(runs))
-            for name in order:
-                variant, count = name.split(", ")
-                workers_of_run = int(count.split()[0])
-                runs[name].append(step_seconds(setup, variant, workers_of_run, args.steps, args.warmup))
+        medians: dict[str, list[float]] = {name: [] for name in runs}
+
+        def run(name: str) -> None:
+            medians[name].append(step_seconds(setup, *runs[name], args.steps, args.warmup))
+
+        # time_interleaved's own wall times (set-up included) are not used: each run records its step median
+        time_interleaved({name: partial(run, name) for name in runs}, rounds=args.rounds, warmup_rounds=0)
         loader = loader_seconds(setup, args.steps)
-    seconds = {name: statistics.median(values) for name, values in runs.items()}
+    seconds = {name: statistics.median(values) for name, values in medians.items()}
     report: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/data_loading.py", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
@@ -101,7 +103,7 @@ def main() -> None:
         "steps": args.steps,
         "warmup": args.warmup,
         "step_seconds": seconds,
-        "step_seconds_per_round": runs,
+        "step_seconds_per_round": medians,
         "dataloader_alone_seconds_per_batch": loader,
     }
     lines = [
@@ -110,13 +112,13 @@ def main() -> None:
         f"Batch {setup.batch_size}; {args.rounds} interleaved rounds of {args.steps} steps after "
         f"{args.warmup}; median seconds between optimizer steps.",
         "",
-        "| variant | dataloader_num_workers | s/step | / 0 workers |",
+        f"| variant | dataloader_num_workers | s/step | / {workers[0]} workers |",
         "|---|---:|---:|---:|",
     ]
     for name, value in seconds.items():
-        variant, count = name.split(", ")
+        variant, count = runs[name]
         base = seconds[f"{variant}, {workers[0]} workers"]
-        lines.append(f"| {variant} | {count.split()[0]} | {value:.4f} | {value / base:.2f} |")
+        lines.append(f"| {variant} | {count} | {value:.4f} | {value / base:.2f} |")
     lines += ["", f"The DataLoader alone at 0 workers (read, decode, collate): {loader:.4f} s per batch."]
     write_results("data_loading", report, "\n".join(lines) + "\n")
 

@@ -351,9 +351,8 @@ def component_steps(setup: Setup) -> dict[str, Any]:
 
     def data_loading(batch):
         # What the Trainer's DataLoader does per step with dataloader_num_workers=0 (the batch passed in is
-        # only its size): read the rows (decoding each image) and collate them.
-        train = setup.data["train"]
-        setup.collator([train[i] for i in range(len(batch["labels"]))])
+        # not used): read a batch's rows (decoding each image) and collate them.
+        setup.batches(setup.data["train"], count=1)
 
     steps = {f"student pass {key}": student_pass(view) for key, view in views.items()}
     steps["data loading"] = data_loading
