@@ -15,6 +15,13 @@ def processor(tmp_path_factory):
     return tiny_processor(tmp_path_factory.mktemp("processor"))
 
 
+@pytest.fixture(scope="session")
+def torch_extensions_dir(tmp_path_factory) -> str:
+    """A fresh ``TORCH_EXTENSIONS_DIR`` for the DeepSpeed launches of this pytest process (see
+    :func:`tests.helpers.launch.deepspeed_launch`): its first launch compiles DeepSpeed's op there."""
+    return str(tmp_path_factory.mktemp("torch_extensions"))
+
+
 @pytest.fixture
 def hub():
     """A local stand-in for the Hugging Face Hub (tests/helpers/hub_server.py), serving for one test."""

@@ -27,10 +27,10 @@ pytestmark = pytest.mark.deepspeed
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
-def deepspeed_run(request, tmp_path_factory):
+def deepspeed_run(request, tmp_path_factory, torch_extensions_dir):
     """Runs every case of the script under ZeRO-``param``; returns its output directory."""
     out_dir = tmp_path_factory.mktemp(f"zero{request.param}")
-    command, env = deepspeed_launch(SCRIPT, request.param, str(out_dir))
+    command, env = deepspeed_launch(SCRIPT, request.param, str(out_dir), extensions_dir=torch_extensions_dir)
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, f"launch failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
     return out_dir, request.param
@@ -86,14 +86,21 @@ def _initial(case: str) -> dict[str, torch.Tensor]:
     return student.state_dict()
 
 
-def test_run_msd_refuses_deepspeed_at_start_with_the_command_that_works(tmp_path):
+def test_run_msd_refuses_deepspeed_at_start_with_the_command_that_works(tmp_path, torch_extensions_dir):
     """examples/run_msd.py under ZeRO-3 (which fails today building a new teacher) stops before any stage,
     each process with one line naming the flag and the DDP command."""
     config = REPO_ROOT / "examples" / "configs" / "tiny_easy_vqa.yaml"
     out_dir = tmp_path / "run"
     script = REPO_ROOT / "examples" / "run_msd.py"
     command, env = deepspeed_launch(
-        script, 3, str(config), "--output_dir", str(out_dir), "--use_cpu", "false"
+        script,
+        3,
+        str(config),
+        "--output_dir",
+        str(out_dir),
+        "--use_cpu",
+        "false",
+        extensions_dir=torch_extensions_dir,
     )
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode != 0

@@ -29,10 +29,10 @@ pytestmark = pytest.mark.deepspeed
 
 
 @pytest.fixture(scope="module")
-def zero3_run(tmp_path_factory):
+def zero3_run(tmp_path_factory, torch_extensions_dir):
     """Runs every case of the script under ZeRO-3; returns its output directory."""
     out_dir = tmp_path_factory.mktemp("zero3_vlm")
-    command, env = deepspeed_launch(SCRIPT, 3, str(out_dir))
+    command, env = deepspeed_launch(SCRIPT, 3, str(out_dir), extensions_dir=torch_extensions_dir)
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, f"launch failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
     return out_dir

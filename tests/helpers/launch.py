@@ -60,9 +60,16 @@ def two_process_launch(script: str, *args: str) -> tuple[list[str], dict[str, st
     return command, script_env()
 
 
-def deepspeed_launch(script: str, zero_stage: int, *args: str) -> tuple[list[str], dict[str, str]]:
+def deepspeed_launch(
+    script: str, zero_stage: int, *args: str, extensions_dir: str
+) -> tuple[list[str], dict[str, str]]:
     """The command of docs/workflow.md that runs ``script args...`` under DeepSpeed ZeRO-``zero_stage`` on 2
-    CPU processes (``accelerate launch --use_deepspeed``, ``DS_ACCELERATOR=cpu``), and its environment."""
+    CPU processes (``accelerate launch --use_deepspeed``, ``DS_ACCELERATOR=cpu``), and its environment.
+
+    DeepSpeed compiles its CPU communication op on first use into ``TORCH_EXTENSIONS_DIR``, behind a lock file
+    that a process killed mid-build leaves behind, after which every later launch waits on it forever (no
+    output): ``extensions_dir`` (the ``torch_extensions_dir`` fixture, one per pytest process) keeps the tests
+    off the user's shared ``~/.cache/torch_extensions``."""
     command = [
         *(sys.executable, "-m", "accelerate.commands.launch"),
         *("--use_deepspeed", "--zero_stage", str(zero_stage)),
@@ -71,4 +78,4 @@ def deepspeed_launch(script: str, zero_stage: int, *args: str) -> tuple[list[str
         str(script),
         *args,
     ]
-    return command, script_env(DS_ACCELERATOR="cpu")
+    return command, script_env(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=extensions_dir)
