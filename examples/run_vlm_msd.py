@@ -213,11 +213,10 @@ def image_attributes(rows, processor, family: str) -> tuple[torch.Tensor, dict[s
     return pixels, {a: torch.tensor([labels[i][a] for i in labels]) for a in ATTRIBUTES}
 
 
-def train_teacher(config: dict, processor, images, train, validation) -> tuple[torch.nn.Module, dict]:
-    """The three teacher stages; returns the teacher and each stage's seconds and validation figures."""
+def train_tower(config: dict, teacher, processor, images, validation) -> dict:
+    """Teacher stage 1: ``teacher``'s vision tower trained in place as a shape + colour classifier of the
+    images of ``images``; returns its seconds and its accuracy per attribute on ``validation``'s images."""
     family = config["family"]
-    teacher = tiny_vlm(family, processor, **config["teacher"], seed=config["data_seed"])
-    report = {}
     start = time.perf_counter()
     types = easy_vqa_question_types()
     classifier = tower_classifier(teacher, {a: len(types[a]) for a in ATTRIBUTES})
@@ -231,11 +230,19 @@ def train_teacher(config: dict, processor, images, train, validation) -> tuple[t
         batch_size=config["batch_size"],
         seed=config["data_seed"],
     )
-    report["tower"] = {
+    return {
         "seconds": time.perf_counter() - start,
         "validation_accuracy": classifier.accuracy(*image_attributes(validation, processor, family)),
     }
+
+
+def train_teacher(config: dict, processor, images, train, validation) -> tuple[torch.nn.Module, dict]:
+    """The three teacher stages; returns the teacher and each stage's seconds and validation figures."""
+    family = config["family"]
+    teacher = tiny_vlm(family, processor, **config["teacher"], seed=config["data_seed"])
+    report = {"tower": train_tower(config, teacher, processor, images, validation)}
     print(json.dumps({"teacher stage": "tower", **report["tower"]}), flush=True)
+    types = easy_vqa_question_types()
     folder = os.path.join(config["output_dir"], "teacher")
     collator = VisionLanguageCollator(processor, views=False)
     describing = train.filter(lambda row: row["answer"] not in types["yes/no"])

@@ -17,6 +17,8 @@ from tests.helpers.models import tiny_model
 from tests.helpers.msd import stack_collate, text_label_dataset
 
 STEPS = 6  # 44 examples at batch 8: the 6th step has a batch of 4
+#: Layers of the tiny models: compiling is most of these tests' time, and it grows with the layers traced.
+LAYERS = 1
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +39,7 @@ def _data(cached: bool):
     dataset = datasets.Dataset.from_list([{k: v.tolist() for k, v in row.items()} for row in rows])
     dataset = dataset.with_format("torch")
     return precompute_teacher_outputs(
-        tiny_model(seed=0), dataset, data_collator=stack_collate, cache_dir=None
+        tiny_model(seed=0, layers=LAYERS), dataset, data_collator=stack_collate, cache_dir=None
     )
 
 
@@ -55,7 +57,7 @@ class StopAt(TrainerCallback):
 def _train(
     tmp_path, compiled: bool, trainer_class=MSDTrainer, cached=False, resume=None, stop_at=None, **options
 ):
-    student = tiny_model(seed=1).train()
+    student = tiny_model(seed=1, layers=LAYERS).train()
     args = MSDTrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=8,
@@ -74,7 +76,7 @@ def _train(
     )
     trainer = trainer_class(
         model=student,
-        teacher_model=tiny_model(seed=0),
+        teacher_model=tiny_model(seed=0, layers=LAYERS),
         args=args,
         modalities=default_modalities(student),
         train_dataset=_data(cached),
@@ -117,7 +119,7 @@ def test_compiled_msd_resumes_from_a_checkpoint_like_an_uninterrupted_run(tmp_pa
     options = {"modality_weighting": "population", "cached": True}
     whole, _ = _train(tmp_path / "whole", False, **options)  # eager: compiled training equals it (above)
     _train(tmp_path / "cut", True, stop_at=3, **options)  # stops after saving checkpoint-3
-    torch._dynamo.reset()
+    # dynamo's cache is kept: the resumed run reuses the graphs (a new process would compile them again).
     resumed, _ = _train(tmp_path / "cut", True, resume=str(tmp_path / "cut" / "checkpoint-3"), **options)
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

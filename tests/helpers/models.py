@@ -69,15 +69,16 @@ def tiny_config(
     modalities: tuple[str, ...] | list[str] = ("text", "image"),
     num_labels: int = 3,
     problem_type: str | None = None,
+    layers: int = 2,
     **overrides,
 ) -> MultimodalTransformerConfig:
-    """A tiny MultimodalTransformerConfig: fusion width 32 (4 heads, 2 layers), text tower BERT width 24
-    (2 layers), image tower ViT width 16 (2 layers, 16x16 images, patch 8). No dropout, so forward passes are
+    """A tiny MultimodalTransformerConfig: fusion width 32 (4 heads), text tower BERT width 24, image tower
+    ViT width 16 (16x16 images, patch 8), each with ``layers`` layers. No dropout, so forward passes are
     deterministic in train mode too."""
     fields = {
         "modalities": list(modalities),
         "hidden_size": 32,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": layers,
         "num_attention_heads": 4,
         "intermediate_size": 64,
         "hidden_dropout_prob": 0.0,
@@ -89,7 +90,7 @@ def tiny_config(
         fields["text_config"] = {
             "vocab_size": len(TINY_VOCAB),
             "hidden_size": 24,
-            "num_hidden_layers": 2,
+            "num_hidden_layers": layers,
             "num_attention_heads": 2,
             "intermediate_size": 48,
             "max_position_embeddings": 64,
@@ -101,7 +102,7 @@ def tiny_config(
             "image_size": TINY_IMAGE_SIZE,
             "patch_size": TINY_PATCH_SIZE,
             "hidden_size": 16,
-            "num_hidden_layers": 2,
+            "num_hidden_layers": layers,
             "num_attention_heads": 2,
             "intermediate_size": 32,
         }
