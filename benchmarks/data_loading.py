@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,8 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-from results_files import write_results
+from results_files import machine, write_results
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -95,8 +93,7 @@ def main() -> None:
     seconds = {name: statistics.median(values) for name, values in medians.items()}
     report: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/data_loading.py", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; load average before the run {load_before:.2f}, after "
+        "machine": f"{machine()}; load average before the run {load_before:.2f}, after "
         f"{os.getloadavg()[0]:.2f}",
         "batch_size": setup.batch_size,
         "rounds": args.rounds,

@@ -49,7 +49,6 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -60,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from results_files import write_results
+from results_files import machine, write_results
 from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 from torch.utils.data import DataLoader
 from transformers import (
@@ -733,10 +732,8 @@ def main() -> None:
         memory = measure_memory(args, overrides, cache_dir) if args.memory else None
     report = {
         "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; load average before the run "
-        f"{load_before:.2f}, after {os.getloadavg()[0]:.2f}: absolute times are noisy, compare the ratios "
-        "(interleaved)",
+        "machine": f"{machine()}; load average before the run {load_before:.2f}, after "
+        f"{os.getloadavg()[0]:.2f}: absolute times are noisy, compare the ratios (interleaved)",
         "parameters": {
             "teacher": sum(p.numel() for p in setup.teacher.parameters()),
             "student": sum(p.numel() for p in setup.student.parameters()),

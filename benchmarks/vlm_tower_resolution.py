@@ -16,27 +16,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
-import torch
-from results_files import write_results
+from results_files import machine, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 from run_vlm_msd import load_config, load_data, train_tower  # noqa: E402
 
-from hf_msd.models.vision_language import tiny_vlm, vlm_processor  # noqa: E402
+from hf_msd.data import VisionLanguageCollator  # noqa: E402
+from hf_msd.models.vision_language import IMAGE, tiny_vlm, vlm_processor  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "examples" / "configs" / "vlm_easy_vqa.yaml"
 
 
-def image_tokens(family: str, image_size: int, patch_size: int) -> int:
-    """Image tokens per question: patches per image, merged 2 x 2 by idefics3's and qwen2_vl's connectors."""
-    patches = (image_size // patch_size) ** 2
-    return patches if family == "llava" else patches // 4
+def image_tokens(processor, row: dict) -> int:
+    """The image tokens ``processor`` puts in the prompt of the question ``row`` (an easy-VQA row)."""
+    input_ids = VisionLanguageCollator(processor, views=False)([row])["input_ids"]
+    return int((input_ids == processor.tokenizer.convert_tokens_to_ids(IMAGE)).sum())
 
 
 def measure(config: dict, image_size: int, images, validation, words: list[str]) -> dict:
@@ -45,7 +44,7 @@ def measure(config: dict, image_size: int, images, validation, words: list[str])
     processor = vlm_processor(family, words, image_size, patch)
     teacher = tiny_vlm(family, processor, **config["teacher"], seed=config["data_seed"])
     report = train_tower(config, teacher, processor, images, validation)
-    return {"image_size": image_size, "image_tokens": image_tokens(family, image_size, patch), **report}
+    return {"image_size": image_size, "image_tokens": image_tokens(processor, validation[0]), **report}
 
 
 def markdown(report: dict) -> str:
@@ -74,13 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image_sizes", type=int, nargs="+", default=[32, 48, 64])
     args = parser.parse_args(argv)
     config = load_config([args.config])
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     images, _, validation, _, words = load_data(config)
     sizes = [measure(config, size, images, validation, words) for size in args.image_sizes]
     report = {
         "command": " ".join(["python", "benchmarks/vlm_tower_resolution.py", *(argv or sys.argv[1:])]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": machine(),
         "config": os.path.relpath(args.config, ROOT),
         "family": config["family"],
         "patch_size": config["patch_size"],
